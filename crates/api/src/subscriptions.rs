@@ -1,0 +1,391 @@
+//! Subscription bodies (API.md §6): upsert, read, history and cancel.
+//!
+//! A subscription's subject is a user or an account; the request names exactly one of them.
+
+use crate::convert;
+use crate::field::{field_path, FieldError};
+use crate::time::{format_timestamp, parse_timestamp};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use tollgate_core::input::{AccountId, InputError, UserId, QUANTITY_MAX};
+use tollgate_core::plan::check_id;
+use tollgate_core::subscription::{
+    CancelAt, HistoryEntry, Subscription, SubscriptionStatus as CoreStatus, UpsertRequest,
+};
+use tollgate_core::window::WindowBounds;
+use utoipa::ToSchema;
+
+/// Longest cancel reason, in bytes.
+pub const CANCEL_REASON_BYTES_MAX: usize = 500;
+/// Most `customLimits` entries on one subscription.
+pub const CUSTOM_LIMITS_MAX: usize = tollgate_core::plan::LIMITS_PER_PLAN_MAX;
+/// The `source` of changes made through this API (webhooks use their biller's name).
+pub const SOURCE_API: &str = "api";
+
+/// Who a subscription belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    User(UserId),
+    Account(AccountId),
+}
+
+fn subject(user_id: Option<String>, account_id: Option<String>) -> Result<Subject, FieldError> {
+    match (user_id, account_id) {
+        (Some(_), Some(_)) => Err(FieldError::new(
+            "accountId",
+            "give either userId or accountId, not both",
+        )),
+        (Some(user), None) => Ok(Subject::User(convert::user_id("userId", user)?)),
+        (None, Some(account)) => Ok(Subject::Account(
+            AccountId::parse(account).map_err(|e| convert::refuse("accountId", e))?,
+        )),
+        (None, None) => Err(FieldError::new(
+            "userId",
+            "missing field `userId` (or `accountId`)",
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Active,
+    Trialing,
+    PastDue,
+}
+
+impl From<SubscriptionStatus> for CoreStatus {
+    fn from(s: SubscriptionStatus) -> Self {
+        match s {
+            SubscriptionStatus::Active => CoreStatus::Active,
+            SubscriptionStatus::Trialing => CoreStatus::Trialing,
+            SubscriptionStatus::PastDue => CoreStatus::PastDue,
+        }
+    }
+}
+
+impl From<CoreStatus> for SubscriptionStatus {
+    fn from(s: CoreStatus) -> Self {
+        match s {
+            CoreStatus::Active => SubscriptionStatus::Active,
+            CoreStatus::Trialing => SubscriptionStatus::Trialing,
+            CoreStatus::PastDue => SubscriptionStatus::PastDue,
+        }
+    }
+}
+
+/// `Some(None)` for an explicit `null`, `None` for an absent field.
+fn explicit_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionUpsertRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[schema(example = "pro")]
+    pub plan_id: String,
+    /// The billing anchor (default: the creation time; a later one renews).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub cycle_start: Option<String>,
+    /// When the subscription ends; `null` clears a scheduled end.
+    #[serde(
+        default,
+        deserialize_with = "explicit_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ends_at: Option<Option<String>>,
+    /// Per-subscriber quotas by limit id, replacing the plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_limits: Option<BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SubscriptionStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpsertInput {
+    pub subject: Subject,
+    pub request: UpsertRequest,
+}
+
+impl SubscriptionUpsertRequest {
+    pub fn parse(self) -> Result<UpsertInput, FieldError> {
+        let subject = subject(self.user_id, self.account_id)?;
+        check_id("planId", &self.plan_id).map_err(|e| FieldError::new(e.path, e.message))?;
+        let cycle_start = self
+            .cycle_start
+            .map(|t| parse_timestamp("cycleStart", &t))
+            .transpose()?;
+        let ends_at = match self.ends_at {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(t)) => Some(Some(parse_timestamp("endsAt", &t)?)),
+        };
+        let custom_limits = self.custom_limits.map(custom_limits).transpose()?;
+        Ok(UpsertInput {
+            subject,
+            request: UpsertRequest {
+                plan_id: self.plan_id,
+                cycle_start,
+                ends_at,
+                custom_limits,
+                status: self.status.map(CoreStatus::from),
+                source: SOURCE_API.to_string(),
+            },
+        })
+    }
+}
+
+fn custom_limits(map: BTreeMap<String, u64>) -> Result<BTreeMap<String, u64>, FieldError> {
+    if map.len() > CUSTOM_LIMITS_MAX {
+        return Err(convert::refuse(
+            "customLimits",
+            InputError::TooMany {
+                max: CUSTOM_LIMITS_MAX,
+            },
+        ));
+    }
+    for (id, quota) in &map {
+        let path = field_path("customLimits", id);
+        check_id(&path, id).map_err(|e| FieldError::new(e.path, e.message))?;
+        if *quota > QUANTITY_MAX {
+            return Err(convert::refuse(
+                &path,
+                InputError::OutOfRange {
+                    min: 0,
+                    max: QUANTITY_MAX,
+                },
+            ));
+        }
+    }
+    Ok(map)
+}
+
+/// A half-open span of time `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Period {
+    #[schema(format = DateTime)]
+    pub start: String,
+    #[schema(format = DateTime)]
+    pub end: Option<String>,
+}
+
+impl From<WindowBounds> for Period {
+    fn from(w: WindowBounds) -> Self {
+        Self {
+            start: format_timestamp(w.start),
+            end: w.end.map(format_timestamp),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionResponse {
+    #[schema(example = "sub_8dj2")]
+    pub subscription_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    pub plan_id: String,
+    pub status: SubscriptionStatus,
+    #[schema(format = DateTime)]
+    pub cycle_start: String,
+    /// The billing cycle containing now.
+    pub current_period: Period,
+    #[schema(format = DateTime)]
+    pub ends_at: Option<String>,
+    /// Per-subscriber quotas by limit id.
+    pub custom_limits: BTreeMap<String, u64>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// Whether the upsert changed anything (upsert answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+}
+
+impl SubscriptionResponse {
+    pub fn new(
+        subject: &Subject,
+        sub: &Subscription,
+        current_period: WindowBounds,
+        changed: Option<bool>,
+    ) -> Self {
+        let (user_id, account_id) = match subject {
+            Subject::User(u) => (Some(u.to_string()), None),
+            Subject::Account(a) => (None, Some(a.to_string())),
+        };
+        Self {
+            subscription_id: sub.id.clone(),
+            user_id,
+            account_id,
+            plan_id: sub.plan_id.clone(),
+            status: sub.status.into(),
+            cycle_start: format_timestamp(sub.cycle_start),
+            current_period: current_period.into(),
+            ends_at: sub.ends_at.map(format_timestamp),
+            custom_limits: sub.custom_limits.clone(),
+            created_at: format_timestamp(sub.created_at),
+            changed,
+        }
+    }
+}
+
+/// One change of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryRow {
+    /// `created`, `plan_changed`, `renewed`, `cancel_scheduled`, `canceled`, `reactivated`
+    /// or `ended`.
+    #[serde(rename = "type")]
+    #[schema(example = "plan_changed")]
+    pub kind: String,
+    #[schema(format = DateTime)]
+    pub at: String,
+    pub from_plan_id: Option<String>,
+    pub to_plan_id: Option<String>,
+    /// `api`, `stripe`, `polar`, ...
+    pub source: String,
+    pub reason: Option<String>,
+}
+
+impl From<&HistoryEntry> for HistoryRow {
+    fn from(e: &HistoryEntry) -> Self {
+        Self {
+            kind: e.kind.as_str().to_string(),
+            at: format_timestamp(e.at),
+            from_plan_id: e.from_plan_id.clone(),
+            to_plan_id: e.to_plan_id.clone(),
+            source: e.source.clone(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryResponse {
+    pub user_id: String,
+    /// Oldest first.
+    pub history: Vec<HistoryRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `now` (the default), `period_end`, or an RFC 3339 timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "period_end")]
+    pub at: Option<String>,
+    /// At most 500 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CancelInput {
+    pub subject: Subject,
+    pub at: CancelAt,
+    pub reason: Option<String>,
+}
+
+impl CancelRequest {
+    pub fn parse(self) -> Result<CancelInput, FieldError> {
+        let subject = subject(self.user_id, self.account_id)?;
+        let at = match self.at.as_deref() {
+            None | Some("now") => CancelAt::Now,
+            Some("period_end") => CancelAt::PeriodEnd,
+            Some(text) => CancelAt::At(parse_timestamp("at", text).map_err(|_| {
+                FieldError::new(
+                    "at",
+                    "must be \"now\", \"period_end\" or an RFC 3339 timestamp",
+                )
+            })?),
+        };
+        if let Some(reason) = &self.reason {
+            convert::bounded_text("reason", reason, CANCEL_REASON_BYTES_MAX)?;
+        }
+        Ok(CancelInput {
+            subject,
+            at,
+            reason: self.reason,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelResponse {
+    pub subscription_id: String,
+    pub plan_id: String,
+    #[schema(format = DateTime)]
+    pub ends_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::from_json_str;
+
+    #[test]
+    fn ends_at_null_clears_and_absent_keeps() {
+        let r: SubscriptionUpsertRequest =
+            from_json_str(r#"{"userId":"u","planId":"pro","endsAt":null}"#).unwrap();
+        assert_eq!(r.parse().unwrap().request.ends_at, Some(None));
+        let r: SubscriptionUpsertRequest =
+            from_json_str(r#"{"userId":"u","planId":"pro"}"#).unwrap();
+        assert_eq!(r.parse().unwrap().request.ends_at, None);
+    }
+
+    #[test]
+    fn exactly_one_subject() {
+        let r: SubscriptionUpsertRequest = from_json_str(r#"{"planId":"pro"}"#).unwrap();
+        assert_eq!(r.parse().unwrap_err().field, "userId");
+        let r: SubscriptionUpsertRequest =
+            from_json_str(r#"{"userId":"u","accountId":"a","planId":"pro"}"#).unwrap();
+        assert_eq!(r.parse().unwrap_err().field, "accountId");
+    }
+
+    #[test]
+    fn custom_limits_are_checked() {
+        let r: SubscriptionUpsertRequest = from_json_str(
+            r#"{"userId":"u","planId":"pro","customLimits":{"images":9007199254740992}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.parse().unwrap_err().field, "customLimits.images");
+    }
+
+    #[test]
+    fn cancel_at_forms() {
+        let at = |s: &str| {
+            CancelRequest {
+                user_id: Some("u".into()),
+                at: Some(s.into()),
+                ..Default::default()
+            }
+            .parse()
+            .map(|c| c.at)
+        };
+        assert_eq!(at("now").unwrap(), CancelAt::Now);
+        assert_eq!(at("period_end").unwrap(), CancelAt::PeriodEnd);
+        assert!(matches!(
+            at("2026-01-01T00:00:00Z").unwrap(),
+            CancelAt::At(_)
+        ));
+        assert_eq!(at("tomorrow").unwrap_err().field, "at");
+    }
+}

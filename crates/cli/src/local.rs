@@ -1,0 +1,169 @@
+//! The commands that own the data dir: `init` creates an install, `serve` runs the server on it.
+//!
+//! Both open the store themselves; a server must not be running on the same data dir during
+//! `init` (the SQLite store has one writer).
+
+use crate::settings::{Database, FileSettings, Overrides, Settings};
+use crate::{InitArgs, ServeArgs, StorageArgs};
+use anyhow::{bail, Context, Result};
+use jiff::Timestamp;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use tollgate_api::InitOutput;
+use tollgate_server::{AppState, Metrics, ServerConfig};
+use tollgate_store::{Store, StoreError, StoreObserver};
+use tollgate_store_sqlite::SqliteStore;
+
+fn settings(storage: &StorageArgs, over: Overrides) -> Result<Settings> {
+    let file = FileSettings::load(storage.config.as_deref())?;
+    Settings::resolve(
+        file,
+        Overrides {
+            data_dir: storage.data_dir.clone(),
+            database_url: storage.database_url.clone(),
+            ..over
+        },
+    )
+}
+
+fn open_store(database: &Database, observer: Arc<dyn StoreObserver>) -> Result<SqliteStore> {
+    let dir = database.data_dir();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    SqliteStore::open(dir, observer)
+        .with_context(|| format!("cannot open the database in {}", dir.display()))
+}
+
+fn already_initialized(database: &Database) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} already holds a Tollgate install; its secrets were shown when it was created \
+         (make new keys with `tollgate keys create`)",
+        database.data_dir().display()
+    )
+}
+
+/// `tollgate init`: creates the install and prints its secrets once.
+pub async fn init(args: InitArgs) -> Result<()> {
+    let settings = settings(&args.storage, Overrides::default())?;
+    let store = open_store(&settings.database, Arc::new(Metrics::new()))?;
+    let created = create_install(&store, &settings.database).await;
+    store.shutdown().await;
+    let output = created?;
+    if args.json {
+        println!("{}", serde_json::to_string(&output)?);
+    } else {
+        print_secrets(&output, &settings.database);
+    }
+    Ok(())
+}
+
+async fn create_install(store: &SqliteStore, database: &Database) -> Result<InitOutput> {
+    if store.is_initialized().await? {
+        return Err(already_initialized(database));
+    }
+    match tollgate_server::bootstrap::initialize(store, Timestamp::now()).await {
+        Ok(output) => Ok(output),
+        Err(StoreError::AlreadyExists) => Err(already_initialized(database)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_secrets(output: &InitOutput, database: &Database) {
+    println!(
+        "Tollgate is initialized in {}.",
+        database.data_dir().display()
+    );
+    println!("These secrets are shown once, now: store them somewhere safe.\n");
+    let rows = [
+        ("Admin token", &output.admin_token),
+        ("Project", &output.project_id),
+        ("Test secret key", &output.keys.test.secret),
+        ("Test publishable key", &output.keys.test.publishable),
+        ("Live secret key", &output.keys.live.secret),
+        ("Live publishable key", &output.keys.live.publishable),
+    ];
+    for (label, value) in rows {
+        println!("  {label:<22}{value}");
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .init();
+}
+
+/// `tollgate serve`: runs until SIGTERM or SIGINT, then drains and exits cleanly.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    init_tracing();
+    let settings = settings(
+        &args.storage,
+        Overrides {
+            listen: args.listen.clone(),
+            sweep_interval_ms: args.sweep_interval_ms,
+            request_timeout_ms: args.request_timeout_ms,
+            ..Overrides::default()
+        },
+    )?;
+    tracing::debug!(?settings, "settings resolved");
+    let metrics = Arc::new(Metrics::new());
+    let store = open_store(&settings.database, metrics.clone())?;
+    if !store.is_initialized().await? {
+        let output = create_install(&store, &settings.database).await?;
+        eprintln!(
+            "tollgate: created a new install in {}. These secrets are shown this once; store \
+             them somewhere safe:",
+            settings.database.data_dir().display()
+        );
+        eprintln!("{}", serde_json::to_string(&output)?);
+    }
+    let listener = match tokio::net::TcpListener::bind(&settings.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            store.shutdown().await;
+            bail!("cannot listen on {}: {e}", settings.listen);
+        }
+    };
+    let addr = listener.local_addr()?;
+    let state = AppState::new(
+        Arc::new(store),
+        metrics,
+        ServerConfig {
+            sweep_interval: settings.sweep_interval,
+            request_timeout: settings.request_timeout,
+        },
+    );
+    tracing::info!("listening on http://{addr}");
+    tollgate_server::run(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}

@@ -1,0 +1,215 @@
+//! `tollgate`, the one binary: it creates an install (`init`), runs the server (`serve`), and
+//! talks to a running server for everyday chores (`plans`, `keys`, `usage`).
+//!
+//! Local commands open the store directly; remote ones are thin HTTP clients of the API, so
+//! they work against any server and need only a key.
+
+mod local;
+mod plans;
+mod remote;
+mod settings;
+mod table;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Self-hosted metering and limits for AI apps",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new install: the database, a project, the admin token and its first keys.
+    Init(InitArgs),
+    /// Run the HTTP server (creating the install first if the data dir is empty).
+    Serve(ServeArgs),
+    /// Apply or export the plan document of a key's environment.
+    #[command(subcommand)]
+    Plans(PlansCommand),
+    /// Create, list and revoke API keys (with the admin token).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Show a user's limits and what is left of them.
+    Usage(UsageArgs),
+}
+
+/// Where the data lives; `init` and `serve` take the same options.
+#[derive(Debug, Args)]
+struct StorageArgs {
+    /// Directory of the SQLite database [default: ./tollgate-data]
+    #[arg(long, env = "TOLLGATE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Storage URL: absent or `sqlite:[DIR]` (PostgreSQL is not built yet)
+    #[arg(
+        long,
+        env = "TOLLGATE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// A TOML file with the same settings (see tollgate.example.toml)
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Print exactly the JSON object of the new secrets on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:7070]
+    #[arg(long, env = "TOLLGATE_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// How often expired reservations are swept, in milliseconds [default: 1000]
+    #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL_MS", value_name = "MS")]
+    sweep_interval_ms: Option<u64>,
+    /// Longest a request may run before it answers 503, in milliseconds [default: 30000]
+    #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    request_timeout_ms: Option<u64>,
+}
+
+/// A running server and a project key.
+#[derive(Debug, Args)]
+struct RemoteArgs {
+    /// Base URL of the Tollgate server
+    #[arg(long, env = "TOLLGATE_URL", default_value = remote::URL_DEFAULT)]
+    url: String,
+    /// API key; it decides project and environment
+    #[arg(long, env = "TOLLGATE_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+/// A running server and the admin token.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// Base URL of the Tollgate server
+    #[arg(long, env = "TOLLGATE_URL", default_value = remote::URL_DEFAULT)]
+    url: String,
+    /// The install's admin token (`tg_admin_…`)
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PlansCommand {
+    /// Replace the environment's plan document with FILE (.json or .toml)
+    Apply {
+        /// The plan document
+        file: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Print the stored document as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the environment's plan document
+    Export {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = plans::Format::Json)]
+        format: plans::Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Environment {
+    Live,
+    Test,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyKind {
+    Secret,
+    Publishable,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; it is printed once
+    Create {
+        /// Project id (`prj_…`)
+        #[arg(long)]
+        project: String,
+        #[arg(long, value_enum)]
+        environment: Environment,
+        #[arg(long, value_enum)]
+        kind: KeyKind,
+        /// A name to recognise the key by
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the answer as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a project's keys (never the keys themselves)
+    List {
+        /// Project id (`prj_…`)
+        #[arg(long)]
+        project: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the answer as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once
+    Revoke {
+        /// Key id (`key_…`)
+        key_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct UsageArgs {
+    /// The app's user id
+    user: String,
+    /// Only the limits that count this event
+    #[arg(long)]
+    event: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+    /// Print the raw JSON answer
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => local::init(args).await,
+        Command::Serve(args) => local::serve(args).await,
+        Command::Plans(command) => plans::run(command).await,
+        Command::Keys(command) => remote::keys(command).await,
+        Command::Usage(args) => remote::usage(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

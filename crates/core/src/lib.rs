@@ -1,0 +1,13 @@
+//! The domain core of Tollgate: plans, limits, windows, matching and the metering decisions.
+//!
+//! Everything here is pure and synchronous: no I/O, no clock, no randomness. Time and ids are
+//! parameters, so every decision is a deterministic function of (state, command, now) and the
+//! store crates only load state, call into this crate, and persist what it decided.
+
+pub mod decision;
+pub mod input;
+pub mod plan;
+pub mod subscription;
+pub mod window;
+
+pub use jiff::Timestamp;

@@ -1,0 +1,349 @@
+//! Plans, limits and match rules: the part of the plan document that decisions need.
+//!
+//! Display fields (names, prices, features) stay in the stored JSON document; the domain keeps
+//! only what decides a request. A [`PlanDocument`] is built once per applied document, checked as
+//! a whole, and shared read-only by every decision.
+
+use crate::input::{EventName, Metadata};
+use crate::window::{BillingInterval, CalendarPeriod};
+use jiff::tz::TimeZone;
+
+/// Most plans in one plan document.
+pub const PLANS_MAX: usize = 200;
+/// Most limits in one plan.
+pub const LIMITS_PER_PLAN_MAX: usize = 100;
+/// Largest plan document, in bytes of JSON.
+pub const PLAN_DOCUMENT_BYTES_MAX: usize = 1024 * 1024;
+/// Longest plan id or limit id, in bytes (`[A-Za-z0-9_.:-]`).
+pub const PLAN_ID_BYTES_MAX: usize = 64;
+/// Most match rules in one limit.
+pub const MATCH_RULES_PER_LIMIT_MAX: usize = 32;
+/// Longest rolling or first_use window, in seconds (400 days).
+pub const WINDOW_SECONDS_MAX: u32 = 400 * 24 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Units are used up; `used` grows with every commit.
+    Consumable,
+    /// At most `quota` reservations in flight at once.
+    Concurrency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Deny what does not fit.
+    Hard,
+    /// Allow, and flag what does not fit as overage.
+    Soft,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    Account,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmatchedEvents {
+    Deny,
+    Allow,
+}
+
+/// When a limit's counter resets.
+#[derive(Debug, Clone)]
+pub enum WindowSpec {
+    Calendar {
+        period: CalendarPeriod,
+        timezone: TimeZone,
+    },
+    Subscription,
+    Rolling {
+        seconds: u32,
+    },
+    FirstUse {
+        seconds: u32,
+    },
+    Lifetime,
+}
+
+/// An event name pattern: exact, or a glob where `*` matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPattern(String);
+
+impl EventPattern {
+    /// `pattern` is an event name that may contain `*`.
+    pub fn parse(pattern: &str) -> Result<Self, crate::input::InputError> {
+        let literal = pattern.replace('*', "x");
+        EventName::parse(literal)?;
+        Ok(Self(pattern.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn matches(&self, event: &str) -> bool {
+        glob_match(self.0.as_bytes(), event.as_bytes())
+    }
+}
+
+/// Iterative wildcard match with backtracking to the last `*`: linear in practice, never
+/// exponential.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// One rule of a limit: the event pattern and, for each listed metadata key, the values allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchRule {
+    pub event: EventPattern,
+    pub metadata: Vec<(String, Vec<String>)>,
+}
+
+impl MatchRule {
+    pub fn matches(&self, event: &EventName, metadata: &Metadata) -> bool {
+        self.event.matches(event.as_str())
+            && self.metadata.iter().all(|(key, values)| {
+                metadata
+                    .get(key)
+                    .is_some_and(|v| values.iter().any(|want| want == v))
+            })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub id: String,
+    pub label: String,
+    pub unit: String,
+    pub quota: u64,
+    pub kind: LimitKind,
+    pub scope: Scope,
+    pub enforcement: Enforcement,
+    pub multiplier: u64,
+    pub window: WindowSpec,
+    pub rules: Vec<MatchRule>,
+}
+
+impl Limit {
+    /// A limit matches an event if any of its rules does.
+    pub fn matches(&self, event: &EventName, metadata: &Metadata) -> bool {
+        self.rules.iter().any(|r| r.matches(event, metadata))
+    }
+
+    /// The units this limit counts for `quantity` of a matching event.
+    pub fn units(&self, quantity: u64) -> u64 {
+        match self.kind {
+            LimitKind::Consumable => quantity.saturating_mul(self.multiplier),
+            LimitKind::Concurrency => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub id: String,
+    pub billing: BillingInterval,
+    pub seats: Option<u32>,
+    pub limits: Vec<Limit>,
+}
+
+impl Plan {
+    /// The limits of this plan that count `event`, in plan order.
+    pub fn matching_limits<'a>(
+        &'a self,
+        event: &'a EventName,
+        metadata: &'a Metadata,
+    ) -> impl Iterator<Item = &'a Limit> + 'a {
+        self.limits
+            .iter()
+            .filter(move |l| l.matches(event, metadata))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanDocument {
+    pub default_plan: Option<String>,
+    pub anonymous_plan: Option<String>,
+    pub unmatched_events: UnmatchedEvents,
+    pub plans: Vec<Plan>,
+}
+
+/// A plan document that does not hold together; `path` names the first bad field
+/// (`plans[1].limits[0].id`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PlanError {
+    pub path: String,
+    pub message: String,
+}
+
+impl PlanError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a plan or limit id: `[A-Za-z0-9_.:-]{1,64}`.
+pub fn check_id(path: &str, id: &str) -> Result<(), PlanError> {
+    let ok = !id.is_empty()
+        && id.len() <= PLAN_ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::new(
+            path,
+            format!("must be 1-{PLAN_ID_BYTES_MAX} characters of A-Z a-z 0-9 _ . : -"),
+        ))
+    }
+}
+
+impl PlanDocument {
+    /// Checks what spans the whole document: counts, unique ids, references to plans.
+    /// Per-field checks happen while the fields are parsed.
+    pub fn new(
+        default_plan: Option<String>,
+        anonymous_plan: Option<String>,
+        unmatched_events: UnmatchedEvents,
+        plans: Vec<Plan>,
+    ) -> Result<Self, PlanError> {
+        if plans.len() > PLANS_MAX {
+            return Err(PlanError::new(
+                "plans",
+                format!("at most {PLANS_MAX} plans are allowed"),
+            ));
+        }
+        for (i, plan) in plans.iter().enumerate() {
+            check_id(&format!("plans[{i}].id"), &plan.id)?;
+            if plans[..i].iter().any(|p| p.id == plan.id) {
+                return Err(PlanError::new(
+                    format!("plans[{i}].id"),
+                    format!("duplicate plan id {:?}", plan.id),
+                ));
+            }
+            if plan.limits.len() > LIMITS_PER_PLAN_MAX {
+                return Err(PlanError::new(
+                    format!("plans[{i}].limits"),
+                    format!("at most {LIMITS_PER_PLAN_MAX} limits are allowed in a plan"),
+                ));
+            }
+            for (j, limit) in plan.limits.iter().enumerate() {
+                let path = format!("plans[{i}].limits[{j}]");
+                check_id(&format!("{path}.id"), &limit.id)?;
+                if plan.limits[..j].iter().any(|l| l.id == limit.id) {
+                    return Err(PlanError::new(
+                        format!("{path}.id"),
+                        format!("duplicate limit id {:?} in plan {:?}", limit.id, plan.id),
+                    ));
+                }
+                if limit.multiplier == 0 {
+                    return Err(PlanError::new(
+                        format!("{path}.multiplier"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        for (field, reference) in [
+            ("defaultPlan", &default_plan),
+            ("anonymousPlan", &anonymous_plan),
+        ] {
+            if let Some(id) = reference {
+                if !plans.iter().any(|p| &p.id == id) {
+                    return Err(PlanError::new(field, format!("no plan has id {id:?}")));
+                }
+            }
+        }
+        Ok(Self {
+            default_plan,
+            anonymous_plan,
+            unmatched_events,
+            plans,
+        })
+    }
+
+    /// A document with no plans: every user is `no_subscription` until one is applied.
+    pub fn empty() -> Self {
+        Self {
+            default_plan: None,
+            anonymous_plan: None,
+            unmatched_events: UnmatchedEvents::Deny,
+            plans: Vec::new(),
+        }
+    }
+
+    pub fn plan(&self, id: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.id == id)
+    }
+
+    /// The plan of a user without an active subscription: the anonymous plan for `anon_` ids
+    /// when the document names one, else the default plan.
+    pub fn fallback_plan(&self, user_id: &str) -> Option<&Plan> {
+        let id = match (&self.anonymous_plan, user_id.starts_with("anon_")) {
+            (Some(anon), true) => anon,
+            _ => self.default_plan.as_ref()?,
+        };
+        self.plan(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let p = |s: &str| EventPattern::parse(s).unwrap();
+        assert!(p("image.*").matches("image.render"));
+        assert!(!p("image.*").matches("images.render"));
+        assert!(p("*").matches("anything"));
+        assert!(p("image.render").matches("image.render"));
+        assert!(!p("image.render").matches("image.render2"));
+        assert!(p("*.tokens").matches("llm.tokens"));
+        assert!(p("a*b*c").matches("axxbyyc"));
+        assert!(!p("a*b*c").matches("axxbyy"));
+        assert!(EventPattern::parse("bad pattern*").is_err());
+    }
+
+    #[test]
+    fn metadata_rules_need_every_key() {
+        let rule = MatchRule {
+            event: EventPattern::parse("image.*").unwrap(),
+            metadata: vec![("model".into(), vec!["flux-pro".into(), "dall-e-3".into()])],
+        };
+        let ev = EventName::parse("image.render").unwrap();
+        let md = |pairs: &[(&str, &str)]| {
+            Metadata::parse(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+            .unwrap()
+        };
+        assert!(rule.matches(&ev, &md(&[("model", "dall-e-3")])));
+        assert!(!rule.matches(&ev, &md(&[("model", "sdxl")])));
+        assert!(!rule.matches(&ev, &md(&[])));
+    }
+}

@@ -1,0 +1,398 @@
+//! Subscriptions: which plan a subject is on, and how upserts and cancels change that.
+//!
+//! A subscription row is ground state; its history is append-only. Upsert and cancel are pure
+//! functions from (current row, request, now) to (new row, history rows), so the store only
+//! writes what they return and every backend records the same history.
+
+use crate::plan::{Plan, PlanDocument, WindowSpec};
+use crate::window::{self, BillingInterval, CalendarPeriod, WindowBounds, WindowError};
+use jiff::Timestamp;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    Active,
+    Trialing,
+    PastDue,
+}
+
+impl SubscriptionStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "trialing" => Some(Self::Trialing),
+            "past_due" => Some(Self::PastDue),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Trialing => "trialing",
+            Self::PastDue => "past_due",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub id: String,
+    pub plan_id: String,
+    pub status: SubscriptionStatus,
+    pub cycle_start: Timestamp,
+    pub ends_at: Option<Timestamp>,
+    pub custom_limits: BTreeMap<String, u64>,
+    pub created_at: Timestamp,
+}
+
+impl Subscription {
+    /// Until `endsAt` a subscription is in force; from then on the subject falls back.
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.ends_at.is_none_or(|end| now < end)
+    }
+
+    /// The quota of `limit_id` for this subscriber: a custom limit, else the plan's.
+    pub fn quota(&self, limit_id: &str, plan_quota: u64) -> u64 {
+        self.custom_limits
+            .get(limit_id)
+            .copied()
+            .unwrap_or(plan_quota)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryKind {
+    Created,
+    PlanChanged,
+    Renewed,
+    CancelScheduled,
+    Canceled,
+    Reactivated,
+    Ended,
+}
+
+impl HistoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::PlanChanged => "plan_changed",
+            Self::Renewed => "renewed",
+            Self::CancelScheduled => "cancel_scheduled",
+            Self::Canceled => "canceled",
+            Self::Reactivated => "reactivated",
+            Self::Ended => "ended",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Created,
+            Self::PlanChanged,
+            Self::Renewed,
+            Self::CancelScheduled,
+            Self::Canceled,
+            Self::Reactivated,
+            Self::Ended,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub kind: HistoryKind,
+    pub at: Timestamp,
+    pub from_plan_id: Option<String>,
+    pub to_plan_id: Option<String>,
+    pub source: String,
+    pub reason: Option<String>,
+}
+
+/// An upsert as asked. `None` fields keep what the subscription has; `ends_at: Some(None)`
+/// clears a scheduled end.
+#[derive(Debug, Clone, Default)]
+pub struct UpsertRequest {
+    pub plan_id: String,
+    pub cycle_start: Option<Timestamp>,
+    pub ends_at: Option<Option<Timestamp>>,
+    pub custom_limits: Option<BTreeMap<String, u64>>,
+    pub status: Option<SubscriptionStatus>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpsertOutcome {
+    pub subscription: Subscription,
+    pub history: Vec<HistoryEntry>,
+    pub changed: bool,
+}
+
+/// Applies an upsert. `new_id` names the subscription when none exists yet.
+pub fn upsert(
+    current: Option<&Subscription>,
+    req: &UpsertRequest,
+    new_id: &str,
+    now: Timestamp,
+) -> UpsertOutcome {
+    let entry = |kind, from: Option<&str>| HistoryEntry {
+        kind,
+        at: now,
+        from_plan_id: from.map(str::to_string),
+        to_plan_id: Some(req.plan_id.clone()),
+        source: req.source.clone(),
+        reason: None,
+    };
+    let fresh = |id: &str| Subscription {
+        id: id.to_string(),
+        plan_id: req.plan_id.clone(),
+        status: req.status.unwrap_or(SubscriptionStatus::Active),
+        cycle_start: req.cycle_start.unwrap_or(now),
+        ends_at: req.ends_at.flatten(),
+        custom_limits: req.custom_limits.clone().unwrap_or_default(),
+        created_at: now,
+    };
+    let Some(cur) = current else {
+        return UpsertOutcome {
+            subscription: fresh(new_id),
+            history: vec![entry(HistoryKind::Created, None)],
+            changed: true,
+        };
+    };
+    if !cur.is_active(now) {
+        let mut sub = fresh(&cur.id);
+        sub.created_at = cur.created_at;
+        return UpsertOutcome {
+            subscription: sub,
+            history: vec![entry(HistoryKind::Reactivated, Some(&cur.plan_id))],
+            changed: true,
+        };
+    }
+    let mut sub = cur.clone();
+    let mut history = Vec::new();
+    if req.plan_id != cur.plan_id {
+        sub.plan_id = req.plan_id.clone();
+        history.push(entry(HistoryKind::PlanChanged, Some(&cur.plan_id)));
+    }
+    if let Some(start) = req.cycle_start {
+        if start != cur.cycle_start {
+            sub.cycle_start = start;
+            if start > cur.cycle_start {
+                history.push(entry(HistoryKind::Renewed, Some(&cur.plan_id)));
+            }
+        }
+    }
+    if let Some(ends_at) = req.ends_at {
+        if ends_at != cur.ends_at {
+            sub.ends_at = ends_at;
+            match ends_at {
+                Some(end) if end <= now => history.push(entry(HistoryKind::Canceled, None)),
+                Some(_) => history.push(entry(HistoryKind::CancelScheduled, None)),
+                None => history.push(entry(HistoryKind::Reactivated, Some(&cur.plan_id))),
+            }
+        }
+    }
+    if let Some(custom) = &req.custom_limits {
+        sub.custom_limits = custom.clone();
+    }
+    if let Some(status) = req.status {
+        sub.status = status;
+    }
+    let changed = sub != *cur;
+    UpsertOutcome {
+        subscription: sub,
+        history,
+        changed,
+    }
+}
+
+/// When a cancel takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelAt {
+    Now,
+    PeriodEnd,
+    At(Timestamp),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error("the subscription has already ended")]
+    AlreadyCanceled,
+    #[error(transparent)]
+    Window(#[from] WindowError),
+}
+
+/// Applies a cancel to an existing subscription on `billing` cycles.
+pub fn cancel(
+    current: &Subscription,
+    billing: BillingInterval,
+    at: CancelAt,
+    reason: Option<String>,
+    source: &str,
+    now: Timestamp,
+) -> Result<(Subscription, HistoryEntry), CancelError> {
+    if !current.is_active(now) {
+        return Err(CancelError::AlreadyCanceled);
+    }
+    let end = match at {
+        CancelAt::Now => now,
+        CancelAt::PeriodEnd => window::subscription_window(current.cycle_start, billing, now)?
+            .end
+            .unwrap_or(now),
+        CancelAt::At(t) => t.max(now),
+    };
+    let kind = if end <= now {
+        HistoryKind::Canceled
+    } else {
+        HistoryKind::CancelScheduled
+    };
+    let mut sub = current.clone();
+    sub.ends_at = Some(end);
+    let entry = HistoryEntry {
+        kind,
+        at: now,
+        from_plan_id: Some(current.plan_id.clone()),
+        to_plan_id: None,
+        source: source.to_string(),
+        reason,
+    };
+    Ok((sub, entry))
+}
+
+/// The history as a reader sees it at `now`: the stored rows, plus an `ended` row once a
+/// scheduled end has passed (the end happens by the clock, not by a write).
+pub fn history_view(
+    rows: Vec<HistoryEntry>,
+    current: Option<&Subscription>,
+    now: Timestamp,
+) -> Vec<HistoryEntry> {
+    let mut rows = rows;
+    let Some(sub) = current else { return rows };
+    let Some(end) = sub.ends_at else { return rows };
+    let scheduled = rows
+        .last()
+        .is_some_and(|r| r.kind == HistoryKind::CancelScheduled);
+    if scheduled && end <= now {
+        rows.push(HistoryEntry {
+            kind: HistoryKind::Ended,
+            at: end,
+            from_plan_id: Some(sub.plan_id.clone()),
+            to_plan_id: None,
+            source: rows.last().map(|r| r.source.clone()).unwrap_or_default(),
+            reason: None,
+        });
+    }
+    rows
+}
+
+/// The plan in force for a subject, and the subscription that put it there (None on the
+/// default or anonymous plan).
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved<'a> {
+    pub plan: &'a Plan,
+    pub subscription: Option<&'a Subscription>,
+}
+
+/// A subject's effective plan at `now`: its active subscription's plan, else the fallback
+/// plan of the document, else none (`no_subscription`). A subscription whose plan was removed
+/// from the document falls back too.
+pub fn resolve<'a>(
+    doc: &'a PlanDocument,
+    subscription: Option<&'a Subscription>,
+    user_id: &str,
+    now: Timestamp,
+) -> Option<Resolved<'a>> {
+    if let Some(sub) = subscription.filter(|s| s.is_active(now)) {
+        if let Some(plan) = doc.plan(&sub.plan_id) {
+            return Some(Resolved {
+                plan,
+                subscription: Some(sub),
+            });
+        }
+    }
+    doc.fallback_plan(user_id).map(|plan| Resolved {
+        plan,
+        subscription: None,
+    })
+}
+
+/// The current window of a limit for a subject. `first_use_current` is the start of the
+/// counter's most recent first_use window, if any. A `subscription` window without a
+/// subscription is the calendar month in UTC.
+pub fn limit_window(
+    spec: &WindowSpec,
+    resolved: Resolved<'_>,
+    first_use_current: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<WindowBounds, WindowError> {
+    match spec {
+        WindowSpec::Calendar { period, timezone } => {
+            window::calendar_window(*period, timezone, now)
+        }
+        WindowSpec::Subscription => match resolved.subscription {
+            Some(sub) => window::subscription_window(sub.cycle_start, resolved.plan.billing, now),
+            None => window::calendar_window(CalendarPeriod::Month, &jiff::tz::TimeZone::UTC, now),
+        },
+        WindowSpec::Rolling { seconds } => window::rolling_window(*seconds, now),
+        WindowSpec::FirstUse { seconds } => {
+            window::first_use_window(first_use_current, *seconds, now)
+        }
+        WindowSpec::Lifetime => Ok(window::lifetime_window()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn req(plan: &str) -> UpsertRequest {
+        UpsertRequest {
+            plan_id: plan.into(),
+            source: "api".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn upsert_twice_is_a_no_op_and_plan_change_keeps_the_anchor() {
+        let now = ts("2026-01-10T00:00:00Z");
+        let created = upsert(None, &req("free"), "sub_1", now);
+        assert!(created.changed);
+        assert_eq!(created.history[0].kind, HistoryKind::Created);
+        assert_eq!(created.subscription.cycle_start, now);
+        let again = upsert(Some(&created.subscription), &req("free"), "x", now);
+        assert!(!again.changed);
+        assert!(again.history.is_empty());
+        let later = ts("2026-01-12T00:00:00Z");
+        let pro = upsert(Some(&created.subscription), &req("pro"), "x", later);
+        assert!(pro.changed);
+        assert_eq!(pro.subscription.cycle_start, now);
+        assert_eq!(pro.history[0].kind, HistoryKind::PlanChanged);
+        assert_eq!(pro.history[0].from_plan_id.as_deref(), Some("free"));
+    }
+
+    #[test]
+    fn cancel_at_period_end_then_already_canceled() {
+        let now = ts("2026-01-10T00:00:00Z");
+        let sub = upsert(None, &req("pro"), "sub_1", now).subscription;
+        let month = BillingInterval {
+            unit: crate::window::IntervalUnit::Month,
+            count: 1,
+        };
+        let (ended, entry) = cancel(&sub, month, CancelAt::PeriodEnd, None, "api", now).unwrap();
+        assert_eq!(entry.kind, HistoryKind::CancelScheduled);
+        assert_eq!(ended.ends_at, Some(ts("2026-02-10T00:00:00Z")));
+        assert!(ended.is_active(ts("2026-02-09T23:59:59Z")));
+        assert!(!ended.is_active(ts("2026-02-10T00:00:00Z")));
+        let after = ts("2026-02-11T00:00:00Z");
+        assert_eq!(
+            cancel(&ended, month, CancelAt::Now, None, "api", after),
+            Err(CancelError::AlreadyCanceled)
+        );
+        let view = history_view(vec![entry], Some(&ended), after);
+        assert_eq!(view.last().unwrap().kind, HistoryKind::Ended);
+    }
+}

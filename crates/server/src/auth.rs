@@ -1,0 +1,140 @@
+//! Who is calling: API keys (secret or publishable, one environment each) and the admin token.
+//!
+//! A key is never stored: its SHA-256 hash is looked up. The key alone decides project and
+//! environment; nothing in a body or path can reach another. Each extractor also computes the
+//! request's `now`: real time plus the environment's test-clock offset, cut to the millisecond.
+
+use crate::bootstrap::hash_secret;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use jiff::{SignedDuration, Timestamp};
+use tollgate_api::time::truncate_to_millis;
+use tollgate_store::{AuthContext, KeyKind, Mode};
+
+/// Longest bearer token the server will hash, in bytes; anything longer is no key of ours.
+pub const BEARER_BYTES_MAX: usize = 256;
+
+/// An authenticated API key and the request's clock.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub auth: AuthContext,
+    /// Real now plus the environment's test-clock offset.
+    pub now: Timestamp,
+}
+
+/// Any valid key, secret or publishable.
+pub struct AnyKey(pub Caller);
+
+/// A valid secret key; a publishable one answers `403 requires_secret_key`.
+pub struct SecretKey(pub Caller);
+
+/// A valid secret key of a test environment; a live one answers `403 forbidden`.
+pub struct TestSecretKey(pub Caller);
+
+/// The install's admin token.
+pub struct Admin;
+
+/// The token of `Authorization: Bearer <token>`, if well-formed.
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    let well_formed = scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && token.len() <= BEARER_BYTES_MAX
+        && token.bytes().all(|b| b.is_ascii_graphic());
+    well_formed.then_some(token)
+}
+
+/// Real now shifted by a test-clock offset (0 in live), at millisecond precision.
+pub fn environment_now(offset_seconds: i64) -> Timestamp {
+    let real = Timestamp::now();
+    let shifted = real
+        .checked_add(SignedDuration::from_secs(offset_seconds))
+        .unwrap_or(real);
+    truncate_to_millis(shifted)
+}
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::InvalidKey)?;
+        let auth = state
+            .store
+            .authenticate(hash_secret(token))
+            .await?
+            .ok_or(ApiError::InvalidKey)?;
+        let span = tracing::Span::current();
+        span.record("project", auth.project_id.as_str());
+        span.record("environment", auth.mode.as_str());
+        let now = environment_now(auth.clock_offset_seconds);
+        Ok(AnyKey(Caller { auth, now }))
+    }
+}
+
+impl FromRequestParts<AppState> for SecretKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AnyKey(caller) = AnyKey::from_request_parts(parts, state).await?;
+        if caller.auth.kind != KeyKind::Secret {
+            return Err(ApiError::RequiresSecretKey);
+        }
+        Ok(SecretKey(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for TestSecretKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let SecretKey(caller) = SecretKey::from_request_parts(parts, state).await?;
+        if caller.auth.mode != Mode::Test {
+            return Err(ApiError::Forbidden(
+                "the test clock exists only in the test environment; use a test key".into(),
+            ));
+        }
+        Ok(TestSecretKey(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::InvalidKey)?;
+        if !state.store.verify_admin(hash_secret(token)).await? {
+            return Err(ApiError::InvalidKey);
+        }
+        Ok(Admin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+
+    fn parts(authorization: Option<&str>) -> Parts {
+        let mut builder = Request::builder();
+        if let Some(value) = authorization {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer(&parts(Some("Bearer sk_test_x"))), Some("sk_test_x"));
+        assert_eq!(bearer(&parts(Some("bearer sk_test_x"))), Some("sk_test_x"));
+        assert_eq!(bearer(&parts(Some("Basic abc"))), None);
+        assert_eq!(bearer(&parts(Some("Bearer "))), None);
+        assert_eq!(bearer(&parts(None)), None);
+        let long = format!("Bearer {}", "k".repeat(BEARER_BYTES_MAX + 1));
+        assert_eq!(bearer(&parts(Some(&long))), None);
+    }
+}

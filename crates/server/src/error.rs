@@ -1,0 +1,250 @@
+//! The one error type of every handler, and the one table from error code to HTTP status.
+//!
+//! `ApiError` writes the body of API.md §2 (`{"error": {"code", "message", ...extra}}`). A 5xx
+//! never carries internals: the detail goes to the log, the client gets a fixed sentence.
+//! Client mistakes are logged at `debug`, server faults at `warn` or `error`.
+
+use crate::render::json_response;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tollgate_api::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
+use tollgate_store::{ReservationStatus, StoreError};
+
+/// Seconds a client should wait before retrying a `503` or `429`.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// The HTTP status of each public error code: the only place they are paired.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidKey => StatusCode::UNAUTHORIZED,
+        ErrorCode::RequiresSecretKey => StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::ReservationNotPending => StatusCode::CONFLICT,
+        ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+        ErrorCode::AlreadyCanceled => StatusCode::CONFLICT,
+        ErrorCode::SeatLimitReached => StatusCode::CONFLICT,
+        ErrorCode::InvalidSignature => StatusCode::BAD_REQUEST,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// `field` is the JSON path at fault, when there is one.
+    #[error("invalid request: {message}")]
+    InvalidRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("invalid key")]
+    InvalidKey,
+    #[error("requires a secret key")]
+    RequiresSecretKey,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("reservation is {}", .0.as_str())]
+    ReservationNotPending(ReservationStatus),
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+    #[error("subscription has already ended")]
+    AlreadyCanceled,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// The detail is for the log only.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request ran past its deadline; unlike `Unavailable`, it may have been applied.
+    #[error("request deadline passed")]
+    DeadlinePassed,
+    /// The detail is for the log only.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        ApiError::InvalidRequest {
+            field: (!field.is_empty()).then_some(field),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::NotFound(what.into())
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            ApiError::InvalidKey => ErrorCode::InvalidKey,
+            ApiError::RequiresSecretKey => ErrorCode::RequiresSecretKey,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::ReservationNotPending(_) => ErrorCode::ReservationNotPending,
+            ApiError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            ApiError::AlreadyCanceled => ErrorCode::AlreadyCanceled,
+            ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::Unavailable(_) | ApiError::DeadlinePassed => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::InternalError,
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let mut detail = ErrorDetail {
+            code: self.code().as_str().to_string(),
+            message: self.public_message(),
+            field: None,
+            status: None,
+        };
+        match self {
+            ApiError::InvalidRequest { field, .. } => detail.field = field.clone(),
+            ApiError::ReservationNotPending(status) => {
+                detail.status = Some(status.as_str().to_string())
+            }
+            _ => {}
+        }
+        ErrorBody { error: detail }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::InvalidRequest { message, .. } => message.clone(),
+            ApiError::InvalidKey => {
+                "the API key is missing, malformed, unknown or revoked; send it as \
+                 `Authorization: Bearer <key>`"
+                    .to_string()
+            }
+            ApiError::RequiresSecretKey => "this route needs a secret key".to_string(),
+            ApiError::Forbidden(why) => why.clone(),
+            ApiError::NotFound(what) => what.clone(),
+            ApiError::MethodNotAllowed => "this route does not take that method".to_string(),
+            ApiError::ReservationNotPending(status) => {
+                format!(
+                    "the reservation is {} and no longer pending",
+                    status.as_str()
+                )
+            }
+            ApiError::IdempotencyConflict => {
+                "this idempotencyKey was already used with a different request".to_string()
+            }
+            ApiError::AlreadyCanceled => "the subscription has already ended".to_string(),
+            ApiError::PayloadTooLarge => format!(
+                "the request body is over {} bytes",
+                crate::REQUEST_BODY_BYTES_MAX
+            ),
+            ApiError::UnsupportedMediaType => {
+                "the request body must be JSON with `Content-Type: application/json`".to_string()
+            }
+            ApiError::Unavailable(_) => {
+                "storage is unavailable or overloaded; nothing was applied, retry later".to_string()
+            }
+            ApiError::DeadlinePassed => {
+                "the request took too long and may or may not have been applied; retry it with \
+                 the same idempotencyKey"
+                    .to_string()
+            }
+            ApiError::Internal(_) => "internal error".to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(detail, "internal error"),
+            ApiError::Unavailable(detail) => tracing::warn!(detail, "unavailable"),
+            ApiError::DeadlinePassed => tracing::warn!("request deadline passed"),
+            other => tracing::debug!(code = other.code().as_str(), error = %other, "client error"),
+        }
+        let status = status_of(self.code());
+        // Plain data of strings: encoding cannot fail.
+        let body = serde_json::to_string(&self.body()).unwrap_or_default();
+        let mut response = json_response(status, body);
+        if matches!(status.as_u16(), 429 | 503) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::not_found("not found"),
+            StoreError::NotPending { status } => ApiError::ReservationNotPending(status),
+            StoreError::IdempotencyConflict => ApiError::IdempotencyConflict,
+            StoreError::AlreadyCanceled => ApiError::AlreadyCanceled,
+            StoreError::Invalid { field, message } => ApiError::invalid(field, message),
+            StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            // Every id the server creates is fresh, so a clash is a bug.
+            StoreError::AlreadyExists => ApiError::Internal("unexpected AlreadyExists".into()),
+            StoreError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+/// Maps a store error, naming what was not found.
+pub fn store_error(what: &str) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(format!("{what} not found")),
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_one_status_and_a_4xx_or_5xx() {
+        for code in ErrorCode::ALL {
+            let status = status_of(code);
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{code:?}"
+            );
+        }
+        assert_eq!(status_of(ErrorCode::PayloadTooLarge).as_u16(), 413);
+        assert_eq!(status_of(ErrorCode::UnsupportedMediaType).as_u16(), 415);
+    }
+
+    #[test]
+    fn internal_errors_leak_nothing() {
+        let body = ApiError::Internal("sqlite: disk I/O error at /secret/path".into()).body();
+        assert_eq!(body.error.code, "internal_error");
+        assert!(!body.error.message.contains("sqlite"));
+        let body = ApiError::Unavailable("writer queue full".into()).body();
+        assert!(!body.error.message.contains("writer"));
+    }
+
+    #[tokio::test]
+    async fn unavailable_sets_retry_after() {
+        let response = ApiError::Unavailable("x".into()).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,229 @@
+//! Request extractors whose every refusal is an [`ApiError`] with the body of API.md §2.
+//!
+//! axum's own `Json`, `Path` and `Query` answer plain-text rejections with their own statuses;
+//! these wrappers check the content type (415), the size (413) and the JSON (400 naming the
+//! field, unknown fields included) and keep the parsed JSON value for idempotency fingerprints.
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// Whether the request says its body is JSON (`application/json`, any `+json`, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The raw body, within the size limit the router sets (`DefaultBodyLimit`).
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::invalid("", "the request body could not be read")
+        }
+    })
+}
+
+/// The body as JSON text: JSON content type required, UTF-8 required.
+pub struct JsonText(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for JsonText {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = body_bytes(req, state).await?;
+        String::from_utf8(bytes.to_vec())
+            .map(JsonText)
+            .map_err(|_| ApiError::invalid("", "the request body is not valid UTF-8"))
+    }
+}
+
+fn parse_value(text: &str) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_str(text).map_err(|e| ApiError::invalid("", format!("malformed JSON: {e}")))
+}
+
+fn typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    tollgate_api::from_json_value(value).map_err(ApiError::from)
+}
+
+/// A JSON body deserialized into `T`; unknown fields, wrong types and malformed JSON are `400`.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonText(text) = JsonText::from_request(req, state).await?;
+        typed(&parse_value(&text)?).map(ApiJson)
+    }
+}
+
+/// A JSON body whose fields are all optional: no body at all (and no content type) reads as
+/// `T::default()`, so `POST /v1/reservations/{id}/commit` needs no `{}`.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let declared_json = is_json(req.headers());
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !declared_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::invalid("", "the request body is not valid UTF-8"))?;
+        typed(&parse_value(text)?).map(OptionalJson)
+    }
+}
+
+/// A JSON body deserialized into `T`, with the fingerprint of the request for idempotency.
+pub struct IdempotentJson<T> {
+    pub body: T,
+    /// Hex SHA-256 of the body's canonical JSON (keys sorted, no whitespace): the same request
+    /// written differently has the same fingerprint.
+    pub fingerprint: String,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for IdempotentJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonText(text) = JsonText::from_request(req, state).await?;
+        let value = parse_value(&text)?;
+        let body = typed(&value)?;
+        Ok(IdempotentJson {
+            body,
+            fingerprint: fingerprint(&value),
+        })
+    }
+}
+
+/// Hex SHA-256 of the canonical form of `value`.
+pub fn fingerprint(value: &serde_json::Value) -> String {
+    let mut canonical = String::new();
+    write_canonical(value, &mut canonical);
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// JSON with object keys sorted at every depth, whatever order the map type keeps.
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Path parameters; a malformed one is `400`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| ApiError::invalid("", e.body_text()))
+    }
+}
+
+/// Query parameters; unknown or malformed ones are `400`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| ApiError::invalid("", e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fingerprints_ignore_key_order_and_whitespace() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"userId":"u","event":"e","metadata":{"b":"1","a":"2"}}"#)
+                .unwrap();
+        let b = json!({"metadata": {"a": "2", "b": "1"}, "event": "e", "userId": "u"});
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let c = json!({"metadata": {"a": "2", "b": "1"}, "event": "e", "userId": "v"});
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        assert_eq!(fingerprint(&a).len(), 64);
+    }
+
+    #[test]
+    fn json_content_types() {
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            h
+        };
+        assert!(is_json(&headers("application/json")));
+        assert!(is_json(&headers("application/json; charset=utf-8")));
+        assert!(is_json(&headers("Application/JSON")));
+        assert!(is_json(&headers("application/merge-patch+json")));
+        assert!(!is_json(&headers("text/plain")));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

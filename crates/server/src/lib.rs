@@ -1,0 +1,85 @@
+//! The HTTP server of Tollgate: axum routes for the API of `API.md`, key authentication, the
+//! plan cache, metrics, the reservation sweeper and the OpenAPI document.
+//!
+//! A request goes: observe (request id, span, metrics, timeout) → authenticate the key → parse
+//! the body into core newtypes (`tollgate-api`) → one [`Store`] command with `now` and fresh ids
+//! → render the outcome. Only this crate knows HTTP status codes ([`error`]).
+//!
+//! Entry points: [`AppState`], [`router`], [`run`], and [`bootstrap`] for `tollgate init`.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod ids;
+pub mod metrics;
+mod observe;
+pub mod openapi;
+pub mod plan_cache;
+mod render;
+mod routes;
+pub mod sweeper;
+
+use std::future::Future;
+use std::sync::Arc;
+use tollgate_store::Store;
+
+pub use config::ServerConfig;
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use plan_cache::PlanCache;
+pub use routes::router;
+
+/// Largest request body, in bytes (1 MiB, API.md §1); larger answers `413 payload_too_large`.
+pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub plans: Arc<PlanCache>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<ServerConfig>,
+}
+
+impl AppState {
+    /// `metrics` should be the observer the store was opened with, so `/metrics` shows the
+    /// writer's batches.
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: ServerConfig) -> Self {
+        Self {
+            store,
+            plans: Arc::new(PlanCache::default()),
+            metrics,
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests,
+/// stops the sweeper and shuts the store down (finishing its queued writes).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_sweeper, stopped) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweeper::run(
+        state.store.clone(),
+        state.config.sweep_interval,
+        stopped,
+    ));
+    let app = router(state.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("http server stopped; stopping background tasks");
+    // The receiver lives until the sweeper returns, so this send cannot fail while it runs.
+    let _ = stop_sweeper.send(true);
+    if let Err(e) = sweeper.await {
+        tracing::error!(error = %e, "sweeper task failed");
+    }
+    state.store.shutdown().await;
+    tracing::info!("store shut down");
+    served
+}

@@ -1,0 +1,201 @@
+//! Prometheus metrics of the server and the store's writer, served at `/metrics`.
+//!
+//! Every request is counted by method, route and status; every metering decision by operation,
+//! outcome and deny reason; every writer transaction by its size (the store reports it through
+//! [`StoreObserver`]). The writer's queue depth is read from the store at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+use tollgate_core::decision::DenyReason;
+use tollgate_store::StoreObserver;
+
+/// Request duration buckets: 0.25 ms doubling 16 times (to about 8 s).
+const DURATION_BUCKET_START_SECONDS: f64 = 0.000_25;
+const DURATION_BUCKETS: u16 = 16;
+/// Writer batch size buckets: 1 doubling to 512 (`WRITER_BATCH_MAX`).
+const BATCH_BUCKETS: u16 = 10;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    operation: &'static str,
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+/// A metering operation that decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Reserve,
+    Check,
+    Track,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Reserve => "reserve",
+            Operation::Check => "check",
+            Operation::Track => "track",
+        }
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        DURATION_BUCKET_START_SECONDS,
+        2.0,
+        DURATION_BUCKETS,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    decisions: Family<DecisionLabels, Counter>,
+    writer_batch_size: Histogram,
+    writer_queue_depth: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "tollgate_http_requests",
+            "HTTP requests answered, by method, route and status",
+            requests.clone(),
+        );
+        let durations = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        registry.register(
+            "tollgate_http_request_duration_seconds",
+            "Time to answer an HTTP request, in seconds",
+            durations.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "tollgate_decisions",
+            "Metering decisions, by operation, outcome and deny reason",
+            decisions.clone(),
+        );
+        let writer_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
+        registry.register(
+            "tollgate_writer_batch_size",
+            "Commands per durable writer transaction",
+            writer_batch_size.clone(),
+        );
+        let writer_queue_depth = Gauge::default();
+        registry.register(
+            "tollgate_writer_queue_depth",
+            "Commands waiting for the writer",
+            writer_queue_depth.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            durations,
+            decisions,
+            writer_batch_size,
+            writer_queue_depth,
+        }
+    }
+
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&RouteLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one decision under its first (most important) deny reason, or `none`.
+    pub fn observe_decision(&self, operation: Operation, allowed: bool, reasons: &[DenyReason]) {
+        let reason = reasons.first().map_or("none", |r| r.as_str());
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                operation: operation.as_str(),
+                outcome: if allowed { "allowed" } else { "denied" },
+                reason,
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric, with the queue depth as of now.
+    pub fn encode(&self, writer_queue_depth: usize) -> String {
+        self.writer_queue_depth
+            .set(i64::try_from(writer_queue_depth).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl StoreObserver for Metrics {
+    fn batch_committed(&self, commands: usize) {
+        self.writer_batch_size.observe(commands as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported() {
+        let m = Metrics::new();
+        m.observe_request("POST", "/v1/reserve", 200, Duration::from_millis(2));
+        m.observe_decision(Operation::Reserve, false, &[DenyReason::LimitReached]);
+        m.batch_committed(3);
+        let text = m.encode(7);
+        assert!(text.contains(
+            r#"tollgate_http_requests_total{method="POST",route="/v1/reserve",status="200"} 1"#
+        ));
+        assert!(text.contains("tollgate_http_request_duration_seconds_bucket"));
+        assert!(text.contains(
+            r#"tollgate_decisions_total{operation="reserve",outcome="denied",reason="limit_reached"} 1"#
+        ));
+        assert!(text.contains("tollgate_writer_batch_size_sum 3"));
+        assert!(text.contains("tollgate_writer_queue_depth 7"));
+    }
+}

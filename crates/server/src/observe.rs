@@ -1,0 +1,61 @@
+//! The outermost layer of every request: a request id, one tracing span (filled in with project
+//! and environment once the key is known), a deadline, and the request metrics.
+
+use crate::error::ApiError;
+use crate::ids::{new_id, REQUEST_PREFIX};
+use crate::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// The response header that carries the request id, for support requests and log searches.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The route label of a request that matched no route.
+const UNMATCHED_ROUTE: &str = "unmatched";
+
+pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = new_id(REQUEST_PREFIX);
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, |p| p.as_str())
+        .to_string();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        project = tracing::field::Empty,
+        environment = tracing::field::Empty,
+    );
+    let deadline = state.config.request_timeout;
+    let mut response = async move {
+        match tokio::time::timeout(deadline, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::DeadlinePassed.into_response(),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .observe_request(&method, &route, status, elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "request answered"
+        )
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}

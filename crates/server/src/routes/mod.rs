@@ -1,0 +1,102 @@
+//! The route table: every path of the API, its handler, and the layers around all of them.
+
+pub mod admin;
+pub mod metering;
+pub mod plans;
+pub mod subscriptions;
+pub mod system;
+
+use crate::error::ApiError;
+use crate::observe::observe;
+use crate::{AppState, REQUEST_BODY_BYTES_MAX};
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use std::any::Any;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// A panicking handler answers `500 internal_error`; the panic is logged, not shown.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a handler panicked");
+    ApiError::Internal(format!("handler panicked: {detail}")).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no route here; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Every route of the API with its layers: observe (outermost), catch panics, body limit.
+pub fn router(state: AppState) -> Router {
+    with_layers(routes(), state)
+}
+
+/// The layers every route shares, outermost last.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/reserve", post(metering::reserve))
+        .route(
+            "/v1/reservations/{reservationId}",
+            get(metering::get_reservation),
+        )
+        .route(
+            "/v1/reservations/{reservationId}/commit",
+            post(metering::commit),
+        )
+        .route(
+            "/v1/reservations/{reservationId}/release",
+            post(metering::release),
+        )
+        .route(
+            "/v1/reservations/{reservationId}/extend",
+            post(metering::extend),
+        )
+        .route("/v1/track", post(metering::track))
+        .route("/v1/check", post(metering::check))
+        .route("/v1/users/{userId}/usage", get(metering::usage))
+        .route("/v1/plans", get(plans::get_plans).put(plans::put_plans))
+        .route("/v1/plans/{planId}", get(plans::get_plan))
+        .route("/v1/subscriptions", post(subscriptions::upsert))
+        .route("/v1/subscriptions/cancel", post(subscriptions::cancel))
+        .route("/v1/subscriptions/{userId}", get(subscriptions::get))
+        .route(
+            "/v1/subscriptions/{userId}/history",
+            get(subscriptions::history),
+        )
+        .route("/v1/test/clock", get(admin::get_clock))
+        .route("/v1/test/clock/advance", post(admin::advance_clock))
+        .route(
+            "/admin/v1/projects",
+            get(admin::list_projects).post(admin::create_project),
+        )
+        .route(
+            "/admin/v1/projects/{projectId}/keys",
+            get(admin::list_keys).post(admin::create_key),
+        )
+        .route("/admin/v1/keys/{keyId}", delete(admin::revoke_key))
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+}
+
+#[cfg(test)]
+mod tests;

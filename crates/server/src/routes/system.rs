@@ -1,0 +1,55 @@
+//! System routes (API.md §7): liveness, readiness, metrics and the OpenAPI document. None takes
+//! a key: they describe the process, not a project.
+
+use crate::error::ApiError;
+use crate::openapi::openapi_json;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tollgate_api as wire;
+
+/// The content type of the OpenMetrics text format that `prometheus-client` writes.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "system",
+    responses((status = 200, body = wire::HealthResponse)))]
+pub async fn healthz() -> Json<wire::HealthResponse> {
+    Json(wire::HealthResponse {
+        status: "ok".to_string(),
+    })
+}
+
+/// Storage is reachable and writable.
+#[utoipa::path(get, path = "/readyz", tag = "system",
+    responses((status = 200, body = wire::HealthResponse), (status = 503, body = wire::ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<wire::HealthResponse>, ApiError> {
+    if !state.store.ready().await {
+        return Err(ApiError::Unavailable("store is not ready".into()));
+    }
+    Ok(Json(wire::HealthResponse {
+        status: "ready".to_string(),
+    }))
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.encode(state.store.queue_depth());
+    let mut response = (StatusCode::OK, text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+    );
+    response
+}
+
+/// This API, as OpenAPI 3.1.
+#[utoipa::path(get, path = "/openapi.json", tag = "system",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    crate::render::json_response(StatusCode::OK, openapi_json().to_string())
+}

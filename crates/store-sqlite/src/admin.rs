@@ -1,0 +1,551 @@
+//! [`SqliteStore`]: the `Store` trait on SQLite, plus the install, key, plan and subscription
+//! operations (metering lives in `metering`).
+
+use crate::metering::{self, load_subscription, user_subject};
+use crate::writer::Writer;
+use crate::{internal, ms, open_writer, ts, Readers, DATABASE_FILE};
+use async_trait::async_trait;
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Arc;
+use tollgate_core::input::UserId;
+use tollgate_core::plan::PlanDocument;
+use tollgate_core::subscription::{
+    self, CancelAt, HistoryEntry, HistoryKind, Subscription, UpsertOutcome, UpsertRequest,
+};
+use tollgate_store::*;
+
+/// The embedded store. Cheap to clone; all clones share one writer and one reader pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<Readers>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `DIR/tollgate.db`, migrates it and starts the writer.
+    pub fn open(data_dir: &Path, observer: Arc<dyn StoreObserver>) -> StoreResult<SqliteStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let conn = open_writer(&path).map_err(internal)?;
+        let writer = Writer::start(conn, observer)
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+        Ok(SqliteStore {
+            writer,
+            readers: Arc::new(Readers::new(path)),
+        })
+    }
+}
+
+fn env_of(conn: &Connection, project_id: &str, mode: Mode) -> StoreResult<EnvId> {
+    conn.prepare_cached("SELECT env_id FROM environments WHERE project_id = ?1 AND mode = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![project_id, mode.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(internal)?
+        .map(EnvId)
+        .ok_or(StoreError::NotFound)
+}
+
+fn insert_project(conn: &Connection, p: &Project) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO projects (project_id, name, created_at_ms) VALUES (?1, ?2, ?3)",
+        params![p.project_id, p.name, ms(p.created_at)],
+    )
+    .map_err(internal)?;
+    for mode in [Mode::Live, Mode::Test] {
+        conn.execute(
+            "INSERT INTO environments (project_id, mode) VALUES (?1, ?2)",
+            params![p.project_id, mode.as_str()],
+        )
+        .map_err(internal)?;
+    }
+    Ok(())
+}
+
+fn insert_key(conn: &Connection, k: &NewKey) -> StoreResult<()> {
+    let env = env_of(conn, &k.project_id, k.mode)?;
+    conn.execute(
+        "INSERT INTO api_keys (key_id, env_id, kind, name, prefix, hash, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            k.key_id,
+            env.0,
+            k.kind.as_str(),
+            k.name,
+            k.prefix,
+            &k.hash[..],
+            ms(k.created_at)
+        ],
+    )
+    .map(|_| ())
+    .map_err(internal)
+}
+
+fn write_subscription(
+    conn: &Connection,
+    env: EnvId,
+    subject: &str,
+    s: &Subscription,
+) -> StoreResult<()> {
+    let custom =
+        serde_json::to_string(&s.custom_limits).map_err(|e| StoreError::Internal(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
+             cycle_start_ms, ends_at_ms, custom_limits, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (env_id, subject) DO UPDATE SET
+             subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
+             status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
+             ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
+             created_at_ms = excluded.created_at_ms",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            env.0,
+            subject,
+            s.id,
+            s.plan_id,
+            s.status.as_str(),
+            ms(s.cycle_start),
+            s.ends_at.map(ms),
+            custom,
+            ms(s.created_at)
+        ])
+    })
+    .map(|_| ())
+    .map_err(internal)
+}
+
+fn append_history(
+    conn: &Connection,
+    env: EnvId,
+    subject: &str,
+    h: &HistoryEntry,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO subscription_history (env_id, subject, kind, at_ms, from_plan_id,
+             to_plan_id, source, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            env.0,
+            subject,
+            h.kind.as_str(),
+            ms(h.at),
+            h.from_plan_id,
+            h.to_plan_id,
+            h.source,
+            h.reason
+        ])
+    })
+    .map(|_| ())
+    .map_err(internal)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn is_initialized(&self) -> StoreResult<bool> {
+        self.readers
+            .read(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM meta WHERE key = 'admin_token'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
+                .map_err(internal)
+            })
+            .await
+    }
+
+    async fn initialize(
+        &self,
+        admin_token_hash: [u8; 32],
+        project: Project,
+        keys: Vec<NewKey>,
+    ) -> StoreResult<()> {
+        self.writer
+            .execute(move |c| {
+                c.execute(
+                    "INSERT INTO meta (key, value) VALUES ('admin_token', ?1)",
+                    params![&admin_token_hash[..]],
+                )
+                .map_err(internal)?;
+                insert_project(c, &project)?;
+                keys.iter().try_for_each(|k| insert_key(c, k))
+            })
+            .await
+    }
+
+    async fn verify_admin(&self, token_hash: [u8; 32]) -> StoreResult<bool> {
+        let stored: Option<Vec<u8>> = self
+            .readers
+            .read(|c| {
+                c.query_row(
+                    "SELECT value FROM meta WHERE key = 'admin_token'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(internal)
+            })
+            .await?;
+        // Both sides are hashes of secrets, so a plain comparison leaks nothing useful.
+        Ok(stored.as_deref() == Some(&token_hash[..]))
+    }
+
+    async fn create_project(&self, project: Project) -> StoreResult<()> {
+        self.writer
+            .execute(move |c| insert_project(c, &project))
+            .await
+    }
+
+    async fn list_projects(&self) -> StoreResult<Vec<Project>> {
+        self.readers
+            .read(|c| {
+                let mut st = c
+                    .prepare_cached(
+                        "SELECT project_id, name, created_at_ms FROM projects ORDER BY created_at_ms, project_id",
+                    )
+                    .map_err(internal)?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok(Project {
+                            project_id: r.get(0)?,
+                            name: r.get(1)?,
+                            created_at: ts(r.get(2)?),
+                        })
+                    })
+                    .map_err(internal)?;
+                rows.collect::<Result<_, _>>().map_err(internal)
+            })
+            .await
+    }
+
+    async fn create_key(&self, key: NewKey) -> StoreResult<()> {
+        self.writer.execute(move |c| insert_key(c, &key)).await
+    }
+
+    async fn list_keys(&self, project_id: &str) -> StoreResult<Vec<KeyInfo>> {
+        let project_id = project_id.to_string();
+        self.readers
+            .read(move |c| {
+                let exists: i64 = c
+                    .query_row(
+                        "SELECT COUNT(*) FROM projects WHERE project_id = ?1",
+                        params![project_id],
+                        |r| r.get(0),
+                    )
+                    .map_err(internal)?;
+                if exists == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                let mut st = c
+                    .prepare_cached(
+                        "SELECT k.key_id, e.project_id, e.mode, k.kind, k.name, k.prefix,
+                                k.created_at_ms, k.revoked_at_ms
+                         FROM api_keys k JOIN environments e ON e.env_id = k.env_id
+                         WHERE e.project_id = ?1 ORDER BY k.created_at_ms, k.key_id",
+                    )
+                    .map_err(internal)?;
+                let rows = st
+                    .query_map(params![project_id], |r| {
+                        let mode: String = r.get(2)?;
+                        let kind: String = r.get(3)?;
+                        Ok(KeyInfo {
+                            key_id: r.get(0)?,
+                            project_id: r.get(1)?,
+                            mode: Mode::parse(&mode).unwrap_or(Mode::Test),
+                            kind: KeyKind::parse(&kind).unwrap_or(KeyKind::Publishable),
+                            name: r.get(4)?,
+                            prefix: r.get(5)?,
+                            created_at: ts(r.get(6)?),
+                            revoked_at: r.get::<_, Option<i64>>(7)?.map(ts),
+                        })
+                    })
+                    .map_err(internal)?;
+                rows.collect::<Result<_, _>>().map_err(internal)
+            })
+            .await
+    }
+
+    async fn revoke_key(&self, key_id: &str, now: Timestamp) -> StoreResult<()> {
+        let key_id = key_id.to_string();
+        self.writer
+            .execute(move |c| {
+                let n = c
+                    .execute(
+                        "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, ?2)
+                         WHERE key_id = ?1",
+                        params![key_id, ms(now)],
+                    )
+                    .map_err(internal)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn authenticate(&self, key_hash: [u8; 32]) -> StoreResult<Option<AuthContext>> {
+        self.readers
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT e.env_id, e.project_id, e.mode, k.kind, k.key_id, e.clock_offset_s
+                     FROM api_keys k JOIN environments e ON e.env_id = k.env_id
+                     WHERE k.hash = ?1 AND k.revoked_at_ms IS NULL",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![&key_hash[..]], |r| {
+                        let mode: String = r.get(2)?;
+                        let kind: String = r.get(3)?;
+                        Ok((r.get(0)?, r.get(1)?, mode, kind, r.get(4)?, r.get(5)?))
+                    })
+                    .optional()
+                })
+                .map_err(internal)?
+                .map(|(env, project_id, mode, kind, key_id, offset)| {
+                    Ok(AuthContext {
+                        env: EnvId(env),
+                        project_id,
+                        mode: Mode::parse(&mode)
+                            .ok_or_else(|| StoreError::Internal(format!("bad mode {mode}")))?,
+                        kind: KeyKind::parse(&kind)
+                            .ok_or_else(|| StoreError::Internal(format!("bad kind {kind}")))?,
+                        key_id,
+                        clock_offset_seconds: offset,
+                    })
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn advance_clock(&self, env: EnvId, seconds: i64) -> StoreResult<i64> {
+        self.writer
+            .execute(move |c| {
+                c.query_row(
+                    "UPDATE environments SET clock_offset_s = clock_offset_s + ?2
+                     WHERE env_id = ?1 RETURNING clock_offset_s",
+                    params![env.0, seconds],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(internal)?
+                .ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn put_plans(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<i64> {
+        self.writer
+            .execute(move |c| {
+                c.query_row(
+                    "INSERT INTO plan_documents (env_id, version, document, created_at_ms)
+                     VALUES (?1, (SELECT COALESCE(MAX(version), 0) + 1 FROM plan_documents
+                                  WHERE env_id = ?1), ?2, ?3)
+                     RETURNING version",
+                    params![env.0, document, ms(now)],
+                    |r| r.get(0),
+                )
+                .map_err(internal)
+            })
+            .await
+    }
+
+    async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>> {
+        self.readers
+            .read(move |c| {
+                c.query_row(
+                    "SELECT version, document FROM plan_documents WHERE env_id = ?1
+                     ORDER BY version DESC LIMIT 1",
+                    params![env.0],
+                    |r| {
+                        Ok(StoredPlans {
+                            version: r.get(0)?,
+                            document: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(internal)
+            })
+            .await
+    }
+
+    async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>> {
+        self.writer
+            .execute(move |c| metering::reserve(c, cmd))
+            .await
+    }
+
+    async fn commit(&self, cmd: CommitCommand) -> StoreResult<CommitOutcome> {
+        self.writer.execute(move |c| metering::commit(c, cmd)).await
+    }
+
+    async fn release(&self, cmd: ReleaseCommand) -> StoreResult<ReleaseOutcome> {
+        self.writer
+            .execute(move |c| metering::release(c, cmd))
+            .await
+    }
+
+    async fn extend(&self, cmd: ExtendCommand) -> StoreResult<ExtendOutcome> {
+        self.writer.execute(move |c| metering::extend(c, cmd)).await
+    }
+
+    async fn get_reservation(
+        &self,
+        env: EnvId,
+        reservation_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<ReservationView> {
+        let id = reservation_id.to_string();
+        self.readers
+            .read(move |c| metering::get_reservation(c, env, &id, now))
+            .await
+    }
+
+    async fn track(&self, cmd: TrackCommand) -> StoreResult<Idempotent<TrackOutcome>> {
+        self.writer.execute(move |c| metering::track(c, cmd)).await
+    }
+
+    async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
+        self.readers.read(move |c| metering::check(c, cmd)).await
+    }
+
+    async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
+        self.readers.read(move |c| metering::usage(c, query)).await
+    }
+
+    async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize> {
+        self.writer
+            .execute(move |c| metering::expire_due(c, real_now))
+            .await
+    }
+
+    async fn upsert_subscription(
+        &self,
+        env: EnvId,
+        user_id: UserId,
+        request: UpsertRequest,
+        new_id: String,
+        now: Timestamp,
+    ) -> StoreResult<UpsertOutcome> {
+        self.writer
+            .execute(move |c| {
+                let subject = user_subject(user_id.as_str());
+                let current = load_subscription(c, env, &subject)?;
+                let outcome = subscription::upsert(current.as_ref(), &request, &new_id, now);
+                if outcome.changed {
+                    write_subscription(c, env, &subject, &outcome.subscription)?;
+                }
+                for h in &outcome.history {
+                    append_history(c, env, &subject, h)?;
+                }
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn get_subscription(
+        &self,
+        env: EnvId,
+        user_id: &UserId,
+    ) -> StoreResult<Option<Subscription>> {
+        let subject = user_subject(user_id.as_str());
+        self.readers
+            .read(move |c| load_subscription(c, env, &subject))
+            .await
+    }
+
+    async fn subscription_history(
+        &self,
+        env: EnvId,
+        user_id: &UserId,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        let subject = user_subject(user_id.as_str());
+        self.readers
+            .read(move |c| {
+                let mut st = c
+                    .prepare_cached(
+                        "SELECT kind, at_ms, from_plan_id, to_plan_id, source, reason
+                         FROM subscription_history WHERE env_id = ?1 AND subject = ?2
+                         ORDER BY seq",
+                    )
+                    .map_err(internal)?;
+                let rows = st
+                    .query_map(params![env.0, subject], |r| {
+                        let kind: String = r.get(0)?;
+                        Ok(HistoryEntry {
+                            kind: HistoryKind::parse(&kind).unwrap_or(HistoryKind::PlanChanged),
+                            at: ts(r.get(1)?),
+                            from_plan_id: r.get(2)?,
+                            to_plan_id: r.get(3)?,
+                            source: r.get(4)?,
+                            reason: r.get(5)?,
+                        })
+                    })
+                    .map_err(internal)?;
+                rows.collect::<Result<_, _>>().map_err(internal)
+            })
+            .await
+    }
+
+    async fn cancel_subscription(
+        &self,
+        env: EnvId,
+        user_id: UserId,
+        plans: Arc<PlanDocument>,
+        at: CancelAt,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> StoreResult<(Subscription, HistoryEntry)> {
+        self.writer
+            .execute(move |c| {
+                let subject = user_subject(user_id.as_str());
+                let current = load_subscription(c, env, &subject)?.ok_or(StoreError::NotFound)?;
+                let billing = plans.plan(&current.plan_id).map_or(
+                    tollgate_core::window::BillingInterval {
+                        unit: tollgate_core::window::IntervalUnit::Month,
+                        count: 1,
+                    },
+                    |p| p.billing,
+                );
+                let (sub, entry) = subscription::cancel(&current, billing, at, reason, "api", now)
+                    .map_err(|e| match e {
+                        subscription::CancelError::AlreadyCanceled => StoreError::AlreadyCanceled,
+                        subscription::CancelError::Window(w) => StoreError::Internal(w.to_string()),
+                    })?;
+                write_subscription(c, env, &subject, &sub)?;
+                append_history(c, env, &subject, &entry)?;
+                Ok((sub, entry))
+            })
+            .await
+    }
+
+    async fn ready(&self) -> bool {
+        self.readers
+            .read(|c| {
+                c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                    .map_err(internal)
+            })
+            .await
+            .is_ok()
+            && self.writer.execute(|_| Ok(())).await.is_ok()
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.writer.queue_depth()
+    }
+
+    async fn shutdown(&self) {
+        self.writer.stop().await;
+    }
+}

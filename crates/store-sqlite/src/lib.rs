@@ -1,0 +1,141 @@
+//! The embedded SQLite store: one database file, one writer thread, many readers.
+//!
+//! This backend is for one node: a single process owns the writer. Writes go through the
+//! group-committing [`writer`]; reads run on a small pool of read-only connections that WAL mode
+//! lets proceed while the writer commits. Every SQLite call runs off the async runtime.
+
+mod admin;
+mod metering;
+mod schema;
+mod writer;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tollgate_store::StoreError;
+
+pub use admin::SqliteStore;
+
+/// The database file inside a data directory.
+pub const DATABASE_FILE: &str = "tollgate.db";
+/// Read connections open at once; further reads wait for one.
+pub const READERS_MAX: usize = 8;
+/// How long a connection waits on a lock before giving up, in milliseconds.
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+pub(crate) fn ts(ms: i64) -> Timestamp {
+    // Every stored time came from a valid Timestamp, so this clamp never bites in practice.
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The one place a rusqlite error becomes a store error.
+pub(crate) fn internal(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::SystemIoFailure
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::AlreadyExists
+        }
+        e => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Opens the writing connection: WAL, fsync on every commit, schema migrated.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a COMMIT returns only after the WAL is fsynced, so an answered write survives kill -9
+    // and power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.set_prepared_statement_cache_capacity(128);
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// A pool of read-only connections; each read borrows one on a blocking thread.
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Readers {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(READERS_MAX),
+        }
+    }
+
+    /// Runs `f` in a read transaction (one consistent snapshot) off the async runtime.
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("store is shutting down".into()))?;
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = this.idle.lock().ok().and_then(|mut v| v.pop());
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&this.path).map_err(internal)?,
+            };
+            let result = (|| {
+                conn.execute_batch("BEGIN").map_err(internal)?;
+                let out = f(&conn);
+                conn.execute_batch("COMMIT").map_err(internal)?;
+                out
+            })();
+            if result.is_ok() || conn.is_autocommit() {
+                if let Ok(mut idle) = this.idle.lock() {
+                    idle.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?;
+        drop(permit);
+        result
+    }
+}

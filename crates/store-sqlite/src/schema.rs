@@ -1,0 +1,181 @@
+//! The SQLite schema and its migrations, applied in order and recorded in `user_version`.
+//!
+//! Times are integer milliseconds since the Unix epoch (`*_ms`); quantities are integers.
+//! Every metered row carries its `env_id`, and every lookup names it, so environments never mix.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema one version up; never edit an entry that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+
+CREATE TABLE projects (
+    project_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE environments (
+    env_id INTEGER PRIMARY KEY,
+    project_id TEXT NOT NULL REFERENCES projects (project_id),
+    mode TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    clock_offset_s INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (project_id, mode)
+);
+
+CREATE TABLE api_keys (
+    key_id TEXT PRIMARY KEY,
+    env_id INTEGER NOT NULL REFERENCES environments (env_id),
+    kind TEXT NOT NULL CHECK (kind IN ('secret', 'publishable')),
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL,
+    revoked_at_ms INTEGER
+);
+
+CREATE TABLE plan_documents (
+    env_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, version)
+);
+
+CREATE TABLE subscriptions (
+    env_id INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    plan_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cycle_start_ms INTEGER NOT NULL,
+    ends_at_ms INTEGER,
+    custom_limits TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, subject)
+);
+
+CREATE TABLE subscription_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    env_id INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    from_plan_id TEXT,
+    to_plan_id TEXT,
+    source TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX subscription_history_subject ON subscription_history (env_id, subject, seq);
+
+CREATE TABLE reservations (
+    env_id INTEGER NOT NULL,
+    reservation_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    plan_id TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'committed', 'released', 'expired')),
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    final_quantity INTEGER,
+    overage INTEGER,
+    prompt TEXT,
+    prompt_truncated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (env_id, reservation_id)
+);
+CREATE INDEX reservations_pending ON reservations (expires_at_ms) WHERE status = 'pending';
+
+CREATE TABLE reservation_limits (
+    env_id INTEGER NOT NULL,
+    reservation_id TEXT NOT NULL,
+    limit_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    window_key INTEGER NOT NULL,
+    window_start_ms INTEGER,
+    window_end_ms INTEGER,
+    window_type TEXT NOT NULL,
+    window_seconds INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    enforcement TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    multiplier INTEGER NOT NULL,
+    quota INTEGER NOT NULL,
+    units INTEGER NOT NULL,
+    held INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, reservation_id, limit_id)
+);
+CREATE INDEX reservation_limits_held
+    ON reservation_limits (env_id, limit_id, subject, window_key) WHERE held > 0;
+
+CREATE TABLE counters (
+    env_id INTEGER NOT NULL,
+    limit_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    window_key INTEGER NOT NULL,
+    window_end_ms INTEGER,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (env_id, limit_id, subject, window_key)
+) WITHOUT ROWID;
+
+CREATE TABLE rolling_usage (
+    env_id INTEGER NOT NULL,
+    limit_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    units INTEGER NOT NULL
+);
+CREATE INDEX rolling_usage_counter ON rolling_usage (env_id, limit_id, subject, at_ms);
+
+CREATE TABLE events (
+    env_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    occurred_at_ms INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    account_id TEXT,
+    event TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    cost_micros INTEGER,
+    status TEXT NOT NULL,
+    plan_id TEXT,
+    reservation_id TEXT,
+    reasons TEXT NOT NULL,
+    overage INTEGER NOT NULL DEFAULT 0,
+    prompt TEXT,
+    response TEXT,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (env_id, event_id)
+);
+CREATE INDEX events_time ON events (env_id, occurred_at_ms);
+CREATE INDEX events_user_time ON events (env_id, user_id, occurred_at_ms);
+
+CREATE TABLE idempotency (
+    env_id INTEGER NOT NULL,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, scope, key)
+);
+CREATE INDEX idempotency_age ON idempotency (created_at_ms);
+"#];
+
+/// Brings the database to the newest schema version, each step in its own transaction.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

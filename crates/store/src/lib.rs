@@ -1,0 +1,509 @@
+//! The storage seam: the [`Store`] trait every backend implements, its commands, outcomes and
+//! error, shared by the SQLite and PostgreSQL adapters.
+//!
+//! A metering command is executed by the store as load → decide (with `tollgate-core`) →
+//! persist, atomically, and answered only once durable. The server computes `now` (real time
+//! plus the environment's test-clock offset) and every id, and passes them in; the store never
+//! reads the clock for a decision.
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use std::sync::Arc;
+use tollgate_core::decision::DenyReason;
+use tollgate_core::input::{
+    EventName, IdempotencyKey, Metadata, Quantity, StoredText, TtlSeconds, UserId,
+};
+use tollgate_core::plan::{Enforcement, LimitKind, PlanDocument, Scope};
+use tollgate_core::subscription::{
+    CancelAt, HistoryEntry, Subscription, UpsertOutcome, UpsertRequest,
+};
+
+/// Most commands the writer takes into one transaction.
+pub const WRITER_BATCH_MAX: usize = 512;
+/// Most commands waiting for the writer; past this a command answers `Unavailable`.
+pub const WRITER_QUEUE_MAX: usize = 8192;
+/// Most reservations one sweep expires in one transaction.
+pub const SWEEP_BATCH_MAX: usize = 1000;
+
+/// One environment (live or test) of one project; everything metered lives in exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnvId(pub i64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Live,
+    Test,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Test => "test",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(Mode::Live),
+            "test" => Some(Mode::Test),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Secret,
+    Publishable,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Secret => "secret",
+            KeyKind::Publishable => "publishable",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "secret" => Some(KeyKind::Secret),
+            "publishable" => Some(KeyKind::Publishable),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub project_id: String,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// An API key as stored: only its SHA-256 hash, never the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub key_id: String,
+    pub project_id: String,
+    pub mode: Mode,
+    pub kind: KeyKind,
+    pub name: String,
+    /// The first characters of the key, shown in listings (`sk_test_ab12…`).
+    pub prefix: String,
+    pub hash: [u8; 32],
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub project_id: String,
+    pub mode: Mode,
+    pub kind: KeyKind,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// Who a valid key speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthContext {
+    pub env: EnvId,
+    pub project_id: String,
+    pub mode: Mode,
+    pub kind: KeyKind,
+    pub key_id: String,
+    /// The test clock's offset from real time, in seconds (always 0 in live).
+    pub clock_offset_seconds: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationStatus {
+    Pending,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "committed" => Some(Self::Committed),
+            "released" => Some(Self::Released),
+            "expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// The state of one limit for one subject, as API.md §3 shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitState {
+    pub limit_id: String,
+    pub label: String,
+    pub unit: String,
+    pub kind: LimitKind,
+    pub scope: Scope,
+    pub enforcement: Enforcement,
+    pub quota: u64,
+    pub used: u64,
+    pub reserved: u64,
+    pub remaining: u64,
+    /// None for a first_use window that is not open.
+    pub window_start: Option<Timestamp>,
+    /// None for lifetime windows, rolling windows with nothing counted, unopened first_use.
+    pub resets_at: Option<Timestamp>,
+}
+
+/// Whether an event found limits to count against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchStatus {
+    Matched,
+    Unmatched,
+    NoSubscription,
+}
+
+impl MatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Matched => "matched",
+            Self::Unmatched => "unmatched",
+            Self::NoSubscription => "no_subscription",
+        }
+    }
+}
+
+/// An idempotency key with the fingerprint of the request it was first used with, and how to
+/// render the answer that a replay returns (the store keeps the rendered answer opaque).
+#[derive(Debug, Clone)]
+pub struct Idempotency<T> {
+    pub key: IdempotencyKey,
+    /// A digest of the request body: the same key with another fingerprint is a conflict.
+    pub fingerprint: String,
+    pub render: fn(&T) -> String,
+}
+
+/// The answer to an idempotent command: decided now, or the first answer replayed.
+#[derive(Debug, Clone)]
+pub enum Idempotent<T> {
+    Fresh(T),
+    Replayed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReserveCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub reservation_id: String,
+    /// The id of the usage event this reservation ends in (or of the denial event).
+    pub event_id: String,
+    pub user_id: UserId,
+    pub event: EventName,
+    pub quantity: Quantity,
+    pub metadata: Metadata,
+    pub ttl: TtlSeconds,
+    pub prompt: Option<StoredText>,
+    pub record_denials: bool,
+    pub idempotency: Option<Idempotency<ReserveOutcome>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveOutcome {
+    pub allowed: bool,
+    pub reservation_id: Option<String>,
+    pub expires_at: Option<Timestamp>,
+    pub plan_id: Option<String>,
+    pub reasons: Vec<DenyReason>,
+    pub denied_by: Vec<String>,
+    pub limits: Vec<LimitState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub user_id: UserId,
+    pub event: EventName,
+    pub quantity: Quantity,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutcome {
+    pub allowed: bool,
+    pub plan_id: Option<String>,
+    pub reasons: Vec<DenyReason>,
+    pub denied_by: Vec<String>,
+    pub limits: Vec<LimitState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommitCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub reservation_id: String,
+    /// The final quantity; None commits the reserved one.
+    pub quantity: Option<Quantity>,
+    pub metadata: Option<Metadata>,
+    pub cost_micros: Option<u64>,
+    pub response: Option<StoredText>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    pub reservation_id: String,
+    pub event_id: String,
+    pub quantity: u64,
+    pub overage: u64,
+    pub limits: Vec<LimitState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleaseCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub reservation_id: String,
+    pub reason: Option<String>,
+    pub error_code: Option<String>,
+    pub response: Option<StoredText>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseOutcome {
+    pub reservation_id: String,
+    pub limits: Vec<LimitState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtendCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub reservation_id: String,
+    pub ttl: TtlSeconds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendOutcome {
+    pub reservation_id: String,
+    pub expires_at: Timestamp,
+}
+
+/// A reservation as `GET /v1/reservations/{id}` shows it: a pending one past its expiry reads
+/// as `Expired`, swept or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationView {
+    pub reservation_id: String,
+    pub status: ReservationStatus,
+    pub user_id: String,
+    pub event: String,
+    pub quantity: u64,
+    pub metadata: Metadata,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Set once the reservation is committed (the usage event it became).
+    pub event_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrackCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub event_id: String,
+    pub user_id: UserId,
+    pub event: EventName,
+    pub quantity: Quantity,
+    pub metadata: Metadata,
+    /// When the usage happened (≤ now, ≥ now − 35 days); it picks the window.
+    pub occurred_at: Timestamp,
+    pub cost_micros: Option<u64>,
+    pub prompt: Option<StoredText>,
+    pub response: Option<StoredText>,
+    pub enforce: bool,
+    pub record_denials: bool,
+    pub idempotency: Option<Idempotency<TrackOutcome>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackOutcome {
+    pub event_id: Option<String>,
+    pub recorded: bool,
+    pub allowed: bool,
+    pub reasons: Vec<DenyReason>,
+    pub match_status: MatchStatus,
+    pub overage: u64,
+    pub plan_id: Option<String>,
+    pub limits: Vec<LimitState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub user_id: UserId,
+    /// Only limits with a rule whose event pattern matches this name.
+    pub event: Option<EventName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageOutcome {
+    pub plan_id: Option<String>,
+    pub subscription: Option<Subscription>,
+    pub limits: Vec<LimitState>,
+}
+
+/// A stored plan document: the JSON text as applied, and its version (1, 2, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPlans {
+    pub version: i64,
+    pub document: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub user_id: String,
+    pub subscription: Subscription,
+}
+
+/// What the server learns about the writer, for `/metrics`.
+pub trait StoreObserver: Send + Sync + 'static {
+    /// One writer transaction made durable, holding `commands` commands.
+    fn batch_committed(&self, commands: usize);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("reservation is {}", status.as_str())]
+    NotPending { status: ReservationStatus },
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+    #[error("subscription has already ended")]
+    AlreadyCanceled,
+    #[error("already exists")]
+    AlreadyExists,
+    /// A request that is well-formed but cannot apply (e.g. merged metadata over its cap).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// Storage unreachable or overloaded; nothing was applied, retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt state; the message is for logs, never for clients.
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything Tollgate persists. Implementations are cheap to clone behind an `Arc`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- install, projects, keys
+    /// Whether an install exists (an admin token was set).
+    async fn is_initialized(&self) -> StoreResult<bool>;
+    /// Creates the install in one transaction: admin token, first project (with its two
+    /// environments) and its keys. `AlreadyExists` if the install exists.
+    async fn initialize(
+        &self,
+        admin_token_hash: [u8; 32],
+        project: Project,
+        keys: Vec<NewKey>,
+    ) -> StoreResult<()>;
+    async fn verify_admin(&self, token_hash: [u8; 32]) -> StoreResult<bool>;
+    /// Creates a project and its live and test environments.
+    async fn create_project(&self, project: Project) -> StoreResult<()>;
+    async fn list_projects(&self) -> StoreResult<Vec<Project>>;
+    /// `NotFound` if the project does not exist.
+    async fn create_key(&self, key: NewKey) -> StoreResult<()>;
+    async fn list_keys(&self, project_id: &str) -> StoreResult<Vec<KeyInfo>>;
+    /// `NotFound` for an unknown key id; revoking twice is fine.
+    async fn revoke_key(&self, key_id: &str, now: Timestamp) -> StoreResult<()>;
+    /// The context of an unrevoked key with this hash.
+    async fn authenticate(&self, key_hash: [u8; 32]) -> StoreResult<Option<AuthContext>>;
+
+    // ---- test clock
+    /// Moves the environment's clock forward; returns the new offset in seconds.
+    async fn advance_clock(&self, env: EnvId, seconds: i64) -> StoreResult<i64>;
+
+    // ---- plans
+    /// Stores a validated plan document; returns its version.
+    async fn put_plans(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<i64>;
+    async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>>;
+
+    // ---- metering
+    async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>>;
+    async fn commit(&self, cmd: CommitCommand) -> StoreResult<CommitOutcome>;
+    async fn release(&self, cmd: ReleaseCommand) -> StoreResult<ReleaseOutcome>;
+    async fn extend(&self, cmd: ExtendCommand) -> StoreResult<ExtendOutcome>;
+    async fn get_reservation(
+        &self,
+        env: EnvId,
+        reservation_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<ReservationView>;
+    async fn track(&self, cmd: TrackCommand) -> StoreResult<Idempotent<TrackOutcome>>;
+    async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome>;
+    async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome>;
+    /// Expires pending reservations past their expiry, in every environment (each by its own
+    /// clock: `real_now` plus its offset), at most [`SWEEP_BATCH_MAX`]; returns how many.
+    async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize>;
+
+    // ---- subscriptions
+    /// Upserts a user's subscription (the plan was checked to exist).
+    async fn upsert_subscription(
+        &self,
+        env: EnvId,
+        user_id: UserId,
+        request: UpsertRequest,
+        new_id: String,
+        now: Timestamp,
+    ) -> StoreResult<UpsertOutcome>;
+    async fn get_subscription(
+        &self,
+        env: EnvId,
+        user_id: &UserId,
+    ) -> StoreResult<Option<Subscription>>;
+    /// Stored history rows, oldest first (see `subscription::history_view` for the reader's view).
+    async fn subscription_history(
+        &self,
+        env: EnvId,
+        user_id: &UserId,
+    ) -> StoreResult<Vec<HistoryEntry>>;
+    /// `NotFound` without a subscription; `AlreadyCanceled` after its end.
+    async fn cancel_subscription(
+        &self,
+        env: EnvId,
+        user_id: UserId,
+        plans: Arc<PlanDocument>,
+        at: CancelAt,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> StoreResult<(Subscription, HistoryEntry)>;
+
+    // ---- system
+    /// Storage reachable and writable.
+    async fn ready(&self) -> bool;
+    /// Commands waiting for the writer now.
+    fn queue_depth(&self) -> usize;
+    /// Finishes queued writes and stops the writer.
+    async fn shutdown(&self);
+}
+
+#[cfg(feature = "contract")]
+pub mod contract;
