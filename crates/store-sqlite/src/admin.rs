@@ -1,7 +1,7 @@
 //! [`SqliteStore`]: the `Store` trait on SQLite, plus the install, key, plan and subscription
 //! operations (metering lives in `metering`).
 
-use crate::metering::{self, load_subscription, user_subject};
+use crate::sql::SqliteTx;
 use crate::writer::Writer;
 use crate::{internal, ms, open_writer, ts, Readers, DATABASE_FILE};
 use async_trait::async_trait;
@@ -12,8 +12,9 @@ use std::sync::Arc;
 use tollgate_core::input::UserId;
 use tollgate_core::plan::PlanDocument;
 use tollgate_core::subscription::{
-    self, CancelAt, HistoryEntry, HistoryKind, Subscription, UpsertOutcome, UpsertRequest,
+    CancelAt, HistoryEntry, HistoryKind, Subscription, UpsertOutcome, UpsertRequest,
 };
+use tollgate_store::procedure::{self, user_subject, MeteringTx};
 use tollgate_store::*;
 
 /// The embedded store. Cheap to clone; all clones share one writer and one reader pool.
@@ -82,68 +83,6 @@ fn insert_key(conn: &Connection, k: &NewKey) -> StoreResult<()> {
             ms(k.created_at)
         ],
     )
-    .map(|_| ())
-    .map_err(internal)
-}
-
-fn write_subscription(
-    conn: &Connection,
-    env: EnvId,
-    subject: &str,
-    s: &Subscription,
-) -> StoreResult<()> {
-    let custom =
-        serde_json::to_string(&s.custom_limits).map_err(|e| StoreError::Internal(e.to_string()))?;
-    conn.prepare_cached(
-        "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
-             cycle_start_ms, ends_at_ms, custom_limits, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (env_id, subject) DO UPDATE SET
-             subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
-             status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
-             ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
-             created_at_ms = excluded.created_at_ms",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            env.0,
-            subject,
-            s.id,
-            s.plan_id,
-            s.status.as_str(),
-            ms(s.cycle_start),
-            s.ends_at.map(ms),
-            custom,
-            ms(s.created_at)
-        ])
-    })
-    .map(|_| ())
-    .map_err(internal)
-}
-
-fn append_history(
-    conn: &Connection,
-    env: EnvId,
-    subject: &str,
-    h: &HistoryEntry,
-) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO subscription_history (env_id, subject, kind, at_ms, from_plan_id,
-             to_plan_id, source, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            env.0,
-            subject,
-            h.kind.as_str(),
-            ms(h.at),
-            h.from_plan_id,
-            h.to_plan_id,
-            h.source,
-            h.reason
-        ])
-    })
     .map(|_| ())
     .map_err(internal)
 }
@@ -382,22 +321,26 @@ impl Store for SqliteStore {
 
     async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>> {
         self.writer
-            .execute(move |c| metering::reserve(c, cmd))
+            .execute(move |c| procedure::reserve(&mut SqliteTx(c), &cmd))
             .await
     }
 
     async fn commit(&self, cmd: CommitCommand) -> StoreResult<CommitOutcome> {
-        self.writer.execute(move |c| metering::commit(c, cmd)).await
+        self.writer
+            .execute(move |c| procedure::commit(&mut SqliteTx(c), &cmd))
+            .await
     }
 
     async fn release(&self, cmd: ReleaseCommand) -> StoreResult<ReleaseOutcome> {
         self.writer
-            .execute(move |c| metering::release(c, cmd))
+            .execute(move |c| procedure::release(&mut SqliteTx(c), &cmd))
             .await
     }
 
     async fn extend(&self, cmd: ExtendCommand) -> StoreResult<ExtendOutcome> {
-        self.writer.execute(move |c| metering::extend(c, cmd)).await
+        self.writer
+            .execute(move |c| procedure::extend(&mut SqliteTx(c), &cmd))
+            .await
     }
 
     async fn get_reservation(
@@ -408,25 +351,31 @@ impl Store for SqliteStore {
     ) -> StoreResult<ReservationView> {
         let id = reservation_id.to_string();
         self.readers
-            .read(move |c| metering::get_reservation(c, env, &id, now))
+            .read(move |c| procedure::get_reservation(&mut SqliteTx(c), env, &id, now))
             .await
     }
 
     async fn track(&self, cmd: TrackCommand) -> StoreResult<Idempotent<TrackOutcome>> {
-        self.writer.execute(move |c| metering::track(c, cmd)).await
+        self.writer
+            .execute(move |c| procedure::track(&mut SqliteTx(c), &cmd))
+            .await
     }
 
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
-        self.readers.read(move |c| metering::check(c, cmd)).await
+        self.readers
+            .read(move |c| procedure::check(&mut SqliteTx(c), &cmd))
+            .await
     }
 
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
-        self.readers.read(move |c| metering::usage(c, query)).await
+        self.readers
+            .read(move |c| procedure::usage(&mut SqliteTx(c), &query))
+            .await
     }
 
     async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize> {
         self.writer
-            .execute(move |c| metering::expire_due(c, real_now))
+            .execute(move |c| procedure::expire_due(&mut SqliteTx(c), real_now))
             .await
     }
 
@@ -440,16 +389,14 @@ impl Store for SqliteStore {
     ) -> StoreResult<UpsertOutcome> {
         self.writer
             .execute(move |c| {
-                let subject = user_subject(user_id.as_str());
-                let current = load_subscription(c, env, &subject)?;
-                let outcome = subscription::upsert(current.as_ref(), &request, &new_id, now);
-                if outcome.changed {
-                    write_subscription(c, env, &subject, &outcome.subscription)?;
-                }
-                for h in &outcome.history {
-                    append_history(c, env, &subject, h)?;
-                }
-                Ok(outcome)
+                procedure::upsert_subscription(
+                    &mut SqliteTx(c),
+                    env,
+                    &user_id,
+                    &request,
+                    &new_id,
+                    now,
+                )
             })
             .await
     }
@@ -461,7 +408,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<Subscription>> {
         let subject = user_subject(user_id.as_str());
         self.readers
-            .read(move |c| load_subscription(c, env, &subject))
+            .read(move |c| SqliteTx(c).subscription(env, &subject))
             .await
     }
 
@@ -509,23 +456,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<(Subscription, HistoryEntry)> {
         self.writer
             .execute(move |c| {
-                let subject = user_subject(user_id.as_str());
-                let current = load_subscription(c, env, &subject)?.ok_or(StoreError::NotFound)?;
-                let billing = plans.plan(&current.plan_id).map_or(
-                    tollgate_core::window::BillingInterval {
-                        unit: tollgate_core::window::IntervalUnit::Month,
-                        count: 1,
-                    },
-                    |p| p.billing,
-                );
-                let (sub, entry) = subscription::cancel(&current, billing, at, reason, "api", now)
-                    .map_err(|e| match e {
-                        subscription::CancelError::AlreadyCanceled => StoreError::AlreadyCanceled,
-                        subscription::CancelError::Window(w) => StoreError::Internal(w.to_string()),
-                    })?;
-                write_subscription(c, env, &subject, &sub)?;
-                append_history(c, env, &subject, &entry)?;
-                Ok((sub, entry))
+                procedure::cancel_subscription(
+                    &mut SqliteTx(c),
+                    env,
+                    &user_id,
+                    &plans,
+                    at,
+                    reason,
+                    now,
+                )
             })
             .await
     }

@@ -5,8 +5,8 @@
 //! lets proceed while the writer commits. Every SQLite call runs off the async runtime.
 
 mod admin;
-mod metering;
 mod schema;
+mod sql;
 mod writer;
 
 use jiff::Timestamp;

@@ -151,6 +151,8 @@ CREATE TABLE events (
     prompt TEXT,
     response TEXT,
     truncated INTEGER NOT NULL DEFAULT 0,
+    release_reason TEXT,
+    release_error_code TEXT,
     PRIMARY KEY (env_id, event_id)
 );
 CREATE INDEX events_time ON events (env_id, occurred_at_ms);

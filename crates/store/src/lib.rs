@@ -507,3 +507,4 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod procedure;

@@ -1,0 +1,643 @@
+//! [`MeteringTx`] on SQLite: each method one statement on the connection of the current
+//! transaction (the writer's batch, or a reader's snapshot).
+//!
+//! There is one writer, so `lock_subjects` has nothing to do: the writer already applies one
+//! command at a time.
+
+use crate::{internal, ms, ts};
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::collections::BTreeMap;
+use tollgate_core::input::{Metadata, StoredText};
+use tollgate_core::plan::{Enforcement, LimitKind, Scope};
+use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
+use tollgate_store::procedure::*;
+use tollgate_store::{EnvId, ReservationStatus, StoreError, StoreResult};
+
+pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
+
+fn kind_str(k: LimitKind) -> &'static str {
+    match k {
+        LimitKind::Consumable => "consumable",
+        LimitKind::Concurrency => "concurrency",
+    }
+}
+fn enforcement_str(e: Enforcement) -> &'static str {
+    match e {
+        Enforcement::Hard => "hard",
+        Enforcement::Soft => "soft",
+    }
+}
+fn scope_str(s: Scope) -> &'static str {
+    match s {
+        Scope::User => "user",
+        Scope::Account => "account",
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+pub(crate) fn metadata_json(m: &Metadata) -> String {
+    serde_json::to_string(&m.to_map()).unwrap_or_else(|_| "{}".into())
+}
+
+fn parse_metadata(s: &str) -> StoreResult<Metadata> {
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(s).map_err(|_| corrupt("metadata", s))?;
+    Metadata::parse(map).map_err(|_| corrupt("metadata", s))
+}
+
+fn reservation_row(r: &Row<'_>) -> rusqlite::Result<(ReservationRow, String, String)> {
+    let status: String = r.get(5)?;
+    let metadata: String = r.get(3)?;
+    let prompt: Option<String> = r.get(12)?;
+    let truncated: bool = r.get(13)?;
+    Ok((
+        ReservationRow {
+            reservation_id: r.get(14)?,
+            user_id: r.get(0)?,
+            event: r.get(1)?,
+            quantity: r.get::<_, i64>(2)? as u64,
+            metadata: Metadata::default(),
+            plan_id: r.get(4)?,
+            status: ReservationStatus::Pending,
+            created_at: ts(r.get(6)?),
+            expires_at: ts(r.get(7)?),
+            event_id: r.get(8)?,
+            final_quantity: r.get::<_, Option<i64>>(9)?.map(|q| q as u64),
+            overage: r.get::<_, Option<i64>>(10)?.map(|q| q as u64),
+            prompt: prompt.map(|text| StoredText { text, truncated }),
+        },
+        status,
+        metadata,
+    ))
+}
+
+impl MeteringTx for SqliteTx<'_> {
+    fn lock_subjects(&mut self, _env: EnvId, _subjects: &[&str]) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT subscription_id, plan_id, status, cycle_start_ms, ends_at_ms,
+                        custom_limits, created_at_ms
+                 FROM subscriptions WHERE env_id = ?1 AND subject = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![env.0, subject], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(internal)?;
+        let Some((id, plan_id, status, start, ends, custom, created)) = row else {
+            return Ok(None);
+        };
+        let custom_limits: BTreeMap<String, u64> =
+            serde_json::from_str(&custom).map_err(|_| corrupt("custom limits", &custom))?;
+        Ok(Some(Subscription {
+            id,
+            plan_id,
+            status: SubscriptionStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+            cycle_start: ts(start),
+            ends_at: ends.map(ts),
+            custom_limits,
+            created_at: ts(created),
+        }))
+    }
+
+    fn write_subscription(
+        &mut self,
+        env: EnvId,
+        subject: &str,
+        s: &Subscription,
+    ) -> StoreResult<()> {
+        let custom = serde_json::to_string(&s.custom_limits)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
+                     cycle_start_ms, ends_at_ms, custom_limits, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (env_id, subject) DO UPDATE SET
+                     subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
+                     status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
+                     ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
+                     created_at_ms = excluded.created_at_ms",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    subject,
+                    s.id,
+                    s.plan_id,
+                    s.status.as_str(),
+                    ms(s.cycle_start),
+                    s.ends_at.map(ms),
+                    custom,
+                    ms(s.created_at)
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn append_history(&mut self, env: EnvId, subject: &str, h: &HistoryEntry) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO subscription_history (env_id, subject, kind, at_ms, from_plan_id,
+                     to_plan_id, source, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    subject,
+                    h.kind.as_str(),
+                    ms(h.at),
+                    h.from_plan_id,
+                    h.to_plan_id,
+                    h.source,
+                    h.reason
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn latest_window(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+    ) -> StoreResult<Option<i64>> {
+        self.0
+            .prepare_cached(
+                "SELECT MAX(window_key) FROM counters
+                 WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3",
+            )
+            .and_then(|mut s| s.query_row(params![env.0, limit_id, subject], |r| r.get(0)))
+            .map_err(internal)
+    }
+
+    fn reserved(&mut self, env: EnvId, key: &CounterKey, now: Timestamp) -> StoreResult<u64> {
+        self.0
+            .prepare_cached(
+                "SELECT COALESCE(SUM(held), 0) FROM reservation_limits
+                 WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND window_key = ?4
+                   AND held > 0 AND expires_at_ms > ?5",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![env.0, key.limit_id, key.subject, key.window_key, ms(now)],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(internal)
+    }
+
+    fn used(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<u64> {
+        self.0
+            .prepare_cached(
+                "SELECT used FROM counters
+                 WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND window_key = ?4",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![env.0, key.limit_id, key.subject, key.window_key],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+            })
+            .map(|n| n.unwrap_or(0).max(0) as u64)
+            .map_err(internal)
+    }
+
+    fn rolling_used(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        after: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<(u64, Option<Timestamp>)> {
+        self.0
+            .prepare_cached(
+                "SELECT COALESCE(SUM(units), 0), MIN(at_ms) FROM rolling_usage
+                 WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3
+                   AND at_ms > ?4 AND at_ms <= ?5",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![env.0, limit_id, subject, ms(after), ms(until)],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
+                )
+            })
+            .map(|(n, oldest)| (n.max(0) as u64, oldest.map(ts)))
+            .map_err(internal)
+    }
+
+    fn open_counter(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        end: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR IGNORE INTO counters
+                     (env_id, limit_id, subject, window_key, window_end_ms, used)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    key.limit_id,
+                    key.subject,
+                    key.window_key,
+                    end.map(ms)
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn add_used(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        end: Option<Timestamp>,
+        units: u64,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO counters (env_id, limit_id, subject, window_key, window_end_ms, used)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (env_id, limit_id, subject, window_key)
+                 DO UPDATE SET used = used + excluded.used",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    key.limit_id,
+                    key.subject,
+                    key.window_key,
+                    end.map(ms),
+                    units as i64
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn add_rolling(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        at: Timestamp,
+        units: u64,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO rolling_usage (env_id, limit_id, subject, at_ms, units)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![env.0, limit_id, subject, ms(at), units as i64]))
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn insert_reservation(&mut self, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO reservations (env_id, reservation_id, user_id, event, quantity,
+                     metadata, plan_id, status, created_at_ms, expires_at_ms, event_id, prompt,
+                     prompt_truncated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    r.reservation_id,
+                    r.user_id,
+                    r.event,
+                    r.quantity as i64,
+                    metadata_json(&r.metadata),
+                    r.plan_id,
+                    r.status.as_str(),
+                    ms(r.created_at),
+                    ms(r.expires_at),
+                    r.event_id,
+                    r.prompt.as_ref().map(|p| p.text.as_str()),
+                    r.prompt.as_ref().is_some_and(|p| p.truncated),
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn insert_hold(
+        &mut self,
+        env: EnvId,
+        reservation_id: &str,
+        h: &HoldRow,
+        expires_at: Timestamp,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO reservation_limits (env_id, reservation_id, limit_id, subject,
+                     window_key, window_start_ms, window_end_ms, window_type, window_seconds,
+                     kind, enforcement, scope, multiplier, quota, units, held, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15,
+                     ?16)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    reservation_id,
+                    h.key.limit_id,
+                    h.key.subject,
+                    h.key.window_key,
+                    h.window_start.map(ms),
+                    h.window_end.map(ms),
+                    h.window_kind.as_str(),
+                    h.window_seconds,
+                    kind_str(h.kind),
+                    enforcement_str(h.enforcement),
+                    scope_str(h.scope),
+                    h.multiplier as i64,
+                    h.quota as i64,
+                    h.held as i64,
+                    ms(expires_at),
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn reservation(&mut self, env: EnvId, id: &str) -> StoreResult<Option<ReservationRow>> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT user_id, event, quantity, metadata, plan_id, status, created_at_ms,
+                        expires_at_ms, event_id, final_quantity, overage, NULL, prompt,
+                        prompt_truncated, reservation_id
+                 FROM reservations WHERE env_id = ?1 AND reservation_id = ?2",
+            )
+            .and_then(|mut s| s.query_row(params![env.0, id], reservation_row).optional())
+            .map_err(internal)?;
+        let Some((mut r, status, metadata)) = row else {
+            return Ok(None);
+        };
+        r.status = ReservationStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+        r.metadata = parse_metadata(&metadata)?;
+        Ok(Some(r))
+    }
+
+    fn holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<Vec<HoldRow>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT limit_id, subject, window_key, window_start_ms, window_end_ms,
+                        window_type, window_seconds, kind, enforcement, scope, multiplier, quota,
+                        held
+                 FROM reservation_limits WHERE env_id = ?1 AND reservation_id = ?2
+                 ORDER BY rowid",
+            )
+            .map_err(internal)?;
+        let rows = stmt
+            .query_map(params![env.0, reservation_id], |r| {
+                Ok((
+                    CounterKey {
+                        limit_id: r.get(0)?,
+                        subject: r.get(1)?,
+                        window_key: r.get(2)?,
+                    },
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, u32>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                    (
+                        r.get::<_, i64>(10)?,
+                        r.get::<_, i64>(11)?,
+                        r.get::<_, i64>(12)?,
+                    ),
+                ))
+            })
+            .map_err(internal)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, start, end, wtype, seconds, kind, enforcement, scope, (mult, quota, held)) =
+                row.map_err(internal)?;
+            out.push(HoldRow {
+                key,
+                window_start: start.map(ts),
+                window_end: end.map(ts),
+                window_kind: WindowKind::parse(&wtype).ok_or_else(|| corrupt("window", &wtype))?,
+                window_seconds: seconds,
+                kind: match kind.as_str() {
+                    "consumable" => LimitKind::Consumable,
+                    "concurrency" => LimitKind::Concurrency,
+                    _ => return Err(corrupt("kind", &kind)),
+                },
+                enforcement: match enforcement.as_str() {
+                    "hard" => Enforcement::Hard,
+                    "soft" => Enforcement::Soft,
+                    _ => return Err(corrupt("enforcement", &enforcement)),
+                },
+                scope: match scope.as_str() {
+                    "user" => Scope::User,
+                    "account" => Scope::Account,
+                    _ => return Err(corrupt("scope", &scope)),
+                },
+                multiplier: mult as u64,
+                quota: quota as u64,
+                held: held as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn finish_reservation(
+        &mut self,
+        env: EnvId,
+        id: &str,
+        status: ReservationStatus,
+        final_quantity: Option<u64>,
+        overage: Option<u64>,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE reservation_limits SET held = 0 WHERE env_id = ?1 AND reservation_id = ?2",
+            )
+            .and_then(|mut s| s.execute(params![env.0, id]))
+            .map_err(internal)?;
+        self.0
+            .prepare_cached(
+                "UPDATE reservations SET status = ?3, final_quantity = ?4, overage = ?5
+                 WHERE env_id = ?1 AND reservation_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    id,
+                    status.as_str(),
+                    final_quantity.map(|q| q as i64),
+                    overage.map(|q| q as i64)
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn set_expiry(&mut self, env: EnvId, id: &str, expires_at: Timestamp) -> StoreResult<()> {
+        for sql in [
+            "UPDATE reservations SET expires_at_ms = ?3 WHERE env_id = ?1 AND reservation_id = ?2",
+            "UPDATE reservation_limits SET expires_at_ms = ?3
+             WHERE env_id = ?1 AND reservation_id = ?2",
+        ] {
+            self.0
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![env.0, id, ms(expires_at)]))
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn insert_event(&mut self, env: EnvId, e: &EventRow<'_>) -> StoreResult<()> {
+        let reasons: Vec<&str> = e.reasons.iter().map(|r| r.as_str()).collect();
+        let truncated =
+            e.prompt.is_some_and(|p| p.truncated) || e.response.is_some_and(|p| p.truncated);
+        self.0
+            .prepare_cached(
+                "INSERT INTO events (env_id, event_id, occurred_at_ms, user_id, event, quantity,
+                     metadata, cost_micros, status, plan_id, reservation_id, reasons, overage,
+                     prompt, response, truncated, release_reason, release_error_code)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17, ?18)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    e.event_id,
+                    ms(e.occurred_at),
+                    e.user_id,
+                    e.event,
+                    e.quantity as i64,
+                    metadata_json(e.metadata),
+                    e.cost_micros.map(|c| c as i64),
+                    e.status,
+                    e.plan_id,
+                    e.reservation_id,
+                    serde_json::to_string(&reasons).unwrap_or_else(|_| "[]".into()),
+                    e.overage as i64,
+                    e.prompt.map(|p| p.text.as_str()),
+                    e.response.map(|p| p.text.as_str()),
+                    truncated,
+                    e.release_reason,
+                    e.release_error_code,
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn idempotency(
+        &mut self,
+        env: EnvId,
+        scope: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRow>> {
+        self.0
+            .prepare_cached(
+                "SELECT fingerprint, response, created_at_ms FROM idempotency
+                 WHERE env_id = ?1 AND scope = ?2 AND key = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![env.0, scope, key], |r| {
+                    Ok(IdempotencyRow {
+                        fingerprint: r.get(0)?,
+                        response: r.get(1)?,
+                        created_at: ts(r.get(2)?),
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)
+    }
+
+    fn store_idempotency(
+        &mut self,
+        env: EnvId,
+        scope: &str,
+        key: &str,
+        row: &IdempotencyRow,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO idempotency
+                     (env_id, scope, key, fingerprint, response, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    scope,
+                    key,
+                    row.fingerprint,
+                    row.response,
+                    ms(row.created_at)
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()> {
+        self.0
+            .prepare_cached("DELETE FROM idempotency WHERE created_at_ms < ?1")
+            .and_then(|mut s| s.execute(params![ms(before)]))
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn due_reservations(
+        &mut self,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(EnvId, String, String)>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT r.env_id, r.reservation_id, r.user_id FROM reservations r
+                 JOIN environments e ON e.env_id = r.env_id
+                 WHERE r.status = 'pending' AND r.expires_at_ms <= ?1 + e.clock_offset_s * 1000
+                 LIMIT ?2",
+            )
+            .map_err(internal)?;
+        let rows = stmt
+            .query_map(params![ms(real_now), limit as i64], |r| {
+                Ok((EnvId(r.get(0)?), r.get(1)?, r.get(2)?))
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+}

@@ -1,0 +1,1224 @@
+//! The metering procedures, written once for every backend: reserve, commit, release, extend,
+//! expire, track, check, usage and the subscription writes.
+//!
+//! A procedure runs inside one transaction of a backend, seen through [`MeteringTx`]: small
+//! typed reads and writes, each one SQL statement in the adapter. The procedure loads the
+//! counters an event touches, asks `tollgate-core` to decide, and writes what was decided.
+//! `reserved` is never stored: it is the sum of the holds of pending reservations unexpired at
+//! `now`, so an expired reservation never holds quota, swept or not.
+//!
+//! Concurrency: a procedure first calls [`MeteringTx::lock_subjects`] for every subject it will
+//! read or write, sorted, before reading any counter. A single-writer backend may make that a
+//! no-op; a backend with concurrent writers (several nodes) takes row locks there, and because
+//! every procedure locks subjects first and in one global order, none can deadlock another.
+
+use crate::*;
+use jiff::{SignedDuration, Timestamp};
+use tollgate_core::decision::{self, CounterState, DenyReason, LimitCheck, SettleInput};
+use tollgate_core::input::{EventName, IDEMPOTENCY_RETENTION_SECONDS};
+use tollgate_core::plan::{Limit, UnmatchedEvents, WindowSpec};
+use tollgate_core::subscription::{self, Resolved};
+
+/// The counter key of a user's own limits.
+pub fn user_subject(user_id: &str) -> String {
+    format!("u:{user_id}")
+}
+
+/// One counter: a limit, a subject, a window (by its start; 0 for lifetime, concurrency and
+/// rolling limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterKey {
+    pub limit_id: String,
+    pub subject: String,
+    pub window_key: i64,
+}
+
+/// How a hold's window is counted, as stored with the hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Calendar,
+    Subscription,
+    Rolling,
+    FirstUse,
+    Lifetime,
+}
+
+impl WindowKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calendar => "calendar",
+            Self::Subscription => "subscription",
+            Self::Rolling => "rolling",
+            Self::FirstUse => "first_use",
+            Self::Lifetime => "lifetime",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Calendar,
+            Self::Subscription,
+            Self::Rolling,
+            Self::FirstUse,
+            Self::Lifetime,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// What a reservation holds on one limit, stored so that commit, release and expiry settle
+/// exactly what reserve decided even if the plan document changed in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRow {
+    pub key: CounterKey,
+    pub window_start: Option<Timestamp>,
+    pub window_end: Option<Timestamp>,
+    pub window_kind: WindowKind,
+    pub window_seconds: u32,
+    pub kind: LimitKind,
+    pub enforcement: Enforcement,
+    pub scope: Scope,
+    pub multiplier: u64,
+    pub quota: u64,
+    /// Units held now (0 once the reservation ended).
+    pub held: u64,
+}
+
+/// A stored reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationRow {
+    pub reservation_id: String,
+    pub user_id: String,
+    pub event: String,
+    pub quantity: u64,
+    pub metadata: Metadata,
+    pub plan_id: Option<String>,
+    pub status: ReservationStatus,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub event_id: String,
+    pub final_quantity: Option<u64>,
+    pub overage: Option<u64>,
+    pub prompt: Option<StoredText>,
+}
+
+/// One usage event row (committed, released, expired, tracked, denied).
+#[derive(Debug, Clone)]
+pub struct EventRow<'a> {
+    pub event_id: &'a str,
+    pub occurred_at: Timestamp,
+    pub user_id: &'a str,
+    pub event: &'a str,
+    pub quantity: u64,
+    pub metadata: &'a Metadata,
+    pub cost_micros: Option<u64>,
+    pub status: &'a str,
+    pub plan_id: Option<&'a str>,
+    pub reservation_id: Option<&'a str>,
+    pub reasons: &'a [DenyReason],
+    /// Why a release happened, as the client said (`reason`, `errorCode`).
+    pub release_reason: Option<&'a str>,
+    pub release_error_code: Option<&'a str>,
+    pub overage: u64,
+    pub prompt: Option<&'a StoredText>,
+    pub response: Option<&'a StoredText>,
+}
+
+/// A stored idempotency record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRow {
+    pub fingerprint: String,
+    pub response: String,
+    pub created_at: Timestamp,
+}
+
+/// The reads and writes a procedure needs from one backend transaction. Each method is one
+/// statement in the adapter; none decides anything.
+pub trait MeteringTx {
+    /// Serializes concurrent writers on these subjects (sorted, deduplicated) until the
+    /// transaction ends. A single-writer backend may do nothing.
+    fn lock_subjects(&mut self, env: EnvId, subjects: &[&str]) -> StoreResult<()>;
+
+    fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>>;
+    fn write_subscription(
+        &mut self,
+        env: EnvId,
+        subject: &str,
+        s: &Subscription,
+    ) -> StoreResult<()>;
+    fn append_history(&mut self, env: EnvId, subject: &str, h: &HistoryEntry) -> StoreResult<()>;
+
+    /// The start of the newest window of a limit for a subject (first_use windows).
+    fn latest_window(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+    ) -> StoreResult<Option<i64>>;
+    /// Units held on a counter by holds unexpired at `now`.
+    fn reserved(&mut self, env: EnvId, key: &CounterKey, now: Timestamp) -> StoreResult<u64>;
+    /// `used` of a fixed-window counter (0 if it has none yet).
+    fn used(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<u64>;
+    /// Rolling usage with time in `(after, until]`, and the oldest such time.
+    fn rolling_used(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        after: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<(u64, Option<Timestamp>)>;
+    /// Creates a counter with `used` 0 if it does not exist (opens a first_use window).
+    fn open_counter(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        end: Option<Timestamp>,
+    ) -> StoreResult<()>;
+    fn add_used(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        end: Option<Timestamp>,
+        units: u64,
+    ) -> StoreResult<()>;
+    fn add_rolling(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        at: Timestamp,
+        units: u64,
+    ) -> StoreResult<()>;
+
+    /// `AlreadyExists` if the id is taken.
+    fn insert_reservation(&mut self, env: EnvId, r: &ReservationRow) -> StoreResult<()>;
+    fn insert_hold(
+        &mut self,
+        env: EnvId,
+        reservation_id: &str,
+        h: &HoldRow,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
+    fn reservation(&mut self, env: EnvId, id: &str) -> StoreResult<Option<ReservationRow>>;
+    /// A reservation's holds, in the order they were placed.
+    fn holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<Vec<HoldRow>>;
+    /// Ends every hold of a reservation and sets its status.
+    fn finish_reservation(
+        &mut self,
+        env: EnvId,
+        id: &str,
+        status: ReservationStatus,
+        final_quantity: Option<u64>,
+        overage: Option<u64>,
+    ) -> StoreResult<()>;
+    /// Moves a reservation's and its holds' expiry.
+    fn set_expiry(&mut self, env: EnvId, id: &str, expires_at: Timestamp) -> StoreResult<()>;
+    fn insert_event(&mut self, env: EnvId, e: &EventRow<'_>) -> StoreResult<()>;
+
+    fn idempotency(
+        &mut self,
+        env: EnvId,
+        scope: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRow>>;
+    fn store_idempotency(
+        &mut self,
+        env: EnvId,
+        scope: &str,
+        key: &str,
+        row: &IdempotencyRow,
+    ) -> StoreResult<()>;
+    /// Forgets idempotency records created before `before`.
+    fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()>;
+    /// Pending reservations due at `real_now` (each environment by its own clock), at most
+    /// `limit`, as (environment, reservation id, user id).
+    fn due_reservations(
+        &mut self,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(EnvId, String, String)>>;
+}
+
+fn secs(n: i64) -> SignedDuration {
+    SignedDuration::from_secs(n)
+}
+
+fn overflow(e: jiff::Error) -> StoreError {
+    StoreError::Internal(format!("time out of range: {e}"))
+}
+
+/// Where a counter's usage lives.
+#[derive(Debug, Clone)]
+enum CounterWindow {
+    Fixed {
+        start: Timestamp,
+        end: Option<Timestamp>,
+        /// A first_use window that this use would open (nothing counted in it yet).
+        opening: bool,
+    },
+    Rolling {
+        seconds: u32,
+    },
+}
+
+/// One limit's counter for one subject, with what it takes to render it.
+#[derive(Debug, Clone)]
+struct Counter {
+    key: CounterKey,
+    label: String,
+    unit: String,
+    kind: LimitKind,
+    enforcement: Enforcement,
+    scope: Scope,
+    multiplier: u64,
+    quota: u64,
+    window_kind: WindowKind,
+    window_seconds: u32,
+    window: CounterWindow,
+}
+
+impl Counter {
+    fn hold_row(&self, units: u64) -> HoldRow {
+        let (start, end) = match &self.window {
+            CounterWindow::Fixed { start, end, .. } => (Some(*start), *end),
+            CounterWindow::Rolling { .. } => (None, None),
+        };
+        HoldRow {
+            key: self.key.clone(),
+            window_start: start,
+            window_end: end,
+            window_kind: self.window_kind,
+            window_seconds: self.window_seconds,
+            kind: self.kind,
+            enforcement: self.enforcement,
+            scope: self.scope,
+            multiplier: self.multiplier,
+            quota: self.quota,
+            held: units,
+        }
+    }
+
+    /// Rebuilds a held counter; label and unit come from the plan document while it still has
+    /// the limit.
+    fn from_hold(h: &HoldRow, plans: &PlanDocument) -> Counter {
+        let def = plans
+            .plans
+            .iter()
+            .flat_map(|p| &p.limits)
+            .find(|l| l.id == h.key.limit_id);
+        let window = match h.window_kind {
+            WindowKind::Rolling => CounterWindow::Rolling {
+                seconds: h.window_seconds,
+            },
+            _ => CounterWindow::Fixed {
+                start: h.window_start.unwrap_or(Timestamp::UNIX_EPOCH),
+                end: h.window_end,
+                opening: false,
+            },
+        };
+        Counter {
+            key: h.key.clone(),
+            label: def.map_or_else(|| h.key.limit_id.clone(), |l| l.label.clone()),
+            unit: def.map_or_else(|| "count".to_string(), |l| l.unit.clone()),
+            kind: h.kind,
+            enforcement: h.enforcement,
+            scope: h.scope,
+            multiplier: h.multiplier,
+            quota: h.quota,
+            window_kind: h.window_kind,
+            window_seconds: h.window_seconds,
+            window,
+        }
+    }
+
+    /// The counter as shown once this use has opened its window.
+    fn opened(&self) -> Counter {
+        let mut c = self.clone();
+        if let CounterWindow::Fixed { opening, .. } = &mut c.window {
+            *opening = false;
+        }
+        c
+    }
+}
+
+/// The counter of `limit` for `subject` at instant `at`.
+fn counter_for(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    limit: &Limit,
+    resolved: Resolved<'_>,
+    subject: &str,
+    at: Timestamp,
+) -> StoreResult<Counter> {
+    let (window_kind, window_seconds) = match &limit.window {
+        WindowSpec::Calendar { .. } => (WindowKind::Calendar, 0),
+        WindowSpec::Subscription => (WindowKind::Subscription, 0),
+        WindowSpec::Rolling { seconds } => (WindowKind::Rolling, *seconds),
+        WindowSpec::FirstUse { seconds } => (WindowKind::FirstUse, *seconds),
+        WindowSpec::Lifetime => (WindowKind::Lifetime, 0),
+    };
+    let quota = resolved
+        .subscription
+        .map_or(limit.quota, |s| s.quota(&limit.id, limit.quota));
+    let (window_key, window) = if limit.kind == LimitKind::Concurrency {
+        let w = CounterWindow::Fixed {
+            start: Timestamp::UNIX_EPOCH,
+            end: None,
+            opening: false,
+        };
+        (0, w)
+    } else if let WindowSpec::Rolling { seconds } = limit.window {
+        (0, CounterWindow::Rolling { seconds })
+    } else {
+        let current = match limit.window {
+            WindowSpec::FirstUse { .. } => tx
+                .latest_window(env, &limit.id, subject)?
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+            _ => None,
+        };
+        let bounds =
+            subscription::limit_window(&limit.window, resolved, current, at).map_err(|e| {
+                StoreError::Invalid {
+                    field: "occurredAt".into(),
+                    message: e.to_string(),
+                }
+            })?;
+        let opening = window_kind == WindowKind::FirstUse && current != Some(bounds.start);
+        let key = match window_kind {
+            WindowKind::Lifetime => 0,
+            _ => bounds.start.as_millisecond(),
+        };
+        let w = CounterWindow::Fixed {
+            start: bounds.start,
+            end: bounds.end,
+            opening,
+        };
+        (key, w)
+    };
+    Ok(Counter {
+        key: CounterKey {
+            limit_id: limit.id.clone(),
+            subject: subject.to_string(),
+            window_key,
+        },
+        label: limit.label.clone(),
+        unit: limit.unit.clone(),
+        kind: limit.kind,
+        enforcement: limit.enforcement,
+        scope: limit.scope,
+        multiplier: limit.multiplier,
+        quota,
+        window_kind,
+        window_seconds,
+        window,
+    })
+}
+
+/// A counter's state: `used` at instant `at`, `reserved` by holds unexpired at `now`, and for
+/// rolling windows the oldest usage still counted.
+#[derive(Debug, Clone, Copy)]
+struct Loaded {
+    state: CounterState,
+    oldest: Option<Timestamp>,
+}
+
+fn load(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    c: &Counter,
+    at: Timestamp,
+    now: Timestamp,
+) -> StoreResult<Loaded> {
+    let reserved = tx.reserved(env, &c.key, now)?;
+    let (used, oldest) = match (&c.kind, &c.window) {
+        (LimitKind::Concurrency, _) => (0, None),
+        (_, CounterWindow::Fixed { opening: true, .. }) => (0, None),
+        (_, CounterWindow::Fixed { .. }) => (tx.used(env, &c.key)?, None),
+        (_, CounterWindow::Rolling { seconds }) => {
+            let after = at
+                .checked_sub(secs(i64::from(*seconds)))
+                .map_err(overflow)?;
+            tx.rolling_used(env, &c.key.limit_id, &c.key.subject, after, at)?
+        }
+    };
+    Ok(Loaded {
+        state: CounterState { used, reserved },
+        oldest,
+    })
+}
+
+fn render(c: &Counter, l: Loaded, at: Timestamp) -> LimitState {
+    let (window_start, resets_at) = match &c.window {
+        CounterWindow::Fixed { opening: true, .. } => (None, None),
+        CounterWindow::Fixed { start, end, .. } => (Some(*start), *end),
+        CounterWindow::Rolling { seconds } => {
+            let span = secs(i64::from(*seconds));
+            (
+                at.checked_sub(span).ok(),
+                l.oldest.and_then(|o| o.checked_add(span).ok()),
+            )
+        }
+    };
+    LimitState {
+        limit_id: c.key.limit_id.clone(),
+        label: c.label.clone(),
+        unit: c.unit.clone(),
+        kind: c.kind,
+        scope: c.scope,
+        enforcement: c.enforcement,
+        quota: c.quota,
+        used: l.state.used,
+        reserved: l.state.reserved,
+        remaining: l.state.remaining(c.quota),
+        window_start,
+        resets_at,
+    }
+}
+
+/// The effective plan's limits that count this event, as counters at `at`, with their states.
+fn matching(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    resolved: Resolved<'_>,
+    subject: &str,
+    (event, metadata): (&EventName, &Metadata),
+    at: Timestamp,
+    now: Timestamp,
+) -> StoreResult<Vec<(Counter, Loaded)>> {
+    let mut out = Vec::new();
+    for limit in resolved.plan.limits.iter() {
+        if limit.matches(event, metadata) {
+            let c = counter_for(tx, env, limit, resolved, subject, at)?;
+            let l = load(tx, env, &c, at, now)?;
+            out.push((c, l));
+        }
+    }
+    Ok(out)
+}
+
+/// Decides a reserve-like request against loaded counters. The limits are looked up again by id
+/// in the resolved plan (the counters were built from them, in order).
+fn decide(
+    resolved: Resolved<'_>,
+    event: &EventName,
+    metadata: &Metadata,
+    counters: &[(Counter, Loaded)],
+    quantity: u64,
+) -> decision::ReserveDecision {
+    let limits = resolved
+        .plan
+        .limits
+        .iter()
+        .filter(|l| l.matches(event, metadata));
+    let checks: Vec<LimitCheck<'_>> = limits
+        .zip(counters)
+        .map(|(limit, (c, l))| LimitCheck {
+            limit,
+            quota: c.quota,
+            state: l.state,
+        })
+        .collect();
+    decision::decide_reserve(&checks, quantity)
+}
+
+fn replay(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    scope: &str,
+    key: &tollgate_core::input::IdempotencyKey,
+    fingerprint: &str,
+    now: Timestamp,
+) -> StoreResult<Option<String>> {
+    let cutoff = now
+        .checked_sub(secs(IDEMPOTENCY_RETENTION_SECONDS))
+        .map_err(overflow)?;
+    match tx.idempotency(env, scope, key.as_str())? {
+        Some(row) if row.created_at <= cutoff => Ok(None),
+        Some(row) if row.fingerprint == fingerprint => Ok(Some(row.response)),
+        Some(_) => Err(StoreError::IdempotencyConflict),
+        None => Ok(None),
+    }
+}
+
+fn remember<T>(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    scope: &str,
+    idem: &Idempotency<T>,
+    outcome: &T,
+    now: Timestamp,
+) -> StoreResult<()> {
+    let row = IdempotencyRow {
+        fingerprint: idem.fingerprint.clone(),
+        response: (idem.render)(outcome),
+        created_at: now,
+    };
+    tx.store_idempotency(env, scope, idem.key.as_str(), &row)
+}
+
+pub fn reserve(
+    tx: &mut impl MeteringTx,
+    cmd: &ReserveCommand,
+) -> StoreResult<Idempotent<ReserveOutcome>> {
+    let (env, now) = (cmd.env, cmd.now);
+    let subject = user_subject(cmd.user_id.as_str());
+    tx.lock_subjects(env, &[&subject])?;
+    if let Some(idem) = &cmd.idempotency {
+        if let Some(body) = replay(tx, env, "reserve", &idem.key, &idem.fingerprint, now)? {
+            return Ok(Idempotent::Replayed(body));
+        }
+    }
+    let sub = tx.subscription(env, &subject)?;
+    let outcome = decide_and_hold(tx, cmd, &subject, sub.as_ref())?;
+    if !outcome.allowed && cmd.record_denials {
+        tx.insert_event(
+            env,
+            &EventRow {
+                event_id: &cmd.event_id,
+                occurred_at: now,
+                user_id: cmd.user_id.as_str(),
+                event: cmd.event.as_str(),
+                quantity: cmd.quantity.get(),
+                metadata: &cmd.metadata,
+                cost_micros: None,
+                status: "denied",
+                plan_id: outcome.plan_id.as_deref(),
+                reservation_id: None,
+                reasons: &outcome.reasons,
+                release_reason: None,
+                release_error_code: None,
+                overage: 0,
+                prompt: cmd.prompt.as_ref(),
+                response: None,
+            },
+        )?;
+    }
+    if let Some(idem) = &cmd.idempotency {
+        remember(tx, env, "reserve", idem, &outcome, now)?;
+    }
+    Ok(Idempotent::Fresh(outcome))
+}
+
+fn denied(plan_id: Option<String>, reason: DenyReason) -> ReserveOutcome {
+    ReserveOutcome {
+        allowed: false,
+        reservation_id: None,
+        expires_at: None,
+        plan_id,
+        reasons: vec![reason],
+        denied_by: Vec::new(),
+        limits: Vec::new(),
+    }
+}
+
+fn decide_and_hold(
+    tx: &mut impl MeteringTx,
+    cmd: &ReserveCommand,
+    subject: &str,
+    sub: Option<&Subscription>,
+) -> StoreResult<ReserveOutcome> {
+    let (env, now) = (cmd.env, cmd.now);
+    let Some(resolved) = subscription::resolve(&cmd.plans, sub, cmd.user_id.as_str(), now) else {
+        return Ok(denied(None, DenyReason::NoSubscription));
+    };
+    let plan_id = Some(resolved.plan.id.clone());
+    let (event, metadata) = (&cmd.event, &cmd.metadata);
+    let counters = matching(tx, env, resolved, subject, (event, metadata), now, now)?;
+    if counters.is_empty() && cmd.plans.unmatched_events == UnmatchedEvents::Deny {
+        return Ok(denied(plan_id, DenyReason::UnmatchedEvent));
+    }
+    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get());
+    if !d.allowed {
+        return Ok(ReserveOutcome {
+            allowed: false,
+            reservation_id: None,
+            expires_at: None,
+            plan_id,
+            reasons: d.reasons,
+            denied_by: d
+                .denied_by
+                .iter()
+                .map(|&i| counters[i].0.key.limit_id.clone())
+                .collect(),
+            limits: counters.iter().map(|(c, l)| render(c, *l, now)).collect(),
+        });
+    }
+    let expires_at = now
+        .checked_add(secs(i64::from(cmd.ttl.get())))
+        .map_err(overflow)?;
+    tx.insert_reservation(
+        env,
+        &ReservationRow {
+            reservation_id: cmd.reservation_id.clone(),
+            user_id: cmd.user_id.as_str().to_string(),
+            event: cmd.event.as_str().to_string(),
+            quantity: cmd.quantity.get(),
+            metadata: cmd.metadata.clone(),
+            plan_id: plan_id.clone(),
+            status: ReservationStatus::Pending,
+            created_at: now,
+            expires_at,
+            event_id: cmd.event_id.clone(),
+            final_quantity: None,
+            overage: None,
+            prompt: cmd.prompt.clone(),
+        },
+    )?;
+    let mut limits = Vec::with_capacity(counters.len());
+    for ((c, l), &hold) in counters.iter().zip(&d.holds) {
+        tx.insert_hold(env, &cmd.reservation_id, &c.hold_row(hold), expires_at)?;
+        if let CounterWindow::Fixed {
+            end, opening: true, ..
+        } = &c.window
+        {
+            tx.open_counter(env, &c.key, *end)?;
+        }
+        let mut after = *l;
+        after.state.reserved += hold;
+        limits.push(render(&c.opened(), after, now));
+    }
+    Ok(ReserveOutcome {
+        allowed: true,
+        reservation_id: Some(cmd.reservation_id.clone()),
+        expires_at: Some(expires_at),
+        plan_id,
+        reasons: Vec::new(),
+        denied_by: Vec::new(),
+        limits,
+    })
+}
+
+/// Adds `units` of usage at `at` to a counter.
+fn charge(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    c: &Counter,
+    units: u64,
+    at: Timestamp,
+) -> StoreResult<()> {
+    if units == 0 || c.kind == LimitKind::Concurrency {
+        return Ok(());
+    }
+    match &c.window {
+        CounterWindow::Fixed { end, .. } => tx.add_used(env, &c.key, *end, units),
+        CounterWindow::Rolling { .. } => {
+            tx.add_rolling(env, &c.key.limit_id, &c.key.subject, at, units)
+        }
+    }
+}
+
+/// The states of a reservation's counters now.
+fn render_held(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    held: &[(Counter, u64)],
+    at: Timestamp,
+    now: Timestamp,
+) -> StoreResult<Vec<LimitState>> {
+    held.iter()
+        .map(|(c, _)| Ok(render(c, load(tx, env, c, at, now)?, at.max(now))))
+        .collect()
+}
+
+fn held_counters(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    id: &str,
+    plans: &PlanDocument,
+) -> StoreResult<Vec<(Counter, u64)>> {
+    Ok(tx
+        .holds(env, id)?
+        .iter()
+        .map(|h| (Counter::from_hold(h, plans), h.held))
+        .collect())
+}
+
+/// Locks the subjects of a reservation (its user and every subject it holds on), then reads
+/// it again under the locks.
+fn lock_reservation(tx: &mut impl MeteringTx, env: EnvId, id: &str) -> StoreResult<ReservationRow> {
+    let first = tx.reservation(env, id)?.ok_or(StoreError::NotFound)?;
+    let mut subjects = vec![user_subject(&first.user_id)];
+    subjects.extend(tx.holds(env, id)?.into_iter().map(|h| h.key.subject));
+    let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
+    tx.lock_subjects(env, &refs)?;
+    tx.reservation(env, id)?.ok_or(StoreError::NotFound)
+}
+
+/// Expires one pending reservation: its holds end and an `expired` usage event is written.
+fn expire(tx: &mut impl MeteringTx, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
+    tx.finish_reservation(
+        env,
+        &r.reservation_id,
+        ReservationStatus::Expired,
+        None,
+        None,
+    )?;
+    tx.insert_event(
+        env,
+        &EventRow {
+            event_id: &r.event_id,
+            occurred_at: r.expires_at,
+            user_id: &r.user_id,
+            event: &r.event,
+            quantity: r.quantity,
+            metadata: &r.metadata,
+            cost_micros: None,
+            status: "expired",
+            plan_id: r.plan_id.as_deref(),
+            reservation_id: Some(&r.reservation_id),
+            reasons: &[],
+            release_reason: None,
+            release_error_code: None,
+            overage: 0,
+            prompt: None,
+            response: None,
+        },
+    )
+}
+
+/// A reservation that must still be pending at `now`; one past its expiry is expired here (a
+/// logged event, like the sweeper's) and refused.
+fn still_pending(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    r: ReservationRow,
+    now: Timestamp,
+) -> StoreResult<ReservationRow> {
+    if r.status != ReservationStatus::Pending {
+        return Err(StoreError::NotPending { status: r.status });
+    }
+    if r.expires_at <= now {
+        expire(tx, env, &r)?;
+        return Err(StoreError::NotPending {
+            status: ReservationStatus::Expired,
+        });
+    }
+    Ok(r)
+}
+
+pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<CommitOutcome> {
+    let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
+    let r = lock_reservation(tx, env, id)?;
+    let held = held_counters(tx, env, id, &cmd.plans)?;
+    if r.status == ReservationStatus::Committed {
+        return Ok(CommitOutcome {
+            reservation_id: id.to_string(),
+            quantity: r.final_quantity.unwrap_or(r.quantity),
+            overage: r.overage.unwrap_or(0),
+            limits: render_held(tx, env, &held, r.created_at, now)?,
+            event_id: r.event_id,
+        });
+    }
+    let r = still_pending(tx, env, r, now)?;
+    let quantity = cmd.quantity.map_or(r.quantity, |q| q.get());
+    let metadata = match &cmd.metadata {
+        Some(extra) => r.metadata.merged(extra).map_err(|e| StoreError::Invalid {
+            field: "metadata".into(),
+            message: format!("merged with the reservation's metadata, {}", e.error),
+        })?,
+        None => r.metadata.clone(),
+    };
+    let mut inputs = Vec::with_capacity(held.len());
+    for (c, own) in &held {
+        let l = load(tx, env, c, r.created_at, now)?;
+        inputs.push(SettleInput {
+            kind: c.kind,
+            multiplier: c.multiplier,
+            quota: c.quota,
+            used: l.state.used,
+            reserved_others: l.state.reserved.saturating_sub(*own),
+        });
+    }
+    let settlement = decision::settle(&inputs, quantity);
+    for ((c, _), &units) in held.iter().zip(&settlement.charged) {
+        charge(tx, env, c, units, r.created_at)?;
+    }
+    tx.finish_reservation(
+        env,
+        id,
+        ReservationStatus::Committed,
+        Some(quantity),
+        Some(settlement.overage),
+    )?;
+    tx.insert_event(
+        env,
+        &EventRow {
+            event_id: &r.event_id,
+            occurred_at: r.created_at,
+            user_id: &r.user_id,
+            event: &r.event,
+            quantity,
+            metadata: &metadata,
+            cost_micros: cmd.cost_micros,
+            status: "committed",
+            plan_id: r.plan_id.as_deref(),
+            reservation_id: Some(id),
+            reasons: &[],
+            release_reason: None,
+            release_error_code: None,
+            overage: settlement.overage,
+            prompt: r.prompt.as_ref(),
+            response: cmd.response.as_ref(),
+        },
+    )?;
+    Ok(CommitOutcome {
+        reservation_id: id.to_string(),
+        quantity,
+        overage: settlement.overage,
+        limits: render_held(tx, env, &held, r.created_at, now)?,
+        event_id: r.event_id,
+    })
+}
+
+pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<ReleaseOutcome> {
+    let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
+    let r = lock_reservation(tx, env, id)?;
+    if r.status != ReservationStatus::Released {
+        let r = still_pending(tx, env, r, now)?;
+        tx.finish_reservation(env, id, ReservationStatus::Released, None, None)?;
+        tx.insert_event(
+            env,
+            &EventRow {
+                event_id: &r.event_id,
+                occurred_at: r.created_at,
+                user_id: &r.user_id,
+                event: &r.event,
+                quantity: r.quantity,
+                metadata: &r.metadata,
+                cost_micros: None,
+                status: "released",
+                plan_id: r.plan_id.as_deref(),
+                reservation_id: Some(id),
+                reasons: &[],
+                release_reason: cmd.reason.as_deref(),
+                release_error_code: cmd.error_code.as_deref(),
+                overage: 0,
+                prompt: r.prompt.as_ref(),
+                response: cmd.response.as_ref(),
+            },
+        )?;
+    }
+    let held = held_counters(tx, env, id, &cmd.plans)?;
+    let created_at = tx.reservation(env, id)?.map_or(now, |r| r.created_at);
+    Ok(ReleaseOutcome {
+        reservation_id: id.to_string(),
+        limits: render_held(tx, env, &held, created_at, now)?,
+    })
+}
+
+pub fn extend(tx: &mut impl MeteringTx, cmd: &ExtendCommand) -> StoreResult<ExtendOutcome> {
+    let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
+    let r = lock_reservation(tx, env, id)?;
+    still_pending(tx, env, r, now)?;
+    let expires_at = now
+        .checked_add(secs(i64::from(cmd.ttl.get())))
+        .map_err(overflow)?;
+    tx.set_expiry(env, id, expires_at)?;
+    Ok(ExtendOutcome {
+        reservation_id: id.to_string(),
+        expires_at,
+    })
+}
+
+/// A reservation as a reader sees it: pending past its expiry reads as expired.
+pub fn get_reservation(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    id: &str,
+    now: Timestamp,
+) -> StoreResult<ReservationView> {
+    let r = tx.reservation(env, id)?.ok_or(StoreError::NotFound)?;
+    let status = match r.status {
+        ReservationStatus::Pending if r.expires_at <= now => ReservationStatus::Expired,
+        s => s,
+    };
+    Ok(ReservationView {
+        reservation_id: r.reservation_id,
+        status,
+        event_id: (status == ReservationStatus::Committed).then_some(r.event_id),
+        quantity: r.final_quantity.unwrap_or(r.quantity),
+        metadata: r.metadata,
+        user_id: r.user_id,
+        event: r.event,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+    })
+}
+
+/// Expires due reservations in every environment, each by its own clock; forgets idempotency
+/// records past twice their retention.
+pub fn expire_due(tx: &mut impl MeteringTx, real_now: Timestamp) -> StoreResult<usize> {
+    let due = tx.due_reservations(real_now, SWEEP_BATCH_MAX)?;
+    let mut expired = 0;
+    for (env, id, _) in &due {
+        let r = lock_reservation(tx, *env, id)?;
+        // Another node (or a commit) may have settled it since it was listed.
+        if r.status == ReservationStatus::Pending {
+            expire(tx, *env, &r)?;
+            expired += 1;
+        }
+    }
+    let before = real_now
+        .checked_sub(secs(2 * IDEMPOTENCY_RETENTION_SECONDS))
+        .map_err(overflow)?;
+    tx.purge_idempotency(before)?;
+    Ok(expired)
+}
+
+pub fn track(
+    tx: &mut impl MeteringTx,
+    cmd: &TrackCommand,
+) -> StoreResult<Idempotent<TrackOutcome>> {
+    let (env, now) = (cmd.env, cmd.now);
+    let subject = user_subject(cmd.user_id.as_str());
+    tx.lock_subjects(env, &[&subject])?;
+    if let Some(idem) = &cmd.idempotency {
+        if let Some(body) = replay(tx, env, "track", &idem.key, &idem.fingerprint, now)? {
+            return Ok(Idempotent::Replayed(body));
+        }
+    }
+    let sub = tx.subscription(env, &subject)?;
+    let outcome = track_decide(tx, cmd, &subject, sub.as_ref())?;
+    if let Some(idem) = &cmd.idempotency {
+        remember(tx, env, "track", idem, &outcome, now)?;
+    }
+    Ok(Idempotent::Fresh(outcome))
+}
+
+fn track_decide(
+    tx: &mut impl MeteringTx,
+    cmd: &TrackCommand,
+    subject: &str,
+    sub: Option<&Subscription>,
+) -> StoreResult<TrackOutcome> {
+    let (env, now, at) = (cmd.env, cmd.now, cmd.occurred_at);
+    let (event, metadata) = (&cmd.event, &cmd.metadata);
+    let resolved = subscription::resolve(&cmd.plans, sub, cmd.user_id.as_str(), now);
+    let plan_id = resolved.map(|r| r.plan.id.clone());
+    let counters = match resolved {
+        Some(r) => matching(tx, env, r, subject, (event, metadata), at, now)?,
+        None => Vec::new(),
+    };
+    let match_status = match (resolved, counters.is_empty()) {
+        (None, _) => MatchStatus::NoSubscription,
+        (Some(_), true) => MatchStatus::Unmatched,
+        (Some(_), false) => MatchStatus::Matched,
+    };
+    let reasons = match (cmd.enforce, match_status, resolved) {
+        (false, _, _) => Vec::new(),
+        (true, MatchStatus::NoSubscription, _) => vec![DenyReason::NoSubscription],
+        (true, MatchStatus::Unmatched, _)
+            if cmd.plans.unmatched_events == UnmatchedEvents::Deny =>
+        {
+            vec![DenyReason::UnmatchedEvent]
+        }
+        (true, _, Some(r)) => decide(r, event, metadata, &counters, cmd.quantity.get()).reasons,
+        (true, _, None) => Vec::new(),
+    };
+    let row = |status, reasons, overage| EventRow {
+        event_id: &cmd.event_id,
+        occurred_at: at,
+        user_id: cmd.user_id.as_str(),
+        event: cmd.event.as_str(),
+        quantity: cmd.quantity.get(),
+        metadata: &cmd.metadata,
+        cost_micros: cmd.cost_micros,
+        status,
+        plan_id: plan_id.as_deref(),
+        reservation_id: None,
+        reasons,
+        release_reason: None,
+        release_error_code: None,
+        overage,
+        prompt: cmd.prompt.as_ref(),
+        response: cmd.response.as_ref(),
+    };
+    if !reasons.is_empty() {
+        if cmd.record_denials {
+            tx.insert_event(env, &row("denied", &reasons, 0))?;
+        }
+        let limits = counters.iter().map(|(c, l)| render(c, *l, at)).collect();
+        return Ok(TrackOutcome {
+            event_id: None,
+            recorded: false,
+            allowed: false,
+            reasons,
+            match_status,
+            overage: 0,
+            plan_id,
+            limits,
+        });
+    }
+    let inputs: Vec<SettleInput> = counters
+        .iter()
+        .map(|(c, l)| SettleInput {
+            kind: c.kind,
+            multiplier: c.multiplier,
+            quota: c.quota,
+            used: l.state.used,
+            reserved_others: l.state.reserved,
+        })
+        .collect();
+    let settlement = decision::settle(&inputs, cmd.quantity.get());
+    let mut limits = Vec::with_capacity(counters.len());
+    for ((c, l), &units) in counters.iter().zip(&settlement.charged) {
+        if let CounterWindow::Fixed {
+            end, opening: true, ..
+        } = &c.window
+        {
+            tx.open_counter(env, &c.key, *end)?;
+        }
+        charge(tx, env, c, units, at)?;
+        let oldest = match (&c.window, l.oldest) {
+            (CounterWindow::Rolling { .. }, Some(o)) => Some(o.min(at)),
+            (CounterWindow::Rolling { .. }, None) if units > 0 => Some(at),
+            (_, o) => o,
+        };
+        let after = Loaded {
+            state: CounterState {
+                used: l.state.used + units,
+                reserved: l.state.reserved,
+            },
+            oldest,
+        };
+        limits.push(render(&c.opened(), after, at));
+    }
+    tx.insert_event(env, &row("tracked", &[], settlement.overage))?;
+    Ok(TrackOutcome {
+        event_id: Some(cmd.event_id.clone()),
+        recorded: true,
+        allowed: true,
+        reasons: Vec::new(),
+        match_status,
+        overage: settlement.overage,
+        plan_id,
+        limits,
+    })
+}
+
+/// Decides as reserve would, without holding or recording anything.
+pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckOutcome> {
+    let (env, now) = (cmd.env, cmd.now);
+    let subject = user_subject(cmd.user_id.as_str());
+    let sub = tx.subscription(env, &subject)?;
+    let Some(resolved) = subscription::resolve(&cmd.plans, sub.as_ref(), cmd.user_id.as_str(), now)
+    else {
+        return Ok(CheckOutcome {
+            allowed: false,
+            plan_id: None,
+            reasons: vec![DenyReason::NoSubscription],
+            denied_by: Vec::new(),
+            limits: Vec::new(),
+        });
+    };
+    let plan_id = Some(resolved.plan.id.clone());
+    let (event, metadata) = (&cmd.event, &cmd.metadata);
+    let counters = matching(tx, env, resolved, &subject, (event, metadata), now, now)?;
+    if counters.is_empty() && cmd.plans.unmatched_events == UnmatchedEvents::Deny {
+        return Ok(CheckOutcome {
+            allowed: false,
+            plan_id,
+            reasons: vec![DenyReason::UnmatchedEvent],
+            denied_by: Vec::new(),
+            limits: Vec::new(),
+        });
+    }
+    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get());
+    Ok(CheckOutcome {
+        allowed: d.allowed,
+        plan_id,
+        reasons: d.reasons,
+        denied_by: d
+            .denied_by
+            .iter()
+            .map(|&i| counters[i].0.key.limit_id.clone())
+            .collect(),
+        limits: counters.iter().map(|(c, l)| render(c, *l, now)).collect(),
+    })
+}
+
+/// Every limit of the user's effective plan (or those whose rules name `event`), now.
+pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutcome> {
+    let (env, now) = (q.env, q.now);
+    let subject = user_subject(q.user_id.as_str());
+    let sub = tx.subscription(env, &subject)?;
+    let Some(resolved) = subscription::resolve(&q.plans, sub.as_ref(), q.user_id.as_str(), now)
+    else {
+        return Ok(UsageOutcome {
+            plan_id: None,
+            subscription: sub,
+            limits: Vec::new(),
+        });
+    };
+    let mut limits = Vec::new();
+    for limit in &resolved.plan.limits {
+        let named = q
+            .event
+            .as_ref()
+            .is_none_or(|e| limit.rules.iter().any(|r| r.event.matches(e.as_str())));
+        if named {
+            let c = counter_for(tx, env, limit, resolved, &subject, now)?;
+            let l = load(tx, env, &c, now, now)?;
+            limits.push(render(&c, l, now));
+        }
+    }
+    let plan_id = Some(resolved.plan.id.clone());
+    Ok(UsageOutcome {
+        plan_id,
+        subscription: sub,
+        limits,
+    })
+}
+
+pub fn upsert_subscription(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    user_id: &UserId,
+    request: &UpsertRequest,
+    new_id: &str,
+    now: Timestamp,
+) -> StoreResult<UpsertOutcome> {
+    let subject = user_subject(user_id.as_str());
+    tx.lock_subjects(env, &[&subject])?;
+    let current = tx.subscription(env, &subject)?;
+    let outcome = subscription::upsert(current.as_ref(), request, new_id, now);
+    if outcome.changed {
+        tx.write_subscription(env, &subject, &outcome.subscription)?;
+    }
+    for h in &outcome.history {
+        tx.append_history(env, &subject, h)?;
+    }
+    Ok(outcome)
+}
+
+pub fn cancel_subscription(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    user_id: &UserId,
+    plans: &PlanDocument,
+    at: CancelAt,
+    reason: Option<String>,
+    now: Timestamp,
+) -> StoreResult<(Subscription, HistoryEntry)> {
+    let subject = user_subject(user_id.as_str());
+    tx.lock_subjects(env, &[&subject])?;
+    let current = tx
+        .subscription(env, &subject)?
+        .ok_or(StoreError::NotFound)?;
+    let billing = plans.plan(&current.plan_id).map_or(
+        tollgate_core::window::BillingInterval {
+            unit: tollgate_core::window::IntervalUnit::Month,
+            count: 1,
+        },
+        |p| p.billing,
+    );
+    let (sub, entry) =
+        subscription::cancel(&current, billing, at, reason, "api", now).map_err(|e| match e {
+            subscription::CancelError::AlreadyCanceled => StoreError::AlreadyCanceled,
+            subscription::CancelError::Window(w) => StoreError::Internal(w.to_string()),
+        })?;
+    tx.write_subscription(env, &subject, &sub)?;
+    tx.append_history(env, &subject, &entry)?;
+    Ok((sub, entry))
+}
