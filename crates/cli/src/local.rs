@@ -4,7 +4,7 @@
 //! `init` (the SQLite store has one writer).
 
 use crate::settings::{Database, FileSettings, Overrides, Settings};
-use crate::{InitArgs, ServeArgs, StorageArgs};
+use crate::{InitArgs, MigrateArgs, ServeArgs, StorageArgs};
 use anyhow::{bail, Context, Result};
 use jiff::Timestamp;
 use std::io::IsTerminal;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tollgate_api::InitOutput;
 use tollgate_server::{AppState, Metrics, ServerConfig};
 use tollgate_store::{Store, StoreError, StoreObserver};
+use tollgate_store_postgres::PgStore;
 use tollgate_store_sqlite::SqliteStore;
 
 fn settings(storage: &StorageArgs, over: Overrides) -> Result<Settings> {
@@ -26,26 +27,66 @@ fn settings(storage: &StorageArgs, over: Overrides) -> Result<Settings> {
     )
 }
 
-fn open_store(database: &Database, observer: Arc<dyn StoreObserver>) -> Result<SqliteStore> {
-    let dir = database.data_dir();
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    SqliteStore::open(dir, observer)
-        .with_context(|| format!("cannot open the database in {}", dir.display()))
+async fn open_store(
+    database: &Database,
+    observer: Arc<dyn StoreObserver>,
+) -> Result<Arc<dyn Store>> {
+    match database {
+        Database::Sqlite { data_dir } => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+            let store = SqliteStore::open(data_dir, observer)
+                .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        Database::Postgres { url } => {
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                PgStore::connect(&url, tollgate_store_postgres::POOL_SIZE_DEFAULT, observer)
+            })
+            .await?
+            .with_context(|| format!("cannot open the database {}", database.describe()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// `tollgate migrate`: applies the PostgreSQL schema migrations (SQLite migrates on open).
+pub async fn migrate(args: MigrateArgs) -> Result<()> {
+    let settings = settings(&args.storage, Overrides::default())?;
+    match &settings.database {
+        Database::Postgres { url } => {
+            let url = url.clone();
+            let applied =
+                tokio::task::spawn_blocking(move || tollgate_store_postgres::migrate(&url))
+                    .await?
+                    .with_context(|| format!("cannot migrate {}", settings.database.describe()))?;
+            println!(
+                "{}: {applied} migration(s) applied; the schema is current",
+                settings.database.describe()
+            );
+        }
+        Database::Sqlite { .. } => {
+            let store = open_store(&settings.database, Arc::new(Metrics::new())).await?;
+            store.shutdown().await;
+            println!("{}: the schema is current", settings.database.describe());
+        }
+    }
+    Ok(())
 }
 
 fn already_initialized(database: &Database) -> anyhow::Error {
     anyhow::anyhow!(
         "{} already holds a Tollgate install; its secrets were shown when it was created \
          (make new keys with `tollgate keys create`)",
-        database.data_dir().display()
+        database.describe()
     )
 }
 
 /// `tollgate init`: creates the install and prints its secrets once.
 pub async fn init(args: InitArgs) -> Result<()> {
     let settings = settings(&args.storage, Overrides::default())?;
-    let store = open_store(&settings.database, Arc::new(Metrics::new()))?;
+    let store = open_store(&settings.database, Arc::new(Metrics::new())).await?;
     let created = create_install(&store, &settings.database).await;
     store.shutdown().await;
     let output = created?;
@@ -57,11 +98,11 @@ pub async fn init(args: InitArgs) -> Result<()> {
     Ok(())
 }
 
-async fn create_install(store: &SqliteStore, database: &Database) -> Result<InitOutput> {
+async fn create_install(store: &Arc<dyn Store>, database: &Database) -> Result<InitOutput> {
     if store.is_initialized().await? {
         return Err(already_initialized(database));
     }
-    match tollgate_server::bootstrap::initialize(store, Timestamp::now()).await {
+    match tollgate_server::bootstrap::initialize(store.as_ref(), Timestamp::now()).await {
         Ok(output) => Ok(output),
         Err(StoreError::AlreadyExists) => Err(already_initialized(database)),
         Err(e) => Err(e.into()),
@@ -69,10 +110,7 @@ async fn create_install(store: &SqliteStore, database: &Database) -> Result<Init
 }
 
 fn print_secrets(output: &InitOutput, database: &Database) {
-    println!(
-        "Tollgate is initialized in {}.",
-        database.data_dir().display()
-    );
+    println!("Tollgate is initialized in {}.", database.describe());
     println!("These secrets are shown once, now: store them somewhere safe.\n");
     let rows = [
         ("Admin token", &output.admin_token),
@@ -111,13 +149,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )?;
     tracing::debug!(?settings, "settings resolved");
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(&settings.database, metrics.clone())?;
+    let store = open_store(&settings.database, metrics.clone()).await?;
     if !store.is_initialized().await? {
         let output = create_install(&store, &settings.database).await?;
         eprintln!(
             "tollgate: created a new install in {}. These secrets are shown this once; store \
              them somewhere safe:",
-            settings.database.data_dir().display()
+            settings.database.describe()
         );
         eprintln!("{}", serde_json::to_string(&output)?);
     }
@@ -130,7 +168,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let addr = listener.local_addr()?;
     let state = AppState::new(
-        Arc::new(store),
+        store,
         metrics,
         ServerConfig {
             sweep_interval: settings.sweep_interval,

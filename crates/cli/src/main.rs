@@ -32,6 +32,8 @@ enum Command {
     Init(InitArgs),
     /// Run the HTTP server (creating the install first if the data dir is empty).
     Serve(ServeArgs),
+    /// Apply the database schema migrations (`serve` also applies them when it starts).
+    Migrate(MigrateArgs),
     /// Apply or export the plan document of a key's environment.
     #[command(subcommand)]
     Plans(PlansCommand),
@@ -48,7 +50,8 @@ struct StorageArgs {
     /// Directory of the SQLite database [default: ./tollgate-data]
     #[arg(long, env = "TOLLGATE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Storage URL: absent or `sqlite:[DIR]` (PostgreSQL is not built yet)
+    /// Storage URL: absent or `sqlite:[DIR]` for the embedded store, `postgres://…` for
+    /// PostgreSQL (several nodes on one database)
     #[arg(
         long,
         env = "TOLLGATE_DATABASE_URL",
@@ -68,6 +71,12 @@ struct InitArgs {
     /// Print exactly the JSON object of the new secrets on stdout
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +210,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => local::init(args).await,
         Command::Serve(args) => local::serve(args).await,
+        Command::Migrate(args) => local::migrate(args).await,
         Command::Plans(command) => plans::run(command).await,
         Command::Keys(command) => remote::keys(command).await,
         Command::Usage(args) => remote::usage(args).await,

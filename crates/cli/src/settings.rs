@@ -63,13 +63,13 @@ impl FileSettings {
 pub enum Database {
     /// The SQLite store in this directory (`DIR/tollgate.db`).
     Sqlite { data_dir: PathBuf },
+    /// A PostgreSQL database shared by every node (`postgres://…`).
+    Postgres { url: String },
 }
 
 impl fmt::Debug for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Database::Sqlite { data_dir } => write!(f, "Sqlite({})", data_dir.display()),
-        }
+        f.write_str(&self.describe())
     }
 }
 
@@ -81,8 +81,10 @@ impl Database {
             return Ok(Database::Sqlite { data_dir });
         };
         let lower = url.to_ascii_lowercase();
-        if lower.starts_with("postgres:") || lower.starts_with("postgresql:") {
-            bail!("PostgreSQL support is not built yet; use SQLite (leave --database-url unset)");
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Ok(Database::Postgres {
+                url: url.to_string(),
+            });
         }
         let Some(rest) = url.strip_prefix("sqlite:") else {
             bail!("unsupported database URL {url:?}: use `sqlite:[DIR]` or leave it unset");
@@ -110,9 +112,17 @@ impl Database {
         Ok(Database::Sqlite { data_dir: path })
     }
 
-    pub fn data_dir(&self) -> &Path {
+    /// Where the data is, for messages: the data dir, or the PostgreSQL server and database
+    /// without credentials.
+    pub fn describe(&self) -> String {
         match self {
-            Database::Sqlite { data_dir } => data_dir,
+            Database::Sqlite { data_dir } => data_dir.display().to_string(),
+            Database::Postgres { url } => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+                format!("postgres://{rest}")
+            }
         }
     }
 }
@@ -191,7 +201,12 @@ mod tests {
         let file = FileSettings::parse(EXAMPLE).expect("tollgate.example.toml parses");
         assert_eq!(file.listen.as_deref(), Some(LISTEN_DEFAULT));
         let settings = Settings::resolve(file, Overrides::default()).unwrap();
-        assert_eq!(settings.database.data_dir(), Path::new(DATA_DIR_DEFAULT));
+        assert_eq!(
+            settings.database,
+            Database::Sqlite {
+                data_dir: PathBuf::from(DATA_DIR_DEFAULT)
+            }
+        );
     }
 
     #[test]
@@ -233,10 +248,16 @@ mod tests {
             Database::resolve(Some("sqlite:/var/tg/tollgate.db"), dir()).unwrap(),
             sqlite("/var/tg")
         );
-        let pg = Database::resolve(Some("postgres://u@h/db"), dir()).unwrap_err();
-        assert!(pg
-            .to_string()
-            .contains("PostgreSQL support is not built yet"));
+        let pg = Database::resolve(Some("postgres://u:secret@h:5432/db?sslmode=disable"), dir())
+            .unwrap();
+        assert_eq!(
+            pg,
+            Database::Postgres {
+                url: "postgres://u:secret@h:5432/db?sslmode=disable".into()
+            }
+        );
+        assert_eq!(pg.describe(), "postgres://h:5432/db", "no credentials in messages");
+        assert!(!format!("{pg:?}").contains("secret"));
         assert!(Database::resolve(Some("mysql://x"), dir()).is_err());
         assert!(Database::resolve(Some("sqlite:/x/other.db"), dir()).is_err());
     }

@@ -268,8 +268,20 @@ pub fn history_view(
     let mut rows = rows;
     let Some(sub) = current else { return rows };
     let Some(end) = sub.ends_at else { return rows };
+    // The latest row that decides the end: a plan change after a scheduled cancel does not
+    // take the cancel back, a reactivation or a new start does.
     let scheduled = rows
-        .last()
+        .iter()
+        .rev()
+        .find(|r| {
+            matches!(
+                r.kind,
+                HistoryKind::CancelScheduled
+                    | HistoryKind::Canceled
+                    | HistoryKind::Reactivated
+                    | HistoryKind::Created
+            )
+        })
         .is_some_and(|r| r.kind == HistoryKind::CancelScheduled);
     if scheduled && end <= now {
         rows.push(HistoryEntry {
@@ -392,7 +404,15 @@ mod tests {
             cancel(&ended, month, CancelAt::Now, None, "api", after),
             Err(CancelError::AlreadyCanceled)
         );
-        let view = history_view(vec![entry], Some(&ended), after);
+        let view = history_view(vec![entry.clone()], Some(&ended), after);
+        assert_eq!(view.last().unwrap().kind, HistoryKind::Ended);
+        // A plan change between the cancel and the end does not hide the end.
+        let changed = HistoryEntry {
+            kind: HistoryKind::PlanChanged,
+            ..entry
+        };
+        let rows = vec![view[0].clone(), changed];
+        let view = history_view(rows, Some(&ended), after);
         assert_eq!(view.last().unwrap().kind, HistoryKind::Ended);
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::sql::SqliteTx;
 use crate::writer::Writer;
-use crate::{internal, ms, open_writer, ts, Readers, DATABASE_FILE};
+use crate::{internal, ms, open_writer, ts, Readers, DATABASE_FILE, LOCK_FILE};
 use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -22,6 +22,9 @@ use tollgate_store::*;
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<Readers>,
+    /// An exclusive lock on `DIR/tollgate.lock` for as long as the store lives: one process
+    /// per data dir. The OS drops it when the process dies, even by `kill -9`.
+    _lock: Arc<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -30,6 +33,7 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let conn = open_writer(&path).map_err(internal)?;
         let writer = Writer::start(conn, observer)
@@ -37,7 +41,29 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             readers: Arc::new(Readers::new(path)),
+            _lock: Arc::new(lock),
         })
+    }
+}
+
+fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "another Tollgate process is using {}; the embedded store has one writer",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 

@@ -19,6 +19,8 @@ pub use admin::SqliteStore;
 
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "tollgate.db";
+/// The lock file that keeps a second process off a data dir.
+pub const LOCK_FILE: &str = "tollgate.lock";
 /// Read connections open at once; further reads wait for one.
 pub const READERS_MAX: usize = 8;
 /// How long a connection waits on a lock before giving up, in milliseconds.

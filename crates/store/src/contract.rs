@@ -10,8 +10,9 @@ use tollgate_core::plan::*;
 use tollgate_core::subscription::{CancelAt, HistoryKind, UpsertRequest};
 use tollgate_core::window::{BillingInterval, CalendarPeriod, IntervalUnit};
 
-/// What a backend's constructor returns: the store and whatever must live as long as it.
-pub type Harness = (Arc<dyn Store>, Box<dyn std::any::Any + Send>);
+/// What a backend's constructor returns: the store and whatever must live as long as it, or
+/// None when the backend is not available here (its tests then say so and pass).
+pub type Harness = Option<(Arc<dyn Store>, Box<dyn std::any::Any + Send>)>;
 
 /// Generates one `#[tokio::test]` per contract test for a backend.
 #[macro_export]
@@ -35,7 +36,10 @@ macro_rules! store_contract_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                let (store, _guard) = $make().await;
+                let Some((store, _guard)) = $make().await else {
+                    eprintln!("skipped: this backend is not configured here");
+                    return;
+                };
                 $crate::contract::$name(store).await;
             }
         )*

@@ -17,6 +17,7 @@ use axum::Json;
 use serde::Deserialize;
 use tollgate_api as wire;
 use tollgate_api::Subject;
+use tollgate_core::input::StoredText;
 use tollgate_store::{
     CheckCommand, CommitCommand, ExtendCommand, Idempotency, Idempotent, ReleaseCommand,
     ReserveCommand, TrackCommand, UsageQuery,
@@ -26,6 +27,16 @@ use utoipa::IntoParams;
 /// Whether denied reserves and tracks are recorded as `denied` usage events. Settings routes
 /// (API.md §12) will make this per environment.
 const RECORD_DENIALS: bool = true;
+
+/// Whether prompts and responses are stored with usage events. API.md §12 makes this a
+/// per-environment setting that defaults to off; until the settings routes exist, prompts and
+/// responses are checked for size and then dropped, never written.
+const PROMPT_LOGGING: bool = false;
+
+/// `text` if prompt logging is on, else nothing.
+fn logged(text: Option<StoredText>) -> Option<StoredText> {
+    text.filter(|_| PROMPT_LOGGING)
+}
 
 const RESERVATION: &str = "reservation";
 
@@ -77,7 +88,7 @@ pub async fn reserve(
             quantity: input.quantity,
             metadata: input.metadata,
             ttl: input.ttl,
-            prompt: input.prompt,
+            prompt: logged(input.prompt),
             record_denials: RECORD_DENIALS,
             idempotency,
         })
@@ -124,7 +135,7 @@ pub async fn commit(
             quantity: input.quantity,
             metadata: input.metadata,
             cost_micros: input.cost_micros,
-            response: input.response,
+            response: logged(input.response),
         })
         .await
         .map_err(store_error(RESERVATION))?;
@@ -161,7 +172,7 @@ pub async fn release(
             reservation_id: id,
             reason: input.reason,
             error_code: input.error_code,
-            response: input.response,
+            response: logged(input.response),
         })
         .await
         .map_err(store_error(RESERVATION))?;
@@ -261,8 +272,8 @@ pub async fn track(
             metadata: input.metadata,
             occurred_at: input.occurred_at,
             cost_micros: input.cost_micros,
-            prompt: input.prompt,
-            response: input.response,
+            prompt: logged(input.prompt),
+            response: logged(input.response),
             enforce: input.enforce,
             record_denials: RECORD_DENIALS,
             idempotency,

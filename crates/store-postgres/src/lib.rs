@@ -1,0 +1,426 @@
+//! The PostgreSQL store: several Tollgate nodes on one database.
+//!
+//! Every node runs the same procedures as the embedded store (`tollgate_store::procedure`);
+//! exactness across nodes comes from the database, never from state cached in a node: each
+//! procedure takes advisory locks on the subjects it touches, in one global order, inside its
+//! transaction. Each node runs a fixed pool of connections on worker threads (`pool`).
+
+mod pool;
+mod schema;
+mod sql;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use pool::Pool;
+use sql::{ms, ts, PgTx};
+use std::sync::Arc;
+use tollgate_core::input::UserId;
+use tollgate_core::plan::PlanDocument;
+use tollgate_core::subscription::{
+    CancelAt, HistoryEntry, HistoryKind, Subscription, UpsertOutcome, UpsertRequest,
+};
+use tollgate_store::procedure::{self, user_subject, MeteringTx};
+use tollgate_store::*;
+
+pub use pool::{RECONNECT_BACKOFF_MS, STATEMENT_TIMEOUT_MS, TRANSACTION_RETRIES_MAX};
+
+/// Connections one node opens by default.
+pub const POOL_SIZE_DEFAULT: usize = 8;
+
+/// Applies the schema migrations to the database at `url`; returns how many were applied.
+/// Safe to run from several nodes at once.
+pub fn migrate(url: &str) -> StoreResult<usize> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to the database: {e}")))?;
+    schema::migrate(&mut client).map_err(|e| pool::pg_error(&e))
+}
+
+/// The PostgreSQL store of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Migrates the database at `url` and starts `pool_size` connections.
+    pub fn connect(
+        url: &str,
+        pool_size: usize,
+        observer: Arc<dyn StoreObserver>,
+    ) -> StoreResult<PgStore> {
+        migrate(url)?;
+        let pool = Pool::start(url, pool_size, observer)
+            .map_err(|e| StoreError::Internal(format!("cannot start database workers: {e}")))?;
+        Ok(PgStore { pool })
+    }
+}
+
+fn env_of(tx: &mut PgTx<'_, '_>, project_id: &str, mode: Mode) -> StoreResult<EnvId> {
+    tx.query_opt(
+        "SELECT env_id FROM environments WHERE project_id = $1 AND mode = $2",
+        &[&project_id, &mode.as_str()],
+    )?
+    .map(|r| EnvId(r.get(0)))
+    .ok_or(StoreError::NotFound)
+}
+
+fn insert_project(tx: &mut PgTx<'_, '_>, p: &Project) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO projects (project_id, name, created_at_ms) VALUES ($1, $2, $3)",
+        &[&p.project_id, &p.name, &ms(p.created_at)],
+    )?;
+    for mode in [Mode::Live, Mode::Test] {
+        tx.execute(
+            "INSERT INTO environments (project_id, mode) VALUES ($1, $2)",
+            &[&p.project_id, &mode.as_str()],
+        )?;
+    }
+    Ok(())
+}
+
+fn insert_key(tx: &mut PgTx<'_, '_>, k: &NewKey) -> StoreResult<()> {
+    let env = env_of(tx, &k.project_id, k.mode)?;
+    tx.execute(
+        "INSERT INTO api_keys (key_id, env_id, kind, name, prefix, hash, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &k.key_id,
+            &env.0,
+            &k.kind.as_str(),
+            &k.name,
+            &k.prefix,
+            &&k.hash[..],
+            &ms(k.created_at),
+        ],
+    )
+    .map(|_| ())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn is_initialized(&self) -> StoreResult<bool> {
+        self.pool
+            .run(|tx| {
+                let r = tx.query_one("SELECT COUNT(*) FROM meta WHERE key = 'admin_token'", &[])?;
+                Ok(r.get::<_, i64>(0) > 0)
+            })
+            .await
+    }
+
+    async fn initialize(
+        &self,
+        admin_token_hash: [u8; 32],
+        project: Project,
+        keys: Vec<NewKey>,
+    ) -> StoreResult<()> {
+        self.pool
+            .run(move |tx| {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('admin_token', $1)",
+                    &[&&admin_token_hash[..]],
+                )?;
+                insert_project(tx, &project)?;
+                keys.iter().try_for_each(|k| insert_key(tx, k))
+            })
+            .await
+    }
+
+    async fn verify_admin(&self, token_hash: [u8; 32]) -> StoreResult<bool> {
+        let stored: Option<Vec<u8>> = self
+            .pool
+            .run(|tx| {
+                Ok(tx
+                    .query_opt("SELECT value FROM meta WHERE key = 'admin_token'", &[])?
+                    .map(|r| r.get(0)))
+            })
+            .await?;
+        // Both sides are hashes of secrets, so a plain comparison leaks nothing useful.
+        Ok(stored.as_deref() == Some(&token_hash[..]))
+    }
+
+    async fn create_project(&self, project: Project) -> StoreResult<()> {
+        self.pool.run(move |tx| insert_project(tx, &project)).await
+    }
+
+    async fn list_projects(&self) -> StoreResult<Vec<Project>> {
+        self.pool
+            .run(|tx| {
+                let rows = tx.query(
+                    "SELECT project_id, name, created_at_ms FROM projects
+                     ORDER BY created_at_ms, project_id",
+                    &[],
+                )?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Project {
+                        project_id: r.get(0),
+                        name: r.get(1),
+                        created_at: ts(r.get(2)),
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    async fn create_key(&self, key: NewKey) -> StoreResult<()> {
+        self.pool.run(move |tx| insert_key(tx, &key)).await
+    }
+
+    async fn list_keys(&self, project_id: &str) -> StoreResult<Vec<KeyInfo>> {
+        let project_id = project_id.to_string();
+        self.pool
+            .run(move |tx| {
+                let exists = tx.query_opt(
+                    "SELECT 1 FROM projects WHERE project_id = $1",
+                    &[&project_id],
+                )?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                let rows = tx.query(
+                    "SELECT k.key_id, e.project_id, e.mode, k.kind, k.name, k.prefix,
+                            k.created_at_ms, k.revoked_at_ms
+                     FROM api_keys k JOIN environments e ON e.env_id = k.env_id
+                     WHERE e.project_id = $1 ORDER BY k.created_at_ms, k.key_id",
+                    &[&project_id],
+                )?;
+                Ok(rows
+                    .iter()
+                    .map(|r| KeyInfo {
+                        key_id: r.get(0),
+                        project_id: r.get(1),
+                        mode: Mode::parse(r.get(2)).unwrap_or(Mode::Test),
+                        kind: KeyKind::parse(r.get(3)).unwrap_or(KeyKind::Publishable),
+                        name: r.get(4),
+                        prefix: r.get(5),
+                        created_at: ts(r.get(6)),
+                        revoked_at: r.get::<_, Option<i64>>(7).map(ts),
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    async fn revoke_key(&self, key_id: &str, now: Timestamp) -> StoreResult<()> {
+        let key_id = key_id.to_string();
+        self.pool
+            .run(move |tx| {
+                let n = tx.execute(
+                    "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, $2)
+                     WHERE key_id = $1",
+                    &[&key_id, &ms(now)],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn authenticate(&self, key_hash: [u8; 32]) -> StoreResult<Option<AuthContext>> {
+        self.pool
+            .run(move |tx| {
+                let Some(r) = tx.query_opt(
+                    "SELECT e.env_id, e.project_id, e.mode, k.kind, k.key_id, e.clock_offset_s
+                     FROM api_keys k JOIN environments e ON e.env_id = k.env_id
+                     WHERE k.hash = $1 AND k.revoked_at_ms IS NULL",
+                    &[&&key_hash[..]],
+                )?
+                else {
+                    return Ok(None);
+                };
+                let mode: String = r.get(2);
+                let kind: String = r.get(3);
+                Ok(Some(AuthContext {
+                    env: EnvId(r.get(0)),
+                    project_id: r.get(1),
+                    mode: Mode::parse(&mode)
+                        .ok_or_else(|| StoreError::Internal(format!("bad mode {mode}")))?,
+                    kind: KeyKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Internal(format!("bad kind {kind}")))?,
+                    key_id: r.get(4),
+                    clock_offset_seconds: r.get(5),
+                }))
+            })
+            .await
+    }
+
+    async fn advance_clock(&self, env: EnvId, seconds: i64) -> StoreResult<i64> {
+        self.pool
+            .run(move |tx| {
+                tx.query_opt(
+                    "UPDATE environments SET clock_offset_s = clock_offset_s + $2
+                     WHERE env_id = $1 RETURNING clock_offset_s",
+                    &[&env.0, &seconds],
+                )?
+                .map(|r| r.get(0))
+                .ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn put_plans(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<i64> {
+        self.pool
+            .run(move |tx| {
+                // One writer of an environment's plan versions at a time, across nodes.
+                tx.lock_subjects(env, &["plans"])?;
+                let r = tx.query_one(
+                    "INSERT INTO plan_documents (env_id, version, document, created_at_ms)
+                     VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM plan_documents
+                                  WHERE env_id = $1), $2, $3)
+                     RETURNING version",
+                    &[&env.0, &document, &ms(now)],
+                )?;
+                Ok(r.get(0))
+            })
+            .await
+    }
+
+    async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>> {
+        self.pool
+            .run(move |tx| {
+                Ok(tx
+                    .query_opt(
+                        "SELECT version, document FROM plan_documents WHERE env_id = $1
+                         ORDER BY version DESC LIMIT 1",
+                        &[&env.0],
+                    )?
+                    .map(|r| StoredPlans {
+                        version: r.get(0),
+                        document: r.get(1),
+                    }))
+            })
+            .await
+    }
+
+    async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>> {
+        self.pool.run(move |tx| procedure::reserve(tx, &cmd)).await
+    }
+
+    async fn commit(&self, cmd: CommitCommand) -> StoreResult<CommitOutcome> {
+        self.pool.run(move |tx| procedure::commit(tx, &cmd)).await
+    }
+
+    async fn release(&self, cmd: ReleaseCommand) -> StoreResult<ReleaseOutcome> {
+        self.pool.run(move |tx| procedure::release(tx, &cmd)).await
+    }
+
+    async fn extend(&self, cmd: ExtendCommand) -> StoreResult<ExtendOutcome> {
+        self.pool.run(move |tx| procedure::extend(tx, &cmd)).await
+    }
+
+    async fn get_reservation(
+        &self,
+        env: EnvId,
+        reservation_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<ReservationView> {
+        let id = reservation_id.to_string();
+        self.pool
+            .run(move |tx| procedure::get_reservation(tx, env, &id, now))
+            .await
+    }
+
+    async fn track(&self, cmd: TrackCommand) -> StoreResult<Idempotent<TrackOutcome>> {
+        self.pool.run(move |tx| procedure::track(tx, &cmd)).await
+    }
+
+    async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
+        self.pool.run(move |tx| procedure::check(tx, &cmd)).await
+    }
+
+    async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
+        self.pool.run(move |tx| procedure::usage(tx, &query)).await
+    }
+
+    async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize> {
+        self.pool
+            .run(move |tx| procedure::expire_due(tx, real_now))
+            .await
+    }
+
+    async fn upsert_subscription(
+        &self,
+        env: EnvId,
+        user_id: UserId,
+        request: UpsertRequest,
+        new_id: String,
+        now: Timestamp,
+    ) -> StoreResult<UpsertOutcome> {
+        self.pool
+            .run(move |tx| {
+                procedure::upsert_subscription(tx, env, &user_id, &request, &new_id, now)
+            })
+            .await
+    }
+
+    async fn get_subscription(
+        &self,
+        env: EnvId,
+        user_id: &UserId,
+    ) -> StoreResult<Option<Subscription>> {
+        let subject = user_subject(user_id.as_str());
+        self.pool
+            .run(move |tx| tx.subscription(env, &subject))
+            .await
+    }
+
+    async fn subscription_history(
+        &self,
+        env: EnvId,
+        user_id: &UserId,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        let subject = user_subject(user_id.as_str());
+        self.pool
+            .run(move |tx| {
+                let rows = tx.query(
+                    "SELECT kind, at_ms, from_plan_id, to_plan_id, source, reason
+                     FROM subscription_history WHERE env_id = $1 AND subject = $2
+                     ORDER BY seq",
+                    &[&env.0, &subject],
+                )?;
+                Ok(rows
+                    .iter()
+                    .map(|r| HistoryEntry {
+                        kind: HistoryKind::parse(r.get(0)).unwrap_or(HistoryKind::PlanChanged),
+                        at: ts(r.get(1)),
+                        from_plan_id: r.get(2),
+                        to_plan_id: r.get(3),
+                        source: r.get(4),
+                        reason: r.get(5),
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    async fn cancel_subscription(
+        &self,
+        env: EnvId,
+        user_id: UserId,
+        plans: Arc<PlanDocument>,
+        at: CancelAt,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> StoreResult<(Subscription, HistoryEntry)> {
+        self.pool
+            .run(move |tx| {
+                procedure::cancel_subscription(tx, env, &user_id, &plans, at, reason.clone(), now)
+            })
+            .await
+    }
+
+    async fn ready(&self) -> bool {
+        self.pool
+            .run(|tx| tx.query_one("SELECT 1", &[]).map(|_| ()))
+            .await
+            .is_ok()
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.pool.queue_depth()
+    }
+
+    async fn shutdown(&self) {}
+}

@@ -1,0 +1,205 @@
+//! The PostgreSQL schema and its migrations, recorded in `tollgate_schema_version` and applied
+//! under an advisory lock so that nodes starting together migrate once.
+//!
+//! Times are BIGINT milliseconds since the Unix epoch (`*_ms`), as in the SQLite schema, so
+//! both adapters convert times the same way. Every metered table leads with `env_id`; for a
+//! sharded PostgreSQL the distribution key is (`env_id`, `subject`) — see docs/scaling.md.
+
+use postgres::Client;
+
+/// An arbitrary constant naming the migration lock.
+const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
+
+/// Each entry moves the schema one version up; never edit an entry that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+
+CREATE TABLE projects (
+    project_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+
+CREATE TABLE environments (
+    env_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    project_id TEXT NOT NULL REFERENCES projects (project_id),
+    mode TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    clock_offset_s BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (project_id, mode)
+);
+
+CREATE TABLE api_keys (
+    key_id TEXT PRIMARY KEY,
+    env_id BIGINT NOT NULL REFERENCES environments (env_id),
+    kind TEXT NOT NULL CHECK (kind IN ('secret', 'publishable')),
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    hash BYTEA NOT NULL UNIQUE,
+    created_at_ms BIGINT NOT NULL,
+    revoked_at_ms BIGINT
+);
+
+CREATE TABLE plan_documents (
+    env_id BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    document TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, version)
+);
+
+CREATE TABLE subscriptions (
+    env_id BIGINT NOT NULL,
+    subject TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    plan_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cycle_start_ms BIGINT NOT NULL,
+    ends_at_ms BIGINT,
+    custom_limits JSONB NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, subject)
+);
+
+CREATE TABLE subscription_history (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    env_id BIGINT NOT NULL,
+    subject TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    from_plan_id TEXT,
+    to_plan_id TEXT,
+    source TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX subscription_history_subject ON subscription_history (env_id, subject, seq);
+
+CREATE TABLE reservations (
+    env_id BIGINT NOT NULL,
+    reservation_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    metadata JSONB NOT NULL,
+    plan_id TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'committed', 'released', 'expired')),
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    final_quantity BIGINT,
+    overage BIGINT,
+    prompt TEXT,
+    prompt_truncated BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (env_id, reservation_id)
+);
+CREATE INDEX reservations_pending ON reservations (expires_at_ms) WHERE status = 'pending';
+
+CREATE TABLE reservation_limits (
+    env_id BIGINT NOT NULL,
+    reservation_id TEXT NOT NULL,
+    seq INT NOT NULL,
+    limit_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    window_key BIGINT NOT NULL,
+    window_start_ms BIGINT,
+    window_end_ms BIGINT,
+    window_type TEXT NOT NULL,
+    window_seconds BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    enforcement TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    multiplier BIGINT NOT NULL,
+    quota BIGINT NOT NULL,
+    units BIGINT NOT NULL,
+    held BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, reservation_id, limit_id)
+);
+CREATE INDEX reservation_limits_held
+    ON reservation_limits (env_id, limit_id, subject, window_key) WHERE held > 0;
+
+CREATE TABLE counters (
+    env_id BIGINT NOT NULL,
+    limit_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    window_key BIGINT NOT NULL,
+    window_end_ms BIGINT,
+    used BIGINT NOT NULL,
+    PRIMARY KEY (env_id, subject, limit_id, window_key)
+);
+
+CREATE TABLE rolling_usage (
+    env_id BIGINT NOT NULL,
+    limit_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    units BIGINT NOT NULL
+);
+CREATE INDEX rolling_usage_counter ON rolling_usage (env_id, subject, limit_id, at_ms);
+
+CREATE TABLE events (
+    env_id BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    occurred_at_ms BIGINT NOT NULL,
+    user_id TEXT NOT NULL,
+    account_id TEXT,
+    event TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    metadata JSONB NOT NULL,
+    cost_micros BIGINT,
+    status TEXT NOT NULL,
+    plan_id TEXT,
+    reservation_id TEXT,
+    reasons JSONB NOT NULL,
+    overage BIGINT NOT NULL DEFAULT 0,
+    prompt TEXT,
+    response TEXT,
+    truncated BOOLEAN NOT NULL DEFAULT FALSE,
+    release_reason TEXT,
+    release_error_code TEXT,
+    PRIMARY KEY (env_id, event_id)
+);
+CREATE INDEX events_time ON events (env_id, occurred_at_ms);
+CREATE INDEX events_user_time ON events (env_id, user_id, occurred_at_ms);
+
+CREATE TABLE idempotency (
+    env_id BIGINT NOT NULL,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, scope, key)
+);
+CREATE INDEX idempotency_age ON idempotency (created_at_ms);
+"#];
+
+/// Brings the database to the newest schema version. Safe to run from every node at once.
+pub fn migrate(client: &mut Client) -> Result<usize, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tollgate_schema_version (version BIGINT NOT NULL)",
+    )?;
+    let current: Option<i64> = tx
+        .query_opt("SELECT version FROM tollgate_schema_version", &[])?
+        .map(|r| r.get(0));
+    let current = current.unwrap_or(0) as usize;
+    if current == 0 {
+        tx.execute("INSERT INTO tollgate_schema_version VALUES (0)", &[])?;
+    }
+    let mut applied = 0;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "UPDATE tollgate_schema_version SET version = $1",
+            &[&((i + 1) as i64)],
+        )?;
+        applied += 1;
+    }
+    tx.commit()?;
+    Ok(applied)
+}

@@ -1,0 +1,649 @@
+//! [`MeteringTx`] on PostgreSQL: each method one statement in the current transaction.
+//!
+//! Correctness across nodes comes from the database: `lock_subjects` takes a transaction-scoped
+//! advisory lock per subject, in ascending key order, before any counter is read. Every writer
+//! of a subject's holds and counters takes the same locks first, so reads under them see a
+//! settled state (READ COMMITTED takes a fresh snapshot per statement) and no two transactions
+//! can wait on each other in a cycle.
+
+use crate::pool::pg_error;
+use jiff::Timestamp;
+use postgres::types::ToSql;
+use postgres::{Row, Statement, Transaction};
+use std::collections::{BTreeMap, HashMap};
+use tollgate_core::input::{Metadata, StoredText};
+use tollgate_core::plan::{Enforcement, LimitKind, Scope};
+use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
+use tollgate_store::procedure::*;
+use tollgate_store::{EnvId, ReservationStatus, StoreError, StoreResult};
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+pub(crate) fn ts(ms: i64) -> Timestamp {
+    // Every stored time came from a valid Timestamp, so this clamp never bites in practice.
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+/// The advisory lock key of a subject in an environment.
+fn lock_key(env: EnvId, subject: &str) -> i64 {
+    // FNV-1a over the environment and subject: stable across nodes and releases. A collision
+    // only makes two subjects share a lock, which is safe.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in env.0.to_le_bytes().iter().chain(subject.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+pub struct PgTx<'c, 's> {
+    tx: Transaction<'c>,
+    statements: &'s mut HashMap<&'static str, Statement>,
+    /// The first database error, kept so the pool can tell a retryable one.
+    failure: Option<postgres::Error>,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl<'c, 's> PgTx<'c, 's> {
+    pub(crate) fn new(
+        tx: Transaction<'c>,
+        statements: &'s mut HashMap<&'static str, Statement>,
+    ) -> Self {
+        Self {
+            tx,
+            statements,
+            failure: None,
+        }
+    }
+
+    pub(crate) fn into_parts(self) -> (Transaction<'c>, Option<postgres::Error>) {
+        (self.tx, self.failure)
+    }
+
+    fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        match self.tx.prepare(sql) {
+            Ok(s) => {
+                self.statements.insert(sql, s.clone());
+                Ok(s)
+            }
+            Err(e) => Err(self.record(e)),
+        }
+    }
+
+    fn record(&mut self, e: postgres::Error) -> StoreError {
+        let mapped = pg_error(&e);
+        if self.failure.is_none() {
+            self.failure = Some(e);
+        }
+        mapped
+    }
+
+    pub(crate) fn query(&mut self, sql: &'static str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+        let st = self.statement(sql)?;
+        self.tx.query(&st, params).map_err(|e| self.record(e))
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> StoreResult<Option<Row>> {
+        let st = self.statement(sql)?;
+        self.tx.query_opt(&st, params).map_err(|e| self.record(e))
+    }
+
+    pub(crate) fn query_one(&mut self, sql: &'static str, params: Params<'_>) -> StoreResult<Row> {
+        let st = self.statement(sql)?;
+        self.tx.query_one(&st, params).map_err(|e| self.record(e))
+    }
+
+    pub(crate) fn execute(&mut self, sql: &'static str, params: Params<'_>) -> StoreResult<u64> {
+        let st = self.statement(sql)?;
+        self.tx.execute(&st, params).map_err(|e| self.record(e))
+    }
+}
+
+fn kind_str(k: LimitKind) -> &'static str {
+    match k {
+        LimitKind::Consumable => "consumable",
+        LimitKind::Concurrency => "concurrency",
+    }
+}
+fn enforcement_str(e: Enforcement) -> &'static str {
+    match e {
+        Enforcement::Hard => "hard",
+        Enforcement::Soft => "soft",
+    }
+}
+fn scope_str(s: Scope) -> &'static str {
+    match s {
+        Scope::User => "user",
+        Scope::Account => "account",
+    }
+}
+
+fn metadata_json(m: &Metadata) -> serde_json::Value {
+    serde_json::Value::Object(
+        m.iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect(),
+    )
+}
+
+fn parse_metadata(v: serde_json::Value) -> StoreResult<Metadata> {
+    let shown = v.to_string();
+    let map: BTreeMap<String, String> =
+        serde_json::from_value(v).map_err(|_| corrupt("metadata", &shown))?;
+    Metadata::parse(map).map_err(|_| corrupt("metadata", &shown))
+}
+
+fn reservation_row(r: &Row) -> StoreResult<ReservationRow> {
+    let status: String = r.get("status");
+    let prompt: Option<String> = r.get("prompt");
+    Ok(ReservationRow {
+        reservation_id: r.get("reservation_id"),
+        user_id: r.get("user_id"),
+        event: r.get("event"),
+        quantity: r.get::<_, i64>("quantity") as u64,
+        metadata: parse_metadata(r.get("metadata"))?,
+        plan_id: r.get("plan_id"),
+        status: ReservationStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        created_at: ts(r.get("created_at_ms")),
+        expires_at: ts(r.get("expires_at_ms")),
+        event_id: r.get("event_id"),
+        final_quantity: r.get::<_, Option<i64>>("final_quantity").map(|q| q as u64),
+        overage: r.get::<_, Option<i64>>("overage").map(|q| q as u64),
+        prompt: prompt.map(|text| StoredText {
+            text,
+            truncated: r.get("prompt_truncated"),
+        }),
+    })
+}
+
+impl MeteringTx for PgTx<'_, '_> {
+    fn lock_subjects(&mut self, env: EnvId, subjects: &[&str]) -> StoreResult<()> {
+        let mut keys: Vec<i64> = subjects.iter().map(|s| lock_key(env, s)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            self.execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
+        }
+        Ok(())
+    }
+
+    fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>> {
+        let Some(r) = self.query_opt(
+            "SELECT subscription_id, plan_id, status, cycle_start_ms, ends_at_ms, custom_limits,
+                    created_at_ms
+             FROM subscriptions WHERE env_id = $1 AND subject = $2",
+            &[&env.0, &subject],
+        )?
+        else {
+            return Ok(None);
+        };
+        let status: String = r.get(2);
+        let custom: serde_json::Value = r.get(5);
+        let shown = custom.to_string();
+        Ok(Some(Subscription {
+            id: r.get(0),
+            plan_id: r.get(1),
+            status: SubscriptionStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+            cycle_start: ts(r.get(3)),
+            ends_at: r.get::<_, Option<i64>>(4).map(ts),
+            custom_limits: serde_json::from_value(custom)
+                .map_err(|_| corrupt("custom limits", &shown))?,
+            created_at: ts(r.get(6)),
+        }))
+    }
+
+    fn write_subscription(
+        &mut self,
+        env: EnvId,
+        subject: &str,
+        s: &Subscription,
+    ) -> StoreResult<()> {
+        let custom = serde_json::to_value(&s.custom_limits)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.execute(
+            "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
+                 cycle_start_ms, ends_at_ms, custom_limits, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (env_id, subject) DO UPDATE SET
+                 subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
+                 status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
+                 ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
+                 created_at_ms = excluded.created_at_ms",
+            &[
+                &env.0,
+                &subject,
+                &s.id,
+                &s.plan_id,
+                &s.status.as_str(),
+                &ms(s.cycle_start),
+                &s.ends_at.map(ms),
+                &custom,
+                &ms(s.created_at),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn append_history(&mut self, env: EnvId, subject: &str, h: &HistoryEntry) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO subscription_history (env_id, subject, kind, at_ms, from_plan_id,
+                 to_plan_id, source, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &env.0,
+                &subject,
+                &h.kind.as_str(),
+                &ms(h.at),
+                &h.from_plan_id,
+                &h.to_plan_id,
+                &h.source,
+                &h.reason,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn latest_window(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+    ) -> StoreResult<Option<i64>> {
+        let r = self.query_one(
+            "SELECT MAX(window_key) FROM counters
+             WHERE env_id = $1 AND subject = $2 AND limit_id = $3",
+            &[&env.0, &subject, &limit_id],
+        )?;
+        Ok(r.get(0))
+    }
+
+    fn reserved(&mut self, env: EnvId, key: &CounterKey, now: Timestamp) -> StoreResult<u64> {
+        let r = self.query_one(
+            "SELECT COALESCE(SUM(held), 0)::BIGINT FROM reservation_limits
+             WHERE env_id = $1 AND limit_id = $2 AND subject = $3 AND window_key = $4
+               AND held > 0 AND expires_at_ms > $5",
+            &[
+                &env.0,
+                &key.limit_id,
+                &key.subject,
+                &key.window_key,
+                &ms(now),
+            ],
+        )?;
+        Ok(r.get::<_, i64>(0).max(0) as u64)
+    }
+
+    fn used(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<u64> {
+        let r = self.query_opt(
+            "SELECT used FROM counters
+             WHERE env_id = $1 AND subject = $2 AND limit_id = $3 AND window_key = $4",
+            &[&env.0, &key.subject, &key.limit_id, &key.window_key],
+        )?;
+        Ok(r.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn rolling_used(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        after: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<(u64, Option<Timestamp>)> {
+        let r = self.query_one(
+            "SELECT COALESCE(SUM(units), 0)::BIGINT, MIN(at_ms) FROM rolling_usage
+             WHERE env_id = $1 AND subject = $2 AND limit_id = $3
+               AND at_ms > $4 AND at_ms <= $5",
+            &[&env.0, &subject, &limit_id, &ms(after), &ms(until)],
+        )?;
+        Ok((
+            r.get::<_, i64>(0).max(0) as u64,
+            r.get::<_, Option<i64>>(1).map(ts),
+        ))
+    }
+
+    fn open_counter(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        end: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO counters (env_id, limit_id, subject, window_key, window_end_ms, used)
+             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT DO NOTHING",
+            &[
+                &env.0,
+                &key.limit_id,
+                &key.subject,
+                &key.window_key,
+                &end.map(ms),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn add_used(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        end: Option<Timestamp>,
+        units: u64,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO counters (env_id, limit_id, subject, window_key, window_end_ms, used)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (env_id, subject, limit_id, window_key)
+             DO UPDATE SET used = counters.used + excluded.used",
+            &[
+                &env.0,
+                &key.limit_id,
+                &key.subject,
+                &key.window_key,
+                &end.map(ms),
+                &(units as i64),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn add_rolling(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        at: Timestamp,
+        units: u64,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO rolling_usage (env_id, limit_id, subject, at_ms, units)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&env.0, &limit_id, &subject, &ms(at), &(units as i64)],
+        )
+        .map(|_| ())
+    }
+
+    fn insert_reservation(&mut self, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO reservations (env_id, reservation_id, subject, user_id, event, quantity,
+                 metadata, plan_id, status, created_at_ms, expires_at_ms, event_id, prompt,
+                 prompt_truncated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                &env.0,
+                &r.reservation_id,
+                &user_subject(&r.user_id),
+                &r.user_id,
+                &r.event,
+                &(r.quantity as i64),
+                &metadata_json(&r.metadata),
+                &r.plan_id,
+                &r.status.as_str(),
+                &ms(r.created_at),
+                &ms(r.expires_at),
+                &r.event_id,
+                &r.prompt.as_ref().map(|p| p.text.as_str()),
+                &r.prompt.as_ref().is_some_and(|p| p.truncated),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn insert_hold(
+        &mut self,
+        env: EnvId,
+        reservation_id: &str,
+        h: &HoldRow,
+        expires_at: Timestamp,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO reservation_limits (env_id, reservation_id, seq, limit_id, subject,
+                 window_key, window_start_ms, window_end_ms, window_type, window_seconds, kind,
+                 enforcement, scope, multiplier, quota, units, held, expires_at_ms)
+             VALUES ($1, $2,
+                 (SELECT COUNT(*) FROM reservation_limits WHERE env_id = $1
+                  AND reservation_id = $2)::INT,
+                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16)",
+            &[
+                &env.0,
+                &reservation_id,
+                &h.key.limit_id,
+                &h.key.subject,
+                &h.key.window_key,
+                &h.window_start.map(ms),
+                &h.window_end.map(ms),
+                &h.window_kind.as_str(),
+                &i64::from(h.window_seconds),
+                &kind_str(h.kind),
+                &enforcement_str(h.enforcement),
+                &scope_str(h.scope),
+                &(h.multiplier as i64),
+                &(h.quota as i64),
+                &(h.held as i64),
+                &ms(expires_at),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn reservation(&mut self, env: EnvId, id: &str) -> StoreResult<Option<ReservationRow>> {
+        self.query_opt(
+            "SELECT reservation_id, user_id, event, quantity, metadata, plan_id, status,
+                    created_at_ms, expires_at_ms, event_id, final_quantity, overage, prompt,
+                    prompt_truncated
+             FROM reservations WHERE env_id = $1 AND reservation_id = $2",
+            &[&env.0, &id],
+        )?
+        .map(|r| reservation_row(&r))
+        .transpose()
+    }
+
+    fn holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<Vec<HoldRow>> {
+        let rows = self.query(
+            "SELECT limit_id, subject, window_key, window_start_ms, window_end_ms, window_type,
+                    window_seconds, kind, enforcement, scope, multiplier, quota, held
+             FROM reservation_limits WHERE env_id = $1 AND reservation_id = $2
+             ORDER BY seq",
+            &[&env.0, &reservation_id],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let wtype: String = r.get(5);
+                let kind: String = r.get(7);
+                let enforcement: String = r.get(8);
+                let scope: String = r.get(9);
+                Ok(HoldRow {
+                    key: CounterKey {
+                        limit_id: r.get(0),
+                        subject: r.get(1),
+                        window_key: r.get(2),
+                    },
+                    window_start: r.get::<_, Option<i64>>(3).map(ts),
+                    window_end: r.get::<_, Option<i64>>(4).map(ts),
+                    window_kind: WindowKind::parse(&wtype)
+                        .ok_or_else(|| corrupt("window", &wtype))?,
+                    window_seconds: u32::try_from(r.get::<_, i64>(6))
+                        .map_err(|_| corrupt("window seconds", "out of range"))?,
+                    kind: match kind.as_str() {
+                        "consumable" => LimitKind::Consumable,
+                        "concurrency" => LimitKind::Concurrency,
+                        _ => return Err(corrupt("kind", &kind)),
+                    },
+                    enforcement: match enforcement.as_str() {
+                        "hard" => Enforcement::Hard,
+                        "soft" => Enforcement::Soft,
+                        _ => return Err(corrupt("enforcement", &enforcement)),
+                    },
+                    scope: match scope.as_str() {
+                        "user" => Scope::User,
+                        "account" => Scope::Account,
+                        _ => return Err(corrupt("scope", &scope)),
+                    },
+                    multiplier: r.get::<_, i64>(10) as u64,
+                    quota: r.get::<_, i64>(11) as u64,
+                    held: r.get::<_, i64>(12) as u64,
+                })
+            })
+            .collect()
+    }
+
+    fn finish_reservation(
+        &mut self,
+        env: EnvId,
+        id: &str,
+        status: ReservationStatus,
+        final_quantity: Option<u64>,
+        overage: Option<u64>,
+    ) -> StoreResult<()> {
+        self.execute(
+            "UPDATE reservation_limits SET held = 0 WHERE env_id = $1 AND reservation_id = $2",
+            &[&env.0, &id],
+        )?;
+        self.execute(
+            "UPDATE reservations SET status = $3, final_quantity = $4, overage = $5
+             WHERE env_id = $1 AND reservation_id = $2",
+            &[
+                &env.0,
+                &id,
+                &status.as_str(),
+                &final_quantity.map(|q| q as i64),
+                &overage.map(|q| q as i64),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn set_expiry(&mut self, env: EnvId, id: &str, expires_at: Timestamp) -> StoreResult<()> {
+        self.execute(
+            "UPDATE reservations SET expires_at_ms = $3 WHERE env_id = $1 AND reservation_id = $2",
+            &[&env.0, &id, &ms(expires_at)],
+        )?;
+        self.execute(
+            "UPDATE reservation_limits SET expires_at_ms = $3
+             WHERE env_id = $1 AND reservation_id = $2",
+            &[&env.0, &id, &ms(expires_at)],
+        )
+        .map(|_| ())
+    }
+
+    fn insert_event(&mut self, env: EnvId, e: &EventRow<'_>) -> StoreResult<()> {
+        let reasons = serde_json::Value::Array(
+            e.reasons
+                .iter()
+                .map(|r| serde_json::Value::String(r.as_str().into()))
+                .collect(),
+        );
+        let truncated =
+            e.prompt.is_some_and(|p| p.truncated) || e.response.is_some_and(|p| p.truncated);
+        self.execute(
+            "INSERT INTO events (env_id, event_id, occurred_at_ms, user_id, event, quantity,
+                 metadata, cost_micros, status, plan_id, reservation_id, reasons, overage,
+                 prompt, response, truncated, release_reason, release_error_code)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $18)",
+            &[
+                &env.0,
+                &e.event_id,
+                &ms(e.occurred_at),
+                &e.user_id,
+                &e.event,
+                &(e.quantity as i64),
+                &metadata_json(e.metadata),
+                &e.cost_micros.map(|c| c as i64),
+                &e.status,
+                &e.plan_id,
+                &e.reservation_id,
+                &reasons,
+                &(e.overage as i64),
+                &e.prompt.map(|p| p.text.as_str()),
+                &e.response.map(|p| p.text.as_str()),
+                &truncated,
+                &e.release_reason,
+                &e.release_error_code,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn idempotency(
+        &mut self,
+        env: EnvId,
+        scope: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRow>> {
+        Ok(self
+            .query_opt(
+                "SELECT fingerprint, response, created_at_ms FROM idempotency
+                 WHERE env_id = $1 AND scope = $2 AND key = $3",
+                &[&env.0, &scope, &key],
+            )?
+            .map(|r| IdempotencyRow {
+                fingerprint: r.get(0),
+                response: r.get(1),
+                created_at: ts(r.get(2)),
+            }))
+    }
+
+    fn store_idempotency(
+        &mut self,
+        env: EnvId,
+        scope: &str,
+        key: &str,
+        row: &IdempotencyRow,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO idempotency (env_id, scope, key, fingerprint, response, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (env_id, scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                 response = excluded.response, created_at_ms = excluded.created_at_ms",
+            &[
+                &env.0,
+                &scope,
+                &key,
+                &row.fingerprint,
+                &row.response,
+                &ms(row.created_at),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()> {
+        self.execute(
+            "DELETE FROM idempotency WHERE created_at_ms < $1",
+            &[&ms(before)],
+        )
+        .map(|_| ())
+    }
+
+    fn due_reservations(
+        &mut self,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(EnvId, String, String)>> {
+        let rows = self.query(
+            "SELECT r.env_id, r.reservation_id, r.user_id FROM reservations r
+             JOIN environments e ON e.env_id = r.env_id
+             WHERE r.status = 'pending' AND r.expires_at_ms <= $1 + e.clock_offset_s * 1000
+             LIMIT $2",
+            &[&ms(real_now), &(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| (EnvId(r.get(0)), r.get(1), r.get(2)))
+            .collect())
+    }
+}
