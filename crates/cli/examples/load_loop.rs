@@ -5,17 +5,21 @@
 //! ```sh
 //! cargo run --release --example load_loop -- http://127.0.0.1:7070 sk_test_... 32 10
 //! ```
-//! Arguments: base URL, a test secret key, concurrent clients, seconds. It applies a plan
-//! document with one generous limit, so run it against a test environment you can spare.
+//! Arguments: base URL, a test secret key, concurrent clients, seconds. The base URL may be a
+//! comma-separated list of nodes sharing one database; client i then talks to node i mod N.
+//! It applies a plan document with one generous limit, so run it against a test environment
+//! you can spare.
 
 use std::time::{Duration, Instant};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, key, clients, seconds] = args.as_slice() else {
-        anyhow::bail!("usage: load_loop URL SECRET_KEY CLIENTS SECONDS");
+    let [_, urls, key, clients, seconds] = args.as_slice() else {
+        anyhow::bail!("usage: load_loop URL[,URL...] SECRET_KEY CLIENTS SECONDS");
     };
+    let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+    let url = &urls[0];
     let clients: usize = clients.parse()?;
     let run_for = Duration::from_secs(seconds.parse()?);
     let http = reqwest::Client::new();
@@ -40,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (http, auth, url) = (http.clone(), auth.clone(), url.clone());
+        let (http, auth) = (http.clone(), auth.clone());
+        let url = urls[c % urls.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut i = 0u64;
@@ -87,8 +92,9 @@ async fn main() -> anyhow::Result<()> {
     let reserves: Vec<Duration> = all.iter().map(|(r, _)| *r).collect();
     let commits: Vec<Duration> = all.iter().map(|(_, c)| *c).collect();
     println!(
-        "{} reserve+commit pairs in {elapsed:.1} s with {clients} clients: {:.0} pairs/s",
+        "{} reserve+commit pairs in {elapsed:.1} s with {clients} clients on {} node(s): {:.0} pairs/s",
         all.len(),
+        urls.len(),
         all.len() as f64 / elapsed
     );
     for (name, v) in [("reserve", reserves), ("commit", commits)] {

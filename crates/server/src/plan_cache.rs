@@ -3,11 +3,14 @@
 //! Every metering request needs its environment's plans; parsing the stored JSON (time zones,
 //! globs) on each request would be waste. An entry is loaded lazily from the store on first use
 //! and replaced when `PUT /v1/plans` stores a new version. Only a newer version ever replaces an
-//! entry, so a slow lazy load cannot overwrite a fresh PUT.
+//! entry, so a slow lazy load cannot overwrite a fresh PUT. An entry older than
+//! [`PLAN_CACHE_CHECK_MS`] is checked against the store's newest version (one cheap query), so
+//! a document applied through another node is in force here within that time.
 
 use crate::error::ApiError;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 use tollgate_core::plan::PlanDocument;
 use tollgate_store::{EnvId, Store};
 
@@ -43,16 +46,32 @@ impl CachedPlans {
     }
 }
 
+/// How long a cached plan document is used before its version is checked again, in
+/// milliseconds.
+pub const PLAN_CACHE_CHECK_MS: u64 = 1_000;
+
 #[derive(Debug, Default)]
 pub struct PlanCache {
-    entries: RwLock<HashMap<EnvId, Arc<CachedPlans>>>,
+    entries: RwLock<HashMap<EnvId, (Arc<CachedPlans>, Instant)>>,
 }
 
 impl PlanCache {
     /// The plans of `env`, loaded from the store on first use.
     pub async fn get(&self, store: &dyn Store, env: EnvId) -> Result<Arc<CachedPlans>, ApiError> {
-        if let Some(hit) = self.lookup(env) {
-            return Ok(hit);
+        let stale = match self.lookup(env) {
+            Some((hit, checked))
+                if checked.elapsed() < Duration::from_millis(PLAN_CACHE_CHECK_MS) =>
+            {
+                return Ok(hit);
+            }
+            Some((hit, _)) => Some(hit),
+            None => None,
+        };
+        if let Some(hit) = stale {
+            if store.plans_version(env).await? == hit.version {
+                self.touch(env, hit.version);
+                return Ok(hit);
+            }
         }
         let loaded = match store.get_plans(env).await? {
             None => CachedPlans::empty(),
@@ -61,21 +80,34 @@ impl PlanCache {
         Ok(self.install(env, loaded))
     }
 
-    fn lookup(&self, env: EnvId) -> Option<Arc<CachedPlans>> {
+    fn lookup(&self, env: EnvId) -> Option<(Arc<CachedPlans>, Instant)> {
         // A poisoned lock only means a panic elsewhere; the map itself is always whole.
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries.get(&env).cloned()
+    }
+
+    /// Marks the entry of `env` as checked now, if it is still `version`.
+    fn touch(&self, env: EnvId, version: i64) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((plans, checked)) = entries.get_mut(&env) {
+            if plans.version == version {
+                *checked = Instant::now();
+            }
+        }
     }
 
     /// Keeps `plans` unless the cache already holds a version at least as new; returns the
     /// entry now in force.
     pub fn install(&self, env: EnvId, plans: CachedPlans) -> Arc<CachedPlans> {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        match entries.get(&env) {
-            Some(current) if current.version >= plans.version => current.clone(),
+        match entries.get_mut(&env) {
+            Some((current, checked)) if current.version >= plans.version => {
+                *checked = Instant::now();
+                current.clone()
+            }
             _ => {
                 let plans = Arc::new(plans);
-                entries.insert(env, plans.clone());
+                entries.insert(env, (plans.clone(), Instant::now()));
                 plans
             }
         }
@@ -95,6 +127,6 @@ mod tests {
         let v1 = CachedPlans::parse(1, r#"{"plans":[{"id":"a"}]}"#).unwrap();
         let kept = cache.install(env, v1);
         assert_eq!(kept.version, 2);
-        assert_eq!(cache.lookup(env).unwrap().document.plans[0].id, "b");
+        assert_eq!(cache.lookup(env).unwrap().0.document.plans[0].id, "b");
     }
 }

@@ -294,6 +294,19 @@ impl Store for PgStore {
             .await
     }
 
+    async fn plans_version(&self, env: EnvId) -> StoreResult<i64> {
+        self.pool
+            .run(move |tx| {
+                let r = tx.query_one(
+                    "SELECT COALESCE(MAX(version), 0)::BIGINT FROM plan_documents
+                     WHERE env_id = $1",
+                    &[&env.0],
+                )?;
+                Ok(r.get(0))
+            })
+            .await
+    }
+
     async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>> {
         self.pool.run(move |tx| procedure::reserve(tx, &cmd)).await
     }

@@ -345,6 +345,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn plans_version(&self, env: EnvId) -> StoreResult<i64> {
+        self.readers
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT COALESCE(MAX(version), 0) FROM plan_documents WHERE env_id = ?1",
+                )
+                .and_then(|mut s| s.query_row(params![env.0], |r| r.get(0)))
+                .map_err(internal)
+            })
+            .await
+    }
+
     async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>> {
         self.writer
             .execute(move |c| procedure::reserve(&mut SqliteTx(c), &cmd))

@@ -526,6 +526,8 @@ pub async fn environments_are_isolated(store: Arc<dyn Store>) {
             .expect("put"),
         2
     );
+    assert_eq!(store.plans_version(test).await.expect("version"), 2);
+    assert_eq!(store.plans_version(live).await.expect("version"), 0);
 }
 
 pub async fn subscriptions_upsert_cancel_and_history(store: Arc<dyn Store>) {

@@ -445,6 +445,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a validated plan document; returns its version.
     async fn put_plans(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<i64>;
     async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>>;
+    /// The newest plan document version of an environment (0 without one): a cheap check
+    /// that lets a node notice a document another node applied.
+    async fn plans_version(&self, env: EnvId) -> StoreResult<i64>;
 
     // ---- metering
     async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>>;
