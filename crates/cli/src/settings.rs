@@ -256,7 +256,11 @@ mod tests {
                 url: "postgres://u:secret@h:5432/db?sslmode=disable".into()
             }
         );
-        assert_eq!(pg.describe(), "postgres://h:5432/db", "no credentials in messages");
+        assert_eq!(
+            pg.describe(),
+            "postgres://h:5432/db",
+            "no credentials in messages"
+        );
         assert!(!format!("{pg:?}").contains("secret"));
         assert!(Database::resolve(Some("mysql://x"), dir()).is_err());
         assert!(Database::resolve(Some("sqlite:/x/other.db"), dir()).is_err());
