@@ -7,11 +7,18 @@
 //! Two rules are enforced here for every test: a 5xx answer fails the test at once (API.md §2:
 //! a 5xx never appears in normal operation), and every non-2xx answer checked with `Resp::err`
 //! must have the body `{"error": {"code", "message"}}`.
+//!
+//! The storage backend follows the environment: by default every server runs on the embedded
+//! SQLite store in its data dir; with `TOLLGATE_TEST_BACKEND=postgres` every server gets a fresh
+//! PostgreSQL database (`tg_t_<random>`, created through `TOLLGATE_TEST_POSTGRES_URL` and dropped
+//! with the server), so the whole suite runs unchanged against PostgreSQL.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,7 +76,7 @@ impl Keys {
 
 type Log = Arc<Mutex<VecDeque<String>>>;
 
-/// A running `tollgate serve` on its own data dir.
+/// A running `tollgate serve` on its own data dir (and, on PostgreSQL, its database).
 pub struct TestServer {
     data_dir: tempfile::TempDir,
     child: Option<Child>,
@@ -78,6 +85,13 @@ pub struct TestServer {
     pub keys: Keys,
     http: reqwest::Client,
     log: Log,
+    /// The PostgreSQL database this server runs on; dropped (with the database) after the server
+    /// is killed, once no other server shares it. `None` on SQLite.
+    database: Option<Arc<PgDatabase>>,
+    /// What `--database-url` the server gets (it may point at a proxy in front of `database`).
+    database_url: Option<String>,
+    /// Extra arguments of every `serve` (also after a restart).
+    serve_args: Vec<String>,
 }
 
 fn command(args: &[&str]) -> Command {
@@ -136,44 +150,15 @@ fn strip_ansi(s: &str) -> String {
 }
 
 impl TestServer {
-    /// `init --json` on a fresh temp dir, then `serve` on port 0.
+    /// `init --json` on a fresh temp dir (and a fresh database on PostgreSQL), then `serve` on
+    /// port 0.
     pub async fn start() -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temp dir");
-        let dir = data_dir
-            .path()
-            .to_str()
-            .expect("utf-8 temp path")
-            .to_string();
-        let init = command(&["init", "--data-dir", &dir, "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output();
-        let out = tokio::time::timeout(STARTUP_TIMEOUT, init)
-            .await
-            .expect("`tollgate init` timed out")
-            .expect("`tollgate init` could not be run");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "`tollgate init --json` failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
-            out.status
-        );
-        let doc: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!("`tollgate init --json` must print one JSON object on stdout ({e}):\nstdout: {stdout}\nstderr: {stderr}")
-        });
-        let keys = Keys::from_json(&doc);
-        let log: Log = Arc::new(Mutex::new(VecDeque::new()));
-        let (child, addr) = spawn_serve(data_dir.path(), log.clone()).await;
-        TestServer {
-            data_dir,
-            child: Some(child),
-            base_url: format!("http://{addr}"),
-            addr,
-            keys,
-            http: http_client(),
-            log,
-        }
+        TestServer::builder().start().await
+    }
+
+    /// A server with more options: a shared database, no `init`, extra `serve` arguments.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
     }
 
     /// A server with the given plan document already applied in the test environment.
@@ -186,6 +171,24 @@ impl TestServer {
 
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
+    }
+
+    /// The PostgreSQL database of this server; `None` on SQLite.
+    pub fn database(&self) -> Option<&Arc<PgDatabase>> {
+        self.database.as_ref()
+    }
+
+    /// `--database-url` of this server; `None` on SQLite.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    /// Is the server process still running (it did not exit or crash by itself)?
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -237,7 +240,13 @@ impl TestServer {
         if self.child.is_some() {
             self.stop().await;
         }
-        let (child, addr) = spawn_serve(self.data_dir.path(), self.log.clone()).await;
+        let (child, addr) = spawn_serve(
+            self.data_dir.path(),
+            self.database_url.as_deref(),
+            &self.serve_args,
+            self.log.clone(),
+        )
+        .await;
         self.child = Some(child);
         self.base_url = format!("http://{addr}");
         self.addr = addr;
@@ -261,6 +270,7 @@ impl TestServer {
             base: self.base_url.clone(),
             key: Some(key.to_string()),
             tolerate_overload: false,
+            any_status: false,
         }
     }
 
@@ -299,13 +309,141 @@ impl Drop for TestServer {
         }
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
+            // Reap it before its database is dropped, so it cannot open a connection again.
+            if self.database.is_some() {
+                for _ in 0..200 {
+                    if !matches!(child.try_wait(), Ok(None)) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 }
 
-async fn spawn_serve(dir: &Path, log: Log) -> (Child, String) {
+/// How to start a [`TestServer`]; `TestServer::start()` is `TestServer::builder().start()`.
+#[derive(Default)]
+pub struct ServerBuilder {
+    database: Option<Arc<PgDatabase>>,
+    database_url: Option<String>,
+    keys: Option<Keys>,
+    serve_args: Vec<String>,
+}
+
+impl ServerBuilder {
+    /// Run on this PostgreSQL database (shared with other servers) instead of a fresh one.
+    pub fn database(mut self, database: Arc<PgDatabase>) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// Give the server (and `init`) this `--database-url` instead of the database's own, e.g.
+    /// a proxy's address in front of it. Needs [`ServerBuilder::database`].
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
+    /// The database is already initialized (another node ran `init`): skip `init` and use
+    /// these keys.
+    pub fn keys(mut self, keys: Keys) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// One more argument for `serve`, e.g. `--request-timeout-ms`.
+    pub fn serve_arg(mut self, arg: impl Into<String>) -> Self {
+        self.serve_args.push(arg.into());
+        self
+    }
+
+    pub async fn start(self) -> TestServer {
+        assert!(
+            self.database_url.is_none() || self.database.is_some(),
+            "ServerBuilder::database_url needs ServerBuilder::database"
+        );
+        let database = match self.database {
+            Some(db) => Some(db),
+            None => match Backend::from_env() {
+                Backend::Sqlite => None,
+                Backend::Postgres { admin_url } => {
+                    Some(Arc::new(PgDatabase::create(&admin_url).await))
+                }
+            },
+        };
+        let database_url = self
+            .database_url
+            .or_else(|| database.as_ref().map(|db| db.url()));
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let keys = match self.keys {
+            Some(keys) => keys,
+            None => run_init(data_dir.path(), database_url.as_deref()).await,
+        };
+        let log: Log = Arc::new(Mutex::new(VecDeque::new()));
+        let (child, addr) = spawn_serve(
+            data_dir.path(),
+            database_url.as_deref(),
+            &self.serve_args,
+            log.clone(),
+        )
+        .await;
+        TestServer {
+            data_dir,
+            child: Some(child),
+            base_url: format!("http://{addr}"),
+            addr,
+            keys,
+            http: http_client(),
+            log,
+            database,
+            database_url,
+            serve_args: self.serve_args,
+        }
+    }
+}
+
+/// `tollgate init --data-dir DIR [--database-url URL] --json`; returns the keys it printed.
+async fn run_init(dir: &Path, database_url: Option<&str>) -> Keys {
     let dir = dir.to_str().expect("utf-8 temp path");
-    let mut child = command(&["serve", "--data-dir", dir, "--listen", "127.0.0.1:0"])
+    let mut args = vec!["init", "--data-dir", dir, "--json"];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    let init = command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(STARTUP_TIMEOUT, init)
+        .await
+        .expect("`tollgate init` timed out")
+        .expect("`tollgate init` could not be run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "`tollgate init --json` failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let doc: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("`tollgate init --json` must print one JSON object on stdout ({e}):\nstdout: {stdout}\nstderr: {stderr}")
+    });
+    Keys::from_json(&doc)
+}
+
+async fn spawn_serve(
+    dir: &Path,
+    database_url: Option<&str>,
+    extra: &[String],
+    log: Log,
+) -> (Child, String) {
+    let dir = dir.to_str().expect("utf-8 temp path");
+    let mut args = vec!["serve", "--data-dir", dir, "--listen", "127.0.0.1:0"];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    args.extend(extra.iter().map(String::as_str));
+    let mut child = command(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -358,6 +496,260 @@ async fn spawn_serve(dir: &Path, log: Log) -> (Child, String) {
             tail(&log)
         ),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage backends
+
+/// Env: which store the suite's servers run on (`sqlite`, the default, or `postgres`).
+pub const BACKEND_ENV: &str = "TOLLGATE_TEST_BACKEND";
+/// Env: a PostgreSQL URL whose user may create databases, e.g.
+/// `postgres://postgres@127.0.0.1:5432/test`. Test databases are created beside its database.
+pub const POSTGRES_URL_ENV: &str = "TOLLGATE_TEST_POSTGRES_URL";
+/// The name prefix of every test database (scripts/test-postgres.sh drops leftovers by it).
+pub const TEST_DATABASE_PREFIX: &str = "tg_t_";
+/// How long creating or dropping a test database may take.
+const DATABASE_ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub enum Backend {
+    Sqlite,
+    Postgres { admin_url: String },
+}
+
+impl Backend {
+    /// `TOLLGATE_TEST_BACKEND`: unset, empty or `sqlite` → SQLite; `postgres` → PostgreSQL
+    /// through `TOLLGATE_TEST_POSTGRES_URL`, which must then be set.
+    pub fn from_env() -> Backend {
+        let backend = std::env::var(BACKEND_ENV).unwrap_or_default();
+        match backend.trim().to_ascii_lowercase().as_str() {
+            "" | "sqlite" => Backend::Sqlite,
+            "postgres" | "postgresql" => match postgres_url_from_env() {
+                Some(admin_url) => Backend::Postgres { admin_url },
+                None => panic!(
+                    "{BACKEND_ENV}=postgres needs {POSTGRES_URL_ENV}, a PostgreSQL URL whose user \
+                     may create databases, e.g. postgres://postgres@127.0.0.1:5432/test"
+                ),
+            },
+            other => panic!("{BACKEND_ENV}={other:?}: expected `sqlite` or `postgres`"),
+        }
+    }
+
+    pub fn is_postgres() -> bool {
+        matches!(Backend::from_env(), Backend::Postgres { .. })
+    }
+}
+
+/// `TOLLGATE_TEST_POSTGRES_URL`, if set and not empty.
+pub fn postgres_url_from_env() -> Option<String> {
+    std::env::var(POSTGRES_URL_ENV)
+        .ok()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+}
+
+/// The parts of a `postgres://[user[:password]@]host[:port][/database][?params]` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgUrl {
+    /// `postgres://user@` (scheme and user info, verbatim).
+    prefix: String,
+    /// `host:port` (verbatim; `host` alone when the port is left out).
+    pub host_port: String,
+    pub database: String,
+    /// `?…` or empty.
+    query: String,
+}
+
+impl PgUrl {
+    #[track_caller]
+    pub fn parse(url: &str) -> PgUrl {
+        let scheme_end = ["postgres://", "postgresql://"]
+            .iter()
+            .find(|s| url.starts_with(*s))
+            .map(|s| s.len())
+            .unwrap_or_else(|| {
+                panic!("{POSTGRES_URL_ENV} must be a postgres:// URL (not key=value), got {url:?}")
+            });
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        let (user_info, host_port) = match authority.rfind('@') {
+            Some(at) => (&authority[..=at], &authority[at + 1..]),
+            None => ("", authority),
+        };
+        let tail = &rest[authority_end..];
+        let (path, query) = match tail.find('?') {
+            Some(q) => (&tail[..q], &tail[q..]),
+            None => (tail, ""),
+        };
+        PgUrl {
+            prefix: format!("{}{user_info}", &url[..scheme_end]),
+            host_port: host_port.to_string(),
+            database: path.trim_start_matches('/').to_string(),
+            query: query.to_string(),
+        }
+    }
+
+    /// The `(host, port)` to open a TCP connection to (port 5432 when left out).
+    pub fn socket(&self) -> (String, u16) {
+        let port = |p: &str| -> u16 {
+            p.parse()
+                .unwrap_or_else(|_| panic!("bad port in {:?}", self.host_port))
+        };
+        if let Some(rest) = self.host_port.strip_prefix('[') {
+            let (host, tail) = rest
+                .split_once(']')
+                .unwrap_or_else(|| panic!("bad IPv6 host in {:?}", self.host_port));
+            return (host.to_string(), tail.strip_prefix(':').map_or(5432, port));
+        }
+        match self.host_port.rsplit_once(':') {
+            Some((host, p)) => (host.to_string(), port(p)),
+            None => (self.host_port.clone(), 5432),
+        }
+    }
+
+    pub fn with_database(&self, database: &str) -> PgUrl {
+        PgUrl {
+            database: database.to_string(),
+            ..self.clone()
+        }
+    }
+
+    pub fn with_host_port(&self, host_port: &str) -> PgUrl {
+        PgUrl {
+            host_port: host_port.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{}/{}{}",
+            self.prefix, self.host_port, self.database, self.query
+        )
+    }
+}
+
+/// A fresh PostgreSQL database `tg_t_<random>`, dropped (its connections terminated first)
+/// when the last owner lets go of it.
+pub struct PgDatabase {
+    admin_url: String,
+    pub name: String,
+}
+
+impl PgDatabase {
+    /// `CREATE DATABASE tg_t_<random>` through `admin_url`.
+    pub async fn create(admin_url: &str) -> PgDatabase {
+        let name = format!("{TEST_DATABASE_PREFIX}{:016x}", unique_u64());
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        let admin = admin_url.to_string();
+        let created = tokio::time::timeout(DATABASE_ADMIN_TIMEOUT, async {
+            let client = pg_connect(&admin).await?;
+            client.batch_execute(&sql).await
+        })
+        .await;
+        match created {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{sql} through {POSTGRES_URL_ENV} failed: {e:?}"),
+            Err(_) => panic!("{sql} took over {DATABASE_ADMIN_TIMEOUT:?}"),
+        }
+        PgDatabase {
+            admin_url: admin_url.to_string(),
+            name,
+        }
+    }
+
+    /// The URL of this database (the admin URL with its database name replaced).
+    pub fn url(&self) -> String {
+        self.pg_url().to_string()
+    }
+
+    pub fn pg_url(&self) -> PgUrl {
+        PgUrl::parse(&self.admin_url).with_database(&self.name)
+    }
+
+    /// A direct connection to this database, for tests that look inside.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        pg_connect(&self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e:?}", self.name))
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside a runtime (where blocking on another future is not allowed): the
+        // cleanup gets a thread and a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                tokio::time::timeout(DATABASE_ADMIN_TIMEOUT, drop_database(&admin, &name))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("warning: dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> Result<(), String> {
+    let client = pg_connect(admin_url).await.map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    for _ in 0..20 {
+        let terminate = client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await;
+        match client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            // "is being accessed by other users": a backend was still on its way out.
+            Err(e) => last = format!("{e:?} (terminating its backends: {terminate:?})"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+/// A client on `url`, its connection driven by a spawned task.
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// 64 bits unlikely to repeat across processes and calls: a randomly keyed hash of the pid, the
+/// time and a counter.
+fn unique_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,6 +850,8 @@ pub struct Client {
     pub key: Option<String>,
     /// Load tests set this: a `503`/`429` is then returned instead of failing the test.
     pub tolerate_overload: bool,
+    /// Outage tests set this: every status is returned, a `500` too, for the test to judge.
+    pub any_status: bool,
 }
 
 impl Client {
@@ -471,6 +865,14 @@ impl Client {
     pub fn tolerating_overload(&self) -> Client {
         Client {
             tolerate_overload: true,
+            ..self.clone()
+        }
+    }
+
+    /// A client that returns every answer, a 5xx too, instead of failing the test.
+    pub fn accepting_any_status(&self) -> Client {
+        Client {
+            any_status: true,
             ..self.clone()
         }
     }
@@ -504,7 +906,7 @@ impl Client {
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let overload = matches!(status, 429 | 503);
         assert!(
-            status < 500 || (self.tolerate_overload && overload),
+            status < 500 || self.any_status || (self.tolerate_overload && overload),
             "{what} answered {status}: a 5xx must never appear: {text}"
         );
         Ok(Resp {
@@ -1068,6 +1470,24 @@ mod self_tests {
             unix(2028, 2, 29, 0, 0, 0)
         );
         assert_eq!(civil_from_days(days_from_civil(2000, 2, 29)), (2000, 2, 29));
+        let u = PgUrl::parse("postgres://postgres@127.0.0.1:5432/test?sslmode=disable");
+        assert_eq!(u.socket(), ("127.0.0.1".to_string(), 5432));
+        assert_eq!(
+            u.with_database("tg_t_1")
+                .with_host_port("127.0.0.1:7")
+                .to_string(),
+            "postgres://postgres@127.0.0.1:7/tg_t_1?sslmode=disable"
+        );
+        let u = PgUrl::parse("postgresql://u:p@localhost");
+        assert_eq!((u.socket().1, u.database.as_str()), (5432, ""));
+        assert_eq!(
+            u.with_database("d").to_string(),
+            "postgresql://u:p@localhost/d"
+        );
+        assert_eq!(
+            PgUrl::parse("postgres://[::1]:6543/x").socket(),
+            ("::1".into(), 6543)
+        );
         assert_eq!(
             parse_listen_line(
                 "2026-11-28T21:00:00Z  INFO tollgate: listening on http://127.0.0.1:4242"
