@@ -113,25 +113,6 @@ impl<'c, 's> PgTx<'c, 's> {
     }
 }
 
-fn kind_str(k: LimitKind) -> &'static str {
-    match k {
-        LimitKind::Consumable => "consumable",
-        LimitKind::Concurrency => "concurrency",
-    }
-}
-fn enforcement_str(e: Enforcement) -> &'static str {
-    match e {
-        Enforcement::Hard => "hard",
-        Enforcement::Soft => "soft",
-    }
-}
-fn scope_str(s: Scope) -> &'static str {
-    match s {
-        Scope::User => "user",
-        Scope::Account => "account",
-    }
-}
-
 fn metadata_json(m: &Metadata) -> serde_json::Value {
     serde_json::Value::Object(
         m.iter()
@@ -427,9 +408,9 @@ impl MeteringTx for PgTx<'_, '_> {
                 &h.window_end.map(ms),
                 &h.window_kind.as_str(),
                 &i64::from(h.window_seconds),
-                &kind_str(h.kind),
-                &enforcement_str(h.enforcement),
-                &scope_str(h.scope),
+                &h.kind.as_str(),
+                &h.enforcement.as_str(),
+                &h.scope.as_str(),
                 &(h.multiplier as i64),
                 &(h.quota as i64),
                 &(h.held as i64),
@@ -477,21 +458,10 @@ impl MeteringTx for PgTx<'_, '_> {
                         .ok_or_else(|| corrupt("window", &wtype))?,
                     window_seconds: u32::try_from(r.get::<_, i64>(6))
                         .map_err(|_| corrupt("window seconds", "out of range"))?,
-                    kind: match kind.as_str() {
-                        "consumable" => LimitKind::Consumable,
-                        "concurrency" => LimitKind::Concurrency,
-                        _ => return Err(corrupt("kind", &kind)),
-                    },
-                    enforcement: match enforcement.as_str() {
-                        "hard" => Enforcement::Hard,
-                        "soft" => Enforcement::Soft,
-                        _ => return Err(corrupt("enforcement", &enforcement)),
-                    },
-                    scope: match scope.as_str() {
-                        "user" => Scope::User,
-                        "account" => Scope::Account,
-                        _ => return Err(corrupt("scope", &scope)),
-                    },
+                    kind: LimitKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+                    enforcement: Enforcement::parse(&enforcement)
+                        .ok_or_else(|| corrupt("enforcement", &enforcement))?,
+                    scope: Scope::parse(&scope).ok_or_else(|| corrupt("scope", &scope))?,
                     multiplier: r.get::<_, i64>(10) as u64,
                     quota: r.get::<_, i64>(11) as u64,
                     held: r.get::<_, i64>(12) as u64,

@@ -16,25 +16,6 @@ use tollgate_store::{EnvId, ReservationStatus, StoreError, StoreResult};
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
 
-fn kind_str(k: LimitKind) -> &'static str {
-    match k {
-        LimitKind::Consumable => "consumable",
-        LimitKind::Concurrency => "concurrency",
-    }
-}
-fn enforcement_str(e: Enforcement) -> &'static str {
-    match e {
-        Enforcement::Hard => "hard",
-        Enforcement::Soft => "soft",
-    }
-}
-fn scope_str(s: Scope) -> &'static str {
-    match s {
-        Scope::User => "user",
-        Scope::Account => "account",
-    }
-}
-
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
@@ -377,9 +358,9 @@ impl MeteringTx for SqliteTx<'_> {
                     h.window_end.map(ms),
                     h.window_kind.as_str(),
                     h.window_seconds,
-                    kind_str(h.kind),
-                    enforcement_str(h.enforcement),
-                    scope_str(h.scope),
+                    h.kind.as_str(),
+                    h.enforcement.as_str(),
+                    h.scope.as_str(),
                     h.multiplier as i64,
                     h.quota as i64,
                     h.held as i64,
@@ -453,21 +434,10 @@ impl MeteringTx for SqliteTx<'_> {
                 window_end: end.map(ts),
                 window_kind: WindowKind::parse(&wtype).ok_or_else(|| corrupt("window", &wtype))?,
                 window_seconds: seconds,
-                kind: match kind.as_str() {
-                    "consumable" => LimitKind::Consumable,
-                    "concurrency" => LimitKind::Concurrency,
-                    _ => return Err(corrupt("kind", &kind)),
-                },
-                enforcement: match enforcement.as_str() {
-                    "hard" => Enforcement::Hard,
-                    "soft" => Enforcement::Soft,
-                    _ => return Err(corrupt("enforcement", &enforcement)),
-                },
-                scope: match scope.as_str() {
-                    "user" => Scope::User,
-                    "account" => Scope::Account,
-                    _ => return Err(corrupt("scope", &scope)),
-                },
+                kind: LimitKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+                enforcement: Enforcement::parse(&enforcement)
+                    .ok_or_else(|| corrupt("enforcement", &enforcement))?,
+                scope: Scope::parse(&scope).ok_or_else(|| corrupt("scope", &scope))?,
                 multiplier: mult as u64,
                 quota: quota as u64,
                 held: held as u64,

@@ -557,47 +557,68 @@ fn remember<T>(
     tx.store_idempotency(env, scope, idem.key.as_str(), &row)
 }
 
-pub fn reserve(
-    tx: &mut impl MeteringTx,
-    cmd: &ReserveCommand,
-) -> StoreResult<Idempotent<ReserveOutcome>> {
-    let (env, now) = (cmd.env, cmd.now);
-    let subject = user_subject(cmd.user_id.as_str());
+/// Runs `decide` for a user under the user's subject lock, or answers the first answer given
+/// to the same idempotency key (a different request with that key is a conflict).
+fn idempotently<T, Tx: MeteringTx>(
+    tx: &mut Tx,
+    (env, now): (EnvId, Timestamp),
+    user_id: &UserId,
+    (scope, idem): (&str, Option<&Idempotency<T>>),
+    decide: impl FnOnce(&mut Tx, &str, Option<&Subscription>) -> StoreResult<T>,
+) -> StoreResult<Idempotent<T>> {
+    let subject = user_subject(user_id.as_str());
     tx.lock_subjects(env, &[&subject])?;
-    if let Some(idem) = &cmd.idempotency {
-        if let Some(body) = replay(tx, env, "reserve", &idem.key, &idem.fingerprint, now)? {
+    if let Some(idem) = idem {
+        if let Some(body) = replay(tx, env, scope, &idem.key, &idem.fingerprint, now)? {
             return Ok(Idempotent::Replayed(body));
         }
     }
     let sub = tx.subscription(env, &subject)?;
-    let outcome = decide_and_hold(tx, cmd, &subject, sub.as_ref())?;
-    if !outcome.allowed && cmd.record_denials {
-        tx.insert_event(
-            env,
-            &EventRow {
-                event_id: &cmd.event_id,
-                occurred_at: now,
-                user_id: cmd.user_id.as_str(),
-                event: cmd.event.as_str(),
-                quantity: cmd.quantity.get(),
-                metadata: &cmd.metadata,
-                cost_micros: None,
-                status: "denied",
-                plan_id: outcome.plan_id.as_deref(),
-                reservation_id: None,
-                reasons: &outcome.reasons,
-                release_reason: None,
-                release_error_code: None,
-                overage: 0,
-                prompt: cmd.prompt.as_ref(),
-                response: None,
-            },
-        )?;
-    }
-    if let Some(idem) = &cmd.idempotency {
-        remember(tx, env, "reserve", idem, &outcome, now)?;
+    let outcome = decide(tx, &subject, sub.as_ref())?;
+    if let Some(idem) = idem {
+        remember(tx, env, scope, idem, &outcome, now)?;
     }
     Ok(Idempotent::Fresh(outcome))
+}
+
+pub fn reserve(
+    tx: &mut impl MeteringTx,
+    cmd: &ReserveCommand,
+) -> StoreResult<Idempotent<ReserveOutcome>> {
+    let scope = ("reserve", cmd.idempotency.as_ref());
+    idempotently(
+        tx,
+        (cmd.env, cmd.now),
+        &cmd.user_id,
+        scope,
+        |tx, subject, sub| {
+            let outcome = decide_and_hold(tx, cmd, subject, sub)?;
+            if !outcome.allowed && cmd.record_denials {
+                tx.insert_event(
+                    cmd.env,
+                    &EventRow {
+                        event_id: &cmd.event_id,
+                        occurred_at: cmd.now,
+                        user_id: cmd.user_id.as_str(),
+                        event: cmd.event.as_str(),
+                        quantity: cmd.quantity.get(),
+                        metadata: &cmd.metadata,
+                        cost_micros: None,
+                        status: "denied",
+                        plan_id: outcome.plan_id.as_deref(),
+                        reservation_id: None,
+                        reasons: &outcome.reasons,
+                        release_reason: None,
+                        release_error_code: None,
+                        overage: 0,
+                        prompt: cmd.prompt.as_ref(),
+                        response: None,
+                    },
+                )?;
+            }
+            Ok(outcome)
+        },
+    )
 }
 
 fn denied(plan_id: Option<String>, reason: DenyReason) -> ReserveOutcome {
@@ -970,20 +991,14 @@ pub fn track(
     tx: &mut impl MeteringTx,
     cmd: &TrackCommand,
 ) -> StoreResult<Idempotent<TrackOutcome>> {
-    let (env, now) = (cmd.env, cmd.now);
-    let subject = user_subject(cmd.user_id.as_str());
-    tx.lock_subjects(env, &[&subject])?;
-    if let Some(idem) = &cmd.idempotency {
-        if let Some(body) = replay(tx, env, "track", &idem.key, &idem.fingerprint, now)? {
-            return Ok(Idempotent::Replayed(body));
-        }
-    }
-    let sub = tx.subscription(env, &subject)?;
-    let outcome = track_decide(tx, cmd, &subject, sub.as_ref())?;
-    if let Some(idem) = &cmd.idempotency {
-        remember(tx, env, "track", idem, &outcome, now)?;
-    }
-    Ok(Idempotent::Fresh(outcome))
+    let scope = ("track", cmd.idempotency.as_ref());
+    idempotently(
+        tx,
+        (cmd.env, cmd.now),
+        &cmd.user_id,
+        scope,
+        |tx, subject, sub| track_decide(tx, cmd, subject, sub),
+    )
 }
 
 fn track_decide(
