@@ -4,6 +4,7 @@
 //! Local commands open the store directly; remote ones are thin HTTP clients of the API, so
 //! they work against any server and need only a key.
 
+mod bench;
 mod local;
 mod plans;
 mod remote;
@@ -42,6 +43,8 @@ enum Command {
     Keys(KeysCommand),
     /// Show a user's limits and what is left of them.
     Usage(UsageArgs),
+    /// Load a server (or one started on a temp dir) and check that quotas stayed exact.
+    Bench(bench::BenchArgs),
 }
 
 /// Where the data lives; `init` and `serve` take the same options.
@@ -214,6 +217,7 @@ async fn main() -> ExitCode {
         Command::Plans(command) => plans::run(command).await,
         Command::Keys(command) => remote::keys(command).await,
         Command::Usage(args) => remote::usage(args).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
