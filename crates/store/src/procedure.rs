@@ -766,6 +766,28 @@ fn lock_reservation(tx: &mut impl MeteringTx, env: EnvId, id: &str) -> StoreResu
     tx.reservation(env, id)?.ok_or(StoreError::NotFound)
 }
 
+/// The usage event a reservation ends in, as reserved; callers override what settling changed.
+fn reservation_event<'a>(r: &'a ReservationRow, status: &'a str) -> EventRow<'a> {
+    EventRow {
+        event_id: &r.event_id,
+        occurred_at: r.created_at,
+        user_id: &r.user_id,
+        event: &r.event,
+        quantity: r.quantity,
+        metadata: &r.metadata,
+        cost_micros: None,
+        status,
+        plan_id: r.plan_id.as_deref(),
+        reservation_id: Some(&r.reservation_id),
+        reasons: &[],
+        release_reason: None,
+        release_error_code: None,
+        overage: 0,
+        prompt: r.prompt.as_ref(),
+        response: None,
+    }
+}
+
 /// Expires one pending reservation: its holds end and an `expired` usage event is written.
 fn expire(tx: &mut impl MeteringTx, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
     tx.finish_reservation(
@@ -778,22 +800,9 @@ fn expire(tx: &mut impl MeteringTx, env: EnvId, r: &ReservationRow) -> StoreResu
     tx.insert_event(
         env,
         &EventRow {
-            event_id: &r.event_id,
             occurred_at: r.expires_at,
-            user_id: &r.user_id,
-            event: &r.event,
-            quantity: r.quantity,
-            metadata: &r.metadata,
-            cost_micros: None,
-            status: "expired",
-            plan_id: r.plan_id.as_deref(),
-            reservation_id: Some(&r.reservation_id),
-            reasons: &[],
-            release_reason: None,
-            release_error_code: None,
-            overage: 0,
             prompt: None,
-            response: None,
+            ..reservation_event(r, "expired")
         },
     )
 }
@@ -865,22 +874,12 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
     tx.insert_event(
         env,
         &EventRow {
-            event_id: &r.event_id,
-            occurred_at: r.created_at,
-            user_id: &r.user_id,
-            event: &r.event,
             quantity,
             metadata: &metadata,
             cost_micros: cmd.cost_micros,
-            status: "committed",
-            plan_id: r.plan_id.as_deref(),
-            reservation_id: Some(id),
-            reasons: &[],
-            release_reason: None,
-            release_error_code: None,
             overage: settlement.overage,
-            prompt: r.prompt.as_ref(),
             response: cmd.response.as_ref(),
+            ..reservation_event(&r, "committed")
         },
     )?;
     Ok(CommitOutcome {
@@ -895,33 +894,21 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
 pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<ReleaseOutcome> {
     let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
     let r = lock_reservation(tx, env, id)?;
+    let created_at = r.created_at;
     if r.status != ReservationStatus::Released {
         let r = still_pending(tx, env, r, now)?;
         tx.finish_reservation(env, id, ReservationStatus::Released, None, None)?;
         tx.insert_event(
             env,
             &EventRow {
-                event_id: &r.event_id,
-                occurred_at: r.created_at,
-                user_id: &r.user_id,
-                event: &r.event,
-                quantity: r.quantity,
-                metadata: &r.metadata,
-                cost_micros: None,
-                status: "released",
-                plan_id: r.plan_id.as_deref(),
-                reservation_id: Some(id),
-                reasons: &[],
                 release_reason: cmd.reason.as_deref(),
                 release_error_code: cmd.error_code.as_deref(),
-                overage: 0,
-                prompt: r.prompt.as_ref(),
                 response: cmd.response.as_ref(),
+                ..reservation_event(&r, "released")
             },
         )?;
     }
     let held = held_counters(tx, env, id, &cmd.plans)?;
-    let created_at = tx.reservation(env, id)?.map_or(now, |r| r.created_at);
     Ok(ReleaseOutcome {
         reservation_id: id.to_string(),
         limits: render_held(tx, env, &held, created_at, now)?,
