@@ -2,28 +2,39 @@
 //! data dir), with per-operation latency percentiles and an exactness check that fails the run
 //! when a quota was exceeded or committed usage went missing.
 //!
+//! The same generator drives the Redis Lua reference implementation (`bench/redis/tollgate.lua`,
+//! the script teams write by hand), so `--compare-redis` measures both in one run, on one
+//! machine, with the same clients.
+//!
 //! It replaces the plan document of the key's environment, so it refuses live keys.
 
+mod target;
+
+use crate::redis_ref::Persistence;
 use crate::table::Table;
 use anyhow::{bail, ensure, Context, Result};
 use clap::ValueEnum;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use target::{Backend, Conn};
 
 /// Most users a run may spread over.
 pub const BENCH_USERS_MAX: usize = 10_000_000;
 /// Most concurrent clients.
 pub const BENCH_CONCURRENCY_MAX: usize = 4096;
+/// Most limits in the bench plan.
+pub const BENCH_LIMITS_MAX: usize = 100;
+/// Most events --seed-events loads.
+pub const BENCH_SEED_EVENTS_MAX: u64 = 1_000_000_000;
+/// Most rounds of --compare-redis.
+pub const BENCH_ROUNDS_MAX: usize = 20;
 /// Users whose usage the exactness check reads back at the end (a sample when more were hit).
 pub const EXACTNESS_SAMPLE_USERS: usize = 500;
-/// How long the bench waits for a server it started to listen, in seconds.
-const SERVER_START_SECONDS: u64 = 30;
+/// TTL of the reservations the mixed scenario leaves to expire, in seconds.
+const EXPIRING_TTL_SECONDS: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -46,7 +57,32 @@ pub enum Skew {
     Zipf,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// A Tollgate server over HTTP.
+    Tollgate,
+    /// The Redis Lua reference script.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisPersistence {
+    /// `appendonly yes`, `appendfsync always`: an answered write is on disk.
+    Durable,
+    /// No AOF, no snapshots: everything is lost when Redis stops.
+    None,
+}
+
+impl From<RedisPersistence> for Persistence {
+    fn from(p: RedisPersistence) -> Self {
+        match p {
+            RedisPersistence::Durable => Persistence::Durable,
+            RedisPersistence::None => Persistence::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Base URL of a running server; without it the bench starts its own on a temp data dir
     #[arg(long, env = "TOLLGATE_URL")]
@@ -73,6 +109,34 @@ pub struct BenchArgs {
     /// The per-user quota of the hot-user scenario
     #[arg(long, default_value_t = 100)]
     quota: u64,
+    /// Iterations per second across all clients (0: each client goes as fast as it can).
+    /// Latency is then measured from when each iteration was due, so a stall counts in full
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// What to drive: a Tollgate server, or the Redis Lua reference script
+    #[arg(long, value_enum, default_value = "tollgate")]
+    target: TargetKind,
+    /// Redis to load the reference script into (`--target redis`); without it the bench starts
+    /// its own redis-server on a temp dir
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Persistence of the redis-server the bench starts for `--target redis`
+    #[arg(long, value_enum, default_value = "durable")]
+    redis_persistence: RedisPersistence,
+    /// Run the same load against Tollgate, then Redis durable (appendfsync always), then Redis
+    /// without persistence, each on a server of its own, and print the ratios
+    #[arg(long, conflicts_with_all = ["target", "redis_url"])]
+    compare_redis: bool,
+    /// With --compare-redis: how many times to run each target, interleaved (Tollgate, Redis
+    /// durable, Redis without persistence, then again); the comparison uses each target's
+    /// median, which a shared, noisy machine needs
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Before the run, load this many committed events (over --users users and 30 days)
+    /// straight into the bench's own server's database, to measure the hot path on a store
+    /// that already holds many
+    #[arg(long, default_value_t = 0, conflicts_with = "url")]
+    seed_events: u64,
 }
 
 /// Latencies of one operation, in microseconds, and its error count.
@@ -85,72 +149,40 @@ struct OpStats {
 #[derive(Default)]
 struct Shared {
     ops: Mutex<HashMap<&'static str, OpStats>>,
-    /// Committed (or tracked) units per user, as acknowledged by the server.
+    /// Committed (or tracked) units per user, as acknowledged by the target.
     committed: Mutex<HashMap<usize, u64>>,
     admitted: AtomicU64,
     denied: AtomicU64,
+    /// Iterations finished without an error.
     done: AtomicU64,
+    /// The first failure, shown in the report.
+    first_error: Mutex<Option<String>>,
 }
 
 impl Shared {
-    fn record(&self, op: &'static str, took: Duration, ok: bool) {
+    fn record<T>(&self, op: &'static str, took: Duration, r: &Result<T>) {
         let mut ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         let s = ops.entry(op).or_default();
-        if ok {
-            s.micros
-                .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
-        } else {
-            s.errors += 1;
-        }
-    }
-}
-
-/// A server the bench started, killed when the bench ends.
-struct OwnServer {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Result<(OwnServer, String, String)> {
-    let dir = tempfile::tempdir().context("cannot make a temp data dir")?;
-    let exe = std::env::current_exe().context("cannot find the tollgate binary")?;
-    let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn,tollgate=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start `tollgate serve`")?;
-    let stderr = child.stderr.take().context("no stderr from the server")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut key, mut url) = (None, None);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                key = v["keys"]["test"]["secret"].as_str().map(str::to_string);
-            }
-            if let Some(i) = line.find("listening on http://") {
-                url = Some(line[i + "listening on ".len()..].trim().to_string());
-            }
-            if let (Some(k), Some(u)) = (&key, &url) {
-                let _ = tx.send((u.clone(), k.clone()));
-                key = None;
+        match r {
+            Ok(_) => s
+                .micros
+                .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX)),
+            Err(e) => {
+                s.errors += 1;
+                let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert_with(|| format!("{op}: {e:#}"));
             }
         }
-    });
-    let server = OwnServer { child, _dir: dir };
-    let (url, key) = rx
-        .recv_timeout(Duration::from_secs(SERVER_START_SECONDS))
-        .context("the server did not start")?;
-    Ok((server, url, key))
+    }
+
+    fn committed(&self, user: usize, units: u64) {
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user)
+            .or_default() += units;
+    }
 }
 
 /// Picks users by rank; Zipf by inverting a precomputed CDF.
@@ -186,98 +218,56 @@ impl Picker {
     }
 }
 
-/// Distinguishes this run's users from an earlier run's on the same server.
-static RUN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-
-fn user_id(i: usize) -> String {
-    let run = RUN.get_or_init(rand::random);
-    format!("bench_{run:08x}_u{i}")
-}
-
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    auth: String,
-}
-
-impl Client {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .header("authorization", &self.auth);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let value: Value = resp.json().await.unwrap_or(Value::Null);
-        ensure!(status.is_success(), "{path}: {status} {value}");
-        Ok(value)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Result<Value> {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-}
-
-fn plan_document(args: &BenchArgs) -> Value {
-    let quota = match args.scenario {
+/// The quota of every bench limit.
+fn quota(args: &BenchArgs) -> u64 {
+    match args.scenario {
         Scenario::HotUser => args.quota,
         _ => tollgate_core::input::QUANTITY_MAX,
-    };
-    let limits: Vec<Value> = (0..args.limits.max(1))
-        .map(|i| {
-            json!({"id": format!("bench_{i}"), "quota": quota, "window": {"type": "lifetime"},
-                   "match": [{"event": "bench.*"}]})
-        })
-        .collect();
-    json!({"defaultPlan": "bench", "plans": [{"id": "bench", "limits": limits}]})
+    }
 }
 
 /// One client's loop until the deadline.
 async fn run_client(
-    client: Arc<Client>,
+    mut conn: Conn,
     args: Arc<BenchArgs>,
     picker: Arc<Picker>,
     shared: Arc<Shared>,
-    deadline: Instant,
-    stop: Arc<AtomicBool>,
+    (deadline, stop): (Instant, Arc<AtomicBool>),
+    mut due: Option<(Instant, Duration)>,
 ) {
     let mut rng = rand::rngs::StdRng::from_os_rng();
-    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+    loop {
+        let start = match &mut due {
+            None => Instant::now(),
+            Some((next, interval)) => {
+                let at = *next;
+                *next += *interval;
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+        };
+        if start >= deadline || stop.load(Ordering::Relaxed) {
+            break;
+        }
         let user = match args.scenario {
             Scenario::HotUser => 0,
             _ => picker.pick(&mut rng),
         };
-        let body = json!({"userId": user_id(user), "event": "bench.op"});
         let ok = match args.scenario {
             Scenario::Track => {
-                let t = Instant::now();
-                let r = client.post("/v1/track", body).await;
-                shared.record("track", t.elapsed(), r.is_ok());
-                if r.is_ok() {
-                    *shared
-                        .committed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(user)
-                        .or_default() += 1;
+                let r = conn.track(user).await;
+                shared.record("track", start.elapsed(), &r);
+                if let Ok(true) = r {
+                    shared.committed(user, 1);
                 }
                 r.is_ok()
             }
             Scenario::Check => {
-                let t = Instant::now();
-                let r = client.post("/v1/check", body).await;
-                shared.record("check", t.elapsed(), r.is_ok());
+                let r = conn.check(user).await;
+                shared.record("check", start.elapsed(), &r);
                 r.is_ok()
             }
-            _ => reserve_then(&client, &args, &shared, user, body, &mut rng).await,
+            _ => reserve_then(&mut conn, &args, &shared, user, start, &mut rng).await,
         };
         if ok {
             shared.done.fetch_add(1, Ordering::Relaxed);
@@ -286,22 +276,21 @@ async fn run_client(
 }
 
 async fn reserve_then(
-    client: &Client,
+    conn: &mut Conn,
     args: &BenchArgs,
     shared: &Shared,
     user: usize,
-    mut body: Value,
+    start: Instant,
     rng: &mut impl Rng,
 ) -> bool {
-    let expire = args.scenario == Scenario::Mixed && rng.random_range(0..100) < 15;
-    if expire {
-        body["ttlSeconds"] = json!(1);
-    }
-    let t = Instant::now();
-    let r = client.post("/v1/reserve", body).await;
-    shared.record("reserve", t.elapsed(), r.is_ok());
+    let mixed = args.scenario == Scenario::Mixed;
+    let expire = mixed && rng.random_range(0..100) < 15;
+    let r = conn
+        .reserve(user, expire.then_some(EXPIRING_TTL_SECONDS))
+        .await;
+    shared.record("reserve", start.elapsed(), &r);
     let Ok(r) = r else { return false };
-    let Some(id) = r["reservationId"].as_str() else {
+    let Some(id) = r else {
         shared.denied.fetch_add(1, Ordering::Relaxed);
         return true;
     };
@@ -309,108 +298,67 @@ async fn reserve_then(
     if expire {
         return true;
     }
-    let release = args.scenario == Scenario::Mixed && rng.random_range(0..100) < 30;
-    let (op, path, body) = if release {
-        (
-            "release",
-            format!("/v1/reservations/{id}/release"),
-            json!({}),
-        )
-    } else {
-        let q = if args.scenario == Scenario::Mixed {
-            rng.random_range(0..=2)
-        } else {
-            1
-        };
-        (
-            "commit",
-            format!("/v1/reservations/{id}/commit"),
-            json!({"quantity": q}),
-        )
-    };
     let t = Instant::now();
-    let r = client.post(&path, body.clone()).await;
-    shared.record(op, t.elapsed(), r.is_ok());
-    if r.is_ok() && op == "commit" {
-        let q = body["quantity"].as_u64().unwrap_or(1);
-        *shared
-            .committed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(user)
-            .or_default() += q;
+    if mixed && rng.random_range(0..100) < 30 {
+        let r = conn.release(user, &id).await;
+        shared.record("release", t.elapsed(), &r);
+        return r.is_ok();
+    }
+    let quantity = if mixed { rng.random_range(0..=2) } else { 1 };
+    let r = conn.commit(user, &id, quantity).await;
+    shared.record("commit", t.elapsed(), &r);
+    if r.is_ok() {
+        shared.committed(user, quantity);
     }
     r.is_ok()
 }
 
-fn percentile(sorted: &[u32], p: f64) -> String {
-    if sorted.is_empty() {
-        return "-".into();
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    format!("{:.3}", f64::from(sorted[i]) / 1000.0)
+fn percentile(sorted: &[u32], p: f64) -> Option<f64> {
+    let i = ((sorted.len().checked_sub(1)?) as f64 * p).round() as usize;
+    Some(f64::from(sorted[i]) / 1000.0)
 }
 
-pub async fn run(args: BenchArgs) -> Result<()> {
-    ensure!(
-        (1..=BENCH_CONCURRENCY_MAX).contains(&args.concurrency),
-        "--concurrency must be 1-{BENCH_CONCURRENCY_MAX}"
-    );
-    ensure!(
-        (1..=BENCH_USERS_MAX).contains(&args.users),
-        "--users must be 1-{BENCH_USERS_MAX}"
-    );
-    ensure!((1..=100).contains(&args.limits), "--limits must be 1-100");
-    let (own, url, key) = match (&args.url, &args.key) {
-        (Some(url), Some(key)) => (None, url.trim_end_matches('/').to_string(), key.clone()),
-        (Some(_), None) => bail!("--url needs --key (a test secret key)"),
-        (None, _) => {
-            eprintln!("starting a server on a temporary data dir");
-            let (server, url, key) = start_server()?;
-            (Some(server), url, key)
-        }
-    };
-    if !key.starts_with("sk_test_") {
-        bail!(
-            "the bench replaces the plan document of the key's environment; \
-             give it a test secret key (sk_test_…), never a live one"
-        );
-    }
-    let client = Arc::new(Client {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(args.concurrency)
-            .build()?,
-        url,
-        auth: format!("Bearer {key}"),
-    });
-    client
-        .call(
-            reqwest::Method::PUT,
-            "/v1/plans",
-            Some(plan_document(&args)),
-        )
-        .await
-        .context("applying the bench plan document")?;
-    eprintln!(
-        "note: the test environment's plan document is now the bench's ({} limit(s))",
-        args.limits
-    );
+fn millis(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |ms| format!("{ms:.3}"))
+}
 
-    let args = Arc::new(args);
+/// What one run measured.
+struct Outcome {
+    label: String,
+    /// Iterations per second (reserve+commit pairs, tracks or checks).
+    rate: f64,
+    reserve_p50: Option<f64>,
+    reserve_p99: Option<f64>,
+    errors: u64,
+    exactness: Result<String>,
+}
+
+/// Runs the load once against `backend` and prints its table.
+async fn run_once(args: &BenchArgs, backend: &Backend) -> Result<Outcome> {
+    target::new_run();
+    let args = Arc::new(args.clone());
     let picker = Arc::new(Picker::new(args.users, args.skew));
     let shared = Arc::new(Shared::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let mut conns = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency {
+        conns.push(backend.connect().await?);
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_seconds);
+    let interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for (i, conn) in conns.into_iter().enumerate() {
+        // Clients with a rate start evenly spread over one interval.
+        let due = interval.map(|iv| (started + iv.mul_f64(i as f64 / args.concurrency as f64), iv));
         tasks.push(tokio::spawn(run_client(
-            client.clone(),
+            conn,
             args.clone(),
             picker.clone(),
             shared.clone(),
-            deadline,
-            stop.clone(),
+            (deadline, stop.clone()),
+            due,
         )));
     }
     let progress = {
@@ -446,7 +394,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "P99.9 MS",
         "ERRORS",
     ]);
-    let mut errors = 0;
+    let (mut errors, mut reserve_p50, mut reserve_p99) = (0, None, None);
     {
         let mut ops = shared.ops.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<_> = ops.keys().copied().collect();
@@ -455,21 +403,34 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let s = ops.get_mut(name).expect("the name came from the map");
             s.micros.sort_unstable();
             errors += s.errors;
+            if name == "reserve" {
+                reserve_p50 = percentile(&s.micros, 0.50);
+                reserve_p99 = percentile(&s.micros, 0.99);
+            }
             table.row(vec![
                 name.to_string(),
                 s.micros.len().to_string(),
                 format!("{:.0}", s.micros.len() as f64 / elapsed),
-                percentile(&s.micros, 0.50),
-                percentile(&s.micros, 0.90),
-                percentile(&s.micros, 0.99),
-                percentile(&s.micros, 0.999),
+                millis(percentile(&s.micros, 0.50)),
+                millis(percentile(&s.micros, 0.90)),
+                millis(percentile(&s.micros, 0.99)),
+                millis(percentile(&s.micros, 0.999)),
                 s.errors.to_string(),
             ]);
         }
     }
+    let pace = match args.rate {
+        0 => String::new(),
+        r => format!(", paced at {r}/s"),
+    };
     println!(
-        "scenario {:?}, {} clients, {} users ({:?}), {} limit(s), {elapsed:.1} s",
-        args.scenario, args.concurrency, args.users, args.skew, args.limits
+        "{}: scenario {:?}, {} clients, {} users ({:?}), {} limit(s){pace}, {elapsed:.1} s",
+        backend.label(),
+        args.scenario,
+        args.concurrency,
+        args.users,
+        args.skew,
+        args.limits
     );
     print!("{}", table.render());
     println!(
@@ -477,28 +438,37 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         shared.admitted.load(Ordering::Relaxed),
         shared.denied.load(Ordering::Relaxed)
     );
-    let verdict = exactness(&client, &args, &shared).await;
-    drop(own);
-    match verdict {
-        Ok(summary) => {
-            println!("exactness: ok ({summary})");
-            if errors > 0 {
-                bail!("{errors} request(s) failed");
-            }
-            Ok(())
-        }
-        Err(e) => bail!("exactness: FAILED: {e:#}"),
+    if let Some(e) = shared
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        println!("first error: {e}");
     }
+    let exactness = exactness(&args, backend, &shared).await;
+    match &exactness {
+        Ok(summary) => println!("exactness: ok ({summary})"),
+        Err(e) => println!("exactness: FAILED: {e:#}"),
+    }
+    Ok(Outcome {
+        label: backend.label(),
+        rate: shared.done.load(Ordering::Relaxed) as f64 / elapsed,
+        reserve_p50,
+        reserve_p99,
+        errors,
+        exactness,
+    })
 }
 
-/// Reads usage back and compares it with what the server acknowledged.
-async fn exactness(client: &Client, args: &BenchArgs, shared: &Shared) -> Result<String> {
+/// Reads usage back and compares it with what the target acknowledged.
+async fn exactness(args: &BenchArgs, backend: &Backend, shared: &Shared) -> Result<String> {
+    let mut conn = backend.connect().await?;
     if args.scenario == Scenario::Mixed {
-        // Let every reservation left to expire pass its TTL on the test clock.
-        client
-            .post("/v1/test/clock/advance", json!({"seconds": 2}))
+        // Let every reservation left to expire pass its TTL on the (test) clock.
+        conn.advance_clock(i64::from(EXPIRING_TTL_SECONDS) + 1)
             .await
-            .context("advancing the test clock")?;
+            .context("advancing the clock")?;
     }
     let committed = shared
         .committed
@@ -521,18 +491,8 @@ async fn exactness(client: &Client, args: &BenchArgs, shared: &Shared) -> Result
         );
     }
     for &u in &users {
-        let usage = client
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/users/{}/usage", user_id(u)),
-                None,
-            )
-            .await?;
         let want = committed.get(&u).copied().unwrap_or(0);
-        for limit in usage["limits"].as_array().into_iter().flatten() {
-            let used = limit["used"].as_u64().unwrap_or(u64::MAX);
-            let reserved = limit["reserved"].as_u64().unwrap_or(u64::MAX);
-            let quota = limit["quota"].as_u64().unwrap_or(0);
+        for (used, reserved, quota) in conn.usage(u).await? {
             ensure!(
                 used + reserved <= quota,
                 "user {u}: used {used} + reserved {reserved} over quota {quota}"
@@ -551,4 +511,130 @@ async fn exactness(client: &Client, args: &BenchArgs, shared: &Shared) -> Result
         "{} user(s) read back, used == acknowledged, nothing over quota",
         users.len()
     ))
+}
+
+fn validate(args: &BenchArgs) -> Result<()> {
+    ensure!(
+        (1..=BENCH_CONCURRENCY_MAX).contains(&args.concurrency),
+        "--concurrency must be 1-{BENCH_CONCURRENCY_MAX}"
+    );
+    ensure!(
+        (1..=BENCH_USERS_MAX).contains(&args.users),
+        "--users must be 1-{BENCH_USERS_MAX}"
+    );
+    ensure!(
+        (1..=BENCH_LIMITS_MAX).contains(&args.limits),
+        "--limits must be 1-{BENCH_LIMITS_MAX}"
+    );
+    ensure!(
+        args.duration_seconds >= 1,
+        "--duration-seconds must be at least 1"
+    );
+    ensure!(
+        (1..=BENCH_ROUNDS_MAX).contains(&args.rounds),
+        "--rounds must be 1-{BENCH_ROUNDS_MAX}"
+    );
+    ensure!(
+        args.seed_events <= BENCH_SEED_EVENTS_MAX,
+        "--seed-events must be at most {BENCH_SEED_EVENTS_MAX}"
+    );
+    if args.url.is_some() && args.key.is_none() {
+        bail!("--url needs --key (a test secret key)");
+    }
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    validate(&args)?;
+    let outcomes = if args.compare_redis {
+        let backends = [
+            Backend::tollgate(&args).await?,
+            Backend::redis(&args, None, Persistence::Durable).await?,
+            Backend::redis(&args, None, Persistence::None).await?,
+        ];
+        let mut outcomes = Vec::new();
+        for round in 1..=args.rounds {
+            for backend in &backends {
+                if args.rounds > 1 {
+                    println!("\nround {round} of {}", args.rounds);
+                }
+                outcomes.push(run_once(&args, backend).await?);
+            }
+        }
+        compare(&outcomes);
+        outcomes
+    } else {
+        let backend = match args.target {
+            TargetKind::Tollgate => Backend::tollgate(&args).await?,
+            TargetKind::Redis => {
+                Backend::redis(
+                    &args,
+                    args.redis_url.as_deref(),
+                    args.redis_persistence.into(),
+                )
+                .await?
+            }
+        };
+        vec![run_once(&args, &backend).await?]
+    };
+    let mut failed = Vec::new();
+    for o in &outcomes {
+        if let Err(e) = &o.exactness {
+            failed.push(format!("{}: exactness FAILED: {e:#}", o.label));
+        }
+        if o.errors > 0 {
+            failed.push(format!("{}: {} request(s) failed", o.label, o.errors));
+        }
+    }
+    ensure!(failed.is_empty(), "{}", failed.join("; "));
+    Ok(())
+}
+
+/// Prints each target's median rate (over its rounds) as a ratio of durable Redis's.
+fn compare(outcomes: &[Outcome]) {
+    let mut labels: Vec<&str> = Vec::new();
+    for o in outcomes {
+        if !labels.contains(&o.label.as_str()) {
+            labels.push(&o.label);
+        }
+    }
+    let median = |label: &str, f: &dyn Fn(&Outcome) -> Option<f64>| {
+        let mut v: Vec<f64> = outcomes
+            .iter()
+            .filter(|o| o.label == label)
+            .filter_map(f)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let rate = |label: &str| median(label, &|o: &Outcome| Some(o.rate)).unwrap_or(0.0);
+    let Some(baseline) = labels
+        .iter()
+        .find(|l| l.contains("durable"))
+        .map(|l| rate(l))
+    else {
+        return;
+    };
+    let mut table = Table::new(&[
+        "TARGET",
+        "RUNS",
+        "PER SECOND",
+        "RESERVE P50 MS",
+        "RESERVE P99 MS",
+        "VS REDIS DURABLE",
+    ]);
+    for label in labels {
+        let runs = outcomes.iter().filter(|o| o.label == label);
+        let all: Vec<String> = runs.map(|o| format!("{:.0}", o.rate)).collect();
+        table.row(vec![
+            label.to_string(),
+            all.join(" "),
+            format!("{:.0}", rate(label)),
+            millis(median(label, &|o: &Outcome| o.reserve_p50)),
+            millis(median(label, &|o: &Outcome| o.reserve_p99)),
+            format!("{:.2}x", rate(label) / baseline.max(f64::MIN_POSITIVE)),
+        ]);
+    }
+    println!("\ncomparison (same load, same machine, one run; medians over the rounds):");
+    print!("{}", table.render());
 }

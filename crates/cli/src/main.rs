@@ -7,6 +7,7 @@
 mod bench;
 mod local;
 mod plans;
+mod redis_ref;
 mod remote;
 mod settings;
 mod table;

@@ -3,6 +3,12 @@
 //! A key is never stored: its SHA-256 hash is looked up. The key alone decides project and
 //! environment; nothing in a body or path can reach another. Each extractor also computes the
 //! request's `now`: real time plus the environment's test-clock offset, cut to the millisecond.
+//!
+//! A valid key's context is cached in memory for [`AUTH_CACHE_MS`], so the hot path reads no
+//! table to authenticate. Revoking a key or moving the test clock through this node clears the
+//! cache at once; through another node (several nodes on one PostgreSQL database) the change is
+//! in force here within that time. Unknown keys are never cached, so a key created anywhere
+//! works at once.
 
 use crate::bootstrap::hash_secret;
 use crate::error::ApiError;
@@ -11,8 +17,66 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use jiff::{SignedDuration, Timestamp};
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 use tollgate_api::time::truncate_to_millis;
-use tollgate_store::{AuthContext, KeyKind, Mode};
+use tollgate_store::{AuthContext, KeyKind, Mode, Store};
+
+/// How long a valid key's context is used before the store is asked again, in milliseconds.
+pub const AUTH_CACHE_MS: u64 = 1_000;
+/// Most keys cached at once; past it the cache starts over.
+pub const AUTH_CACHE_KEYS_MAX: usize = 10_000;
+
+/// Valid keys by the SHA-256 hash of their secret, with the time each was read from the store.
+#[derive(Debug, Default)]
+pub struct AuthCache {
+    entries: RwLock<HashMap<[u8; 32], (AuthContext, Instant)>>,
+}
+
+impl AuthCache {
+    /// The context of the key whose secret hashes to `hash`, or `None` for no valid key.
+    pub async fn authenticate(
+        &self,
+        store: &dyn Store,
+        hash: [u8; 32],
+    ) -> Result<Option<AuthContext>, ApiError> {
+        let fresh = Duration::from_millis(AUTH_CACHE_MS);
+        if let Some((auth, read)) = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+        {
+            if read.elapsed() < fresh {
+                return Ok(Some(auth.clone()));
+            }
+        }
+        let read = Instant::now();
+        let found = store.authenticate(hash).await?;
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        match &found {
+            Some(auth) => {
+                if entries.len() >= AUTH_CACHE_KEYS_MAX {
+                    entries.clear();
+                }
+                entries.insert(hash, (auth.clone(), read));
+            }
+            None => {
+                entries.remove(&hash);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Forgets every key, after a revocation or a test-clock change.
+    pub fn clear(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
 
 /// Longest bearer token the server will hash, in bytes; anything longer is no key of ours.
 pub const BEARER_BYTES_MAX: usize = 256;
@@ -64,8 +128,8 @@ impl FromRequestParts<AppState> for AnyKey {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::InvalidKey)?;
         let auth = state
-            .store
-            .authenticate(hash_secret(token))
+            .keys
+            .authenticate(state.store.as_ref(), hash_secret(token))
             .await?
             .ok_or(ApiError::InvalidKey)?;
         let span = tracing::Span::current();

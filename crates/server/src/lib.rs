@@ -39,6 +39,7 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub plans: Arc<PlanCache>,
+    pub keys: Arc<auth::AuthCache>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
 }
@@ -50,6 +51,7 @@ impl AppState {
         Self {
             store,
             plans: Arc::new(PlanCache::default()),
+            keys: Arc::new(auth::AuthCache::default()),
             metrics,
             config: Arc::new(config),
         }

@@ -1,6 +1,7 @@
 //! [`SqliteStore`]: the `Store` trait on SQLite, plus the install, key, plan and subscription
 //! operations (metering lives in `metering`).
 
+use crate::checkpointer::Checkpointer;
 use crate::sql::SqliteTx;
 use crate::writer::Writer;
 use crate::{internal, ms, open_writer, ts, Readers, DATABASE_FILE, LOCK_FILE};
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tollgate_core::input::UserId;
 use tollgate_core::plan::PlanDocument;
@@ -22,6 +24,7 @@ use tollgate_store::*;
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<Readers>,
+    checkpointer: Arc<Checkpointer>,
     /// An exclusive lock on `DIR/tollgate.lock` for as long as the store lives: one process
     /// per data dir. The OS drops it when the process dies, even by `kill -9`.
     _lock: Arc<std::fs::File>,
@@ -36,17 +39,21 @@ impl SqliteStore {
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let conn = open_writer(&path).map_err(internal)?;
-        let writer = Writer::start(conn, observer)
+        let restart = Arc::new(AtomicBool::new(false));
+        let wal = data_dir.join(format!("{DATABASE_FILE}-wal"));
+        let writer = Writer::start(conn, wal, observer, restart.clone())
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+        let checkpointer = Checkpointer::start(&path, restart)?;
         Ok(SqliteStore {
             writer,
+            checkpointer: Arc::new(checkpointer),
             readers: Arc::new(Readers::new(path)),
             _lock: Arc::new(lock),
         })
     }
 }
 
-fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
+pub(crate) fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
     let path = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -524,5 +531,6 @@ impl Store for SqliteStore {
 
     async fn shutdown(&self) {
         self.writer.stop().await;
+        self.checkpointer.stop();
     }
 }

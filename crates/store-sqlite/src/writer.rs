@@ -2,13 +2,24 @@
 //! batches, one transaction per batch (group commit).
 //!
 //! A caller's command waits in a bounded queue; the writer drains everything queued (up to
-//! `WRITER_BATCH_MAX`), runs each command inside its own savepoint, commits once with
-//! `synchronous=FULL`, and only then answers every caller of the batch. Under no load a lone
-//! command commits at once; under load the batch grows by itself. A full queue answers
-//! `Unavailable` at once instead of growing.
+//! `WRITER_BATCH_MAX`), runs each command inside its own savepoint and commits once. Under no
+//! load a lone command commits at once; under load the batch grows by itself. A full queue
+//! answers `Unavailable` at once instead of growing.
+//!
+//! Durability is pipelined: the connection runs with `synchronous=NORMAL`, so COMMIT appends
+//! the batch to the WAL without waiting for the disk, and the batch's answers go to the
+//! [`syncer`] thread, which calls `fdatasync` on the WAL and only then answers them. While the
+//! disk syncs one batch the writer already runs the next; one `fdatasync` covers every batch
+//! appended before it, so under load the syncs group batches as batches group commands.
+//! No caller hears "done" before its write is on disk, and a later batch is never durable
+//! without the earlier ones (the WAL is one file, synced in order). Other requests can read a
+//! committed batch during the fraction of a millisecond before its sync ends, as Redis clients
+//! can read a script's writes before `appendfsync always` syncs them; a power cut in that
+//! window loses the batch and every later one, none of which was answered.
 
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_store::{StoreError, StoreObserver, StoreResult, WRITER_BATCH_MAX, WRITER_QUEUE_MAX};
@@ -56,13 +67,32 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub fn start(conn: Connection, observer: Arc<dyn StoreObserver>) -> std::io::Result<Writer> {
+    /// `restart` is raised by the checkpointer when the writer should finish a checkpoint so
+    /// that its next transaction starts the WAL over (see `checkpointer`).
+    /// `wal` is the path of the connection's WAL file, which the syncer makes durable.
+    pub fn start(
+        conn: Connection,
+        wal: PathBuf,
+        observer: Arc<dyn StoreObserver>,
+        restart: Arc<AtomicBool>,
+    ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Msg>(WRITER_QUEUE_MAX);
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
+        let (to_sync, synced) = std::sync::mpsc::channel::<Committed>();
+        let syncer = std::thread::Builder::new()
+            .name("tollgate-sqlite-sync".into())
+            .spawn(move || syncer(&wal, &synced, observer.as_ref()))?;
         std::thread::Builder::new()
             .name("tollgate-sqlite-writer".into())
-            .spawn(move || run(conn, rx, thread_depth, observer))?;
+            .spawn(move || {
+                let stopped = run(conn, rx, thread_depth, to_sync, &restart);
+                // Every committed batch is answered before the store reports it stopped.
+                let _ = syncer.join();
+                if let Some(done) = stopped {
+                    let _ = done.send(());
+                }
+            })?;
         Ok(Writer { tx, depth })
     }
 
@@ -110,25 +140,38 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT job")
-        .map_err(crate::internal)?;
+    statement(conn, "SAVEPOINT job")?;
     let result = f(conn);
-    let end = match &result {
-        Err(e) if must_roll_back(e) => "ROLLBACK TO job; RELEASE job",
-        _ => "RELEASE job",
-    };
-    conn.execute_batch(end).map_err(crate::internal)?;
+    if matches!(&result, Err(e) if must_roll_back(e)) {
+        statement(conn, "ROLLBACK TO job")?;
+    }
+    statement(conn, "RELEASE job")?;
     result
 }
 
+/// Runs one of the writer's fixed statements, parsed once per connection.
+fn statement(conn: &Connection, sql: &str) -> StoreResult<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(crate::internal)
+}
+
+/// A committed batch's answers, waiting for the sync that makes the batch durable.
+struct Committed {
+    answers: Vec<Box<dyn Pending>>,
+}
+
+/// Applies batches until told to stop (returning whom to tell once all is durable) or until
+/// every sender is gone. Dropping `to_sync` on return lets the syncer finish and end.
 fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<Msg>,
     depth: Arc<AtomicUsize>,
-    observer: Arc<dyn StoreObserver>,
-) {
+    to_sync: std::sync::mpsc::Sender<Committed>,
+    restart: &AtomicBool,
+) -> Option<oneshot::Sender<()>> {
     let mut batch: Vec<Job> = Vec::with_capacity(WRITER_BATCH_MAX);
-    let mut pending: Vec<Box<dyn Pending>> = Vec::with_capacity(WRITER_BATCH_MAX);
     let mut stop: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -146,43 +189,87 @@ fn run(
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
         if !batch.is_empty() {
-            write_batch(&conn, &mut batch, &mut pending, observer.as_ref());
+            if let Some(committed) = write_batch(&conn, &mut batch) {
+                if let Err(lost) = to_sync.send(committed) {
+                    // The syncer is gone (it cannot be, short of a panic): nothing is known
+                    // to be durable, so nobody hears success.
+                    for p in lost.0.answers {
+                        p.complete(Err(StoreError::Unavailable(
+                            "the WAL syncer stopped".into(),
+                        )));
+                    }
+                }
+            }
         }
-        if let Some(done) = stop.take() {
+        if restart.swap(false, Ordering::Relaxed) {
+            // Every caller of the batch has its answer; the checkpointer copied all but the
+            // last few frames, so this is short, and the next BEGIN starts the WAL over.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "writer checkpoint failed");
+            }
+        }
+        if stop.is_some() {
             rx.close();
-            let _ = done.send(());
             break;
         }
     }
     tracing::info!("sqlite writer stopped");
+    stop
 }
 
-/// One transaction for the whole batch; every caller is answered after COMMIT returns.
-fn write_batch(
-    conn: &Connection,
-    batch: &mut Vec<Job>,
-    pending: &mut Vec<Box<dyn Pending>>,
-    observer: &dyn StoreObserver,
-) {
-    let size = batch.len();
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+/// One transaction for the whole batch. A committed batch's answers are returned for the
+/// syncer; a failed one's callers are answered here, with the error.
+fn write_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Committed> {
+    if let Err(e) = statement(conn, "BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "writer could not begin a transaction");
         // Dropping a job drops its reply: its caller sees `Unavailable`, nothing applied.
         batch.clear();
-        return;
+        return None;
     }
-    for job in batch.drain(..) {
-        pending.push(job(conn));
+    let answers: Vec<Box<dyn Pending>> = batch.drain(..).map(|job| job(conn)).collect();
+    match statement(conn, "COMMIT") {
+        Ok(()) => Some(Committed { answers }),
+        Err(e) => {
+            tracing::error!(error = %e, "writer commit failed; the batch is rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+            for p in answers {
+                p.complete(Err(StoreError::Unavailable(
+                    "database commit failed".into(),
+                )));
+            }
+            None
+        }
     }
-    let durable = conn.execute_batch("COMMIT").map_err(|e| {
-        tracing::error!(error = %e, "writer commit failed; the batch is rolled back");
-        let _ = conn.execute_batch("ROLLBACK");
-        StoreError::Unavailable("database commit failed".into())
-    });
-    if durable.is_ok() {
-        observer.batch_committed(size);
-    }
-    for p in pending.drain(..) {
-        p.complete(durable.clone());
+}
+
+/// Makes committed batches durable in order and answers their callers: takes every batch
+/// waiting, syncs the WAL once for all of them, answers them all. Ends when the writer does.
+fn syncer(
+    wal: &std::path::Path,
+    committed: &std::sync::mpsc::Receiver<Committed>,
+    observer: &dyn StoreObserver,
+) {
+    let mut ready: Vec<Committed> = Vec::new();
+    while let Ok(first) = committed.recv() {
+        ready.push(first);
+        ready.extend(committed.try_iter());
+        // fdatasync flushes the file, whichever descriptor names it; opening it by path each
+        // time follows the WAL if SQLite ever replaces the file.
+        let durable = std::fs::OpenOptions::new()
+            .write(true)
+            .open(wal)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sync the WAL; its batches are not durable");
+                StoreError::Unavailable("the database could not be synced to disk".into())
+            });
+        for batch in ready.drain(..) {
+            if durable.is_ok() {
+                observer.batch_committed(batch.answers.len());
+            }
+            for p in batch.answers {
+                p.complete(durable.clone());
+            }
+        }
     }
 }

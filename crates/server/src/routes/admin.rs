@@ -163,6 +163,7 @@ pub async fn revoke_key(
         .revoke_key(&key_id, environment_now(0))
         .await
         .map_err(store_error("key"))?;
+    state.keys.clear();
     tracing::info!(key_id = %key_id, "key revoked");
     Ok(Json(wire::RevokedKey {
         key_id,
@@ -203,6 +204,7 @@ pub async fn advance_clock(
 ) -> Result<Json<wire::ClockResponse>, ApiError> {
     let seconds = body.parse()?;
     let offset = state.store.advance_clock(caller.auth.env, seconds).await?;
+    state.keys.clear();
     tracing::info!(seconds, offset, "test clock advanced");
     Ok(Json(wire::ClockResponse {
         now: format_timestamp(environment_now(offset)),
