@@ -600,3 +600,52 @@ async fn mixed_workload_over_10000_users_is_exact() {
         ledger.expiring.len()
     );
 }
+
+/// A key revoked through one node stops working on the other within the key cache's second
+/// (`AUTH_CACHE_MS`), even though that node had just used (and cached) it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_revoked_on_one_node_is_refused_by_the_other_within_a_second() {
+    let Some(url) = postgres_url_from_env() else {
+        eprintln!("{SKIP}");
+        return;
+    };
+    let cluster = Cluster::start(&url).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let created = a
+        .admin()
+        .post(
+            &format!("/admin/v1/projects/{}/keys", a.keys.project_id),
+            json!({"environment": "test", "kind": "secret", "name": "revoked-elsewhere"}),
+        )
+        .await
+        .ok();
+    let key = created["key"].as_str().expect("key").to_string();
+    // Node b knows the key from its first use on; node a revokes it.
+    b.client_with(&key).usage("u1").await.ok();
+    let revoked_at = Instant::now();
+    a.admin()
+        .delete(&format!(
+            "/admin/v1/keys/{}",
+            created["keyId"].as_str().unwrap()
+        ))
+        .await
+        .ok();
+    a.client_with(&key)
+        .usage("u1")
+        .await
+        .err(401, "invalid_key");
+    let on_b = b.client_with(&key);
+    loop {
+        let status = on_b.get("/v1/users/u1/usage").await.status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200, "node b answered {status}");
+        assert!(
+            revoked_at.elapsed() < Duration::from_millis(1_500),
+            "node b still accepts a key revoked {:?} ago",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

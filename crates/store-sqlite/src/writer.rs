@@ -11,7 +11,9 @@
 //! [`syncer`] thread, which calls `fdatasync` on the WAL and only then answers them. While the
 //! disk syncs one batch the writer already runs the next; one `fdatasync` covers every batch
 //! appended before it, so under load the syncs group batches as batches group commands.
-//! No caller hears "done" before its write is on disk, and a later batch is never durable
+//! When nothing else waits (no queued command, no batch at the syncer) the writer syncs the
+//! batch itself, which spares a lone caller one thread hop. No caller hears "done" before its
+//! write is on disk, and a later batch is never durable
 //! without the earlier ones (the WAL is one file, synced in order). Other requests can read a
 //! committed batch during the fraction of a millisecond before its sync ends, as Redis clients
 //! can read a script's writes before `appendfsync always` syncs them; a power cut in that
@@ -80,13 +82,19 @@ impl Writer {
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
         let (to_sync, synced) = std::sync::mpsc::channel::<Committed>();
+        let sync = Arc::new(Durability {
+            wal,
+            observer,
+            queued: AtomicUsize::new(0),
+        });
+        let syncer_sync = sync.clone();
         let syncer = std::thread::Builder::new()
             .name("tollgate-sqlite-sync".into())
-            .spawn(move || syncer(&wal, &synced, observer.as_ref()))?;
+            .spawn(move || syncer(&syncer_sync, &synced))?;
         std::thread::Builder::new()
             .name("tollgate-sqlite-writer".into())
             .spawn(move || {
-                let stopped = run(conn, rx, thread_depth, to_sync, &restart);
+                let stopped = run(conn, rx, thread_depth, (&sync, to_sync), &restart);
                 // Every committed batch is answered before the store reports it stopped.
                 let _ = syncer.join();
                 if let Some(done) = stopped {
@@ -162,13 +170,46 @@ struct Committed {
     answers: Vec<Box<dyn Pending>>,
 }
 
+/// What the writer and the syncer share to make batches durable.
+struct Durability {
+    /// The WAL file of the writer's connection.
+    wal: PathBuf,
+    observer: Arc<dyn StoreObserver>,
+    /// Batches handed to the syncer and not yet answered.
+    queued: AtomicUsize,
+}
+
+impl Durability {
+    /// Syncs the WAL once and answers every batch in `ready` (all committed before the call).
+    fn make_durable(&self, ready: &mut Vec<Committed>) {
+        // fdatasync flushes the file, whichever descriptor names it; opening it by path each
+        // time follows the WAL if SQLite ever replaces the file.
+        let durable = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.wal)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sync the WAL; its batches are not durable");
+                StoreError::Unavailable("the database could not be synced to disk".into())
+            });
+        for batch in ready.drain(..) {
+            if durable.is_ok() {
+                self.observer.batch_committed(batch.answers.len());
+            }
+            for p in batch.answers {
+                p.complete(durable.clone());
+            }
+        }
+    }
+}
+
 /// Applies batches until told to stop (returning whom to tell once all is durable) or until
 /// every sender is gone. Dropping `to_sync` on return lets the syncer finish and end.
 fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<Msg>,
     depth: Arc<AtomicUsize>,
-    to_sync: std::sync::mpsc::Sender<Committed>,
+    (sync, to_sync): (&Durability, std::sync::mpsc::Sender<Committed>),
     restart: &AtomicBool,
 ) -> Option<oneshot::Sender<()>> {
     let mut batch: Vec<Job> = Vec::with_capacity(WRITER_BATCH_MAX);
@@ -190,13 +231,20 @@ fn run(
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
         if !batch.is_empty() {
             if let Some(committed) = write_batch(&conn, &mut batch) {
-                if let Err(lost) = to_sync.send(committed) {
-                    // The syncer is gone (it cannot be, short of a panic): nothing is known
-                    // to be durable, so nobody hears success.
-                    for p in lost.0.answers {
-                        p.complete(Err(StoreError::Unavailable(
-                            "the WAL syncer stopped".into(),
-                        )));
+                if rx.is_empty() && sync.queued.load(Ordering::Acquire) == 0 {
+                    // Nothing else to do meanwhile: sync here, and spare the caller the hop to
+                    // the syncer thread.
+                    sync.make_durable(&mut vec![committed]);
+                } else {
+                    sync.queued.fetch_add(1, Ordering::AcqRel);
+                    if let Err(lost) = to_sync.send(committed) {
+                        // The syncer is gone (it cannot be, short of a panic): nothing is
+                        // known to be durable, so nobody hears success.
+                        for p in lost.0.answers {
+                            p.complete(Err(StoreError::Unavailable(
+                                "the WAL syncer stopped".into(),
+                            )));
+                        }
                     }
                 }
             }
@@ -244,32 +292,13 @@ fn write_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Committed> {
 
 /// Makes committed batches durable in order and answers their callers: takes every batch
 /// waiting, syncs the WAL once for all of them, answers them all. Ends when the writer does.
-fn syncer(
-    wal: &std::path::Path,
-    committed: &std::sync::mpsc::Receiver<Committed>,
-    observer: &dyn StoreObserver,
-) {
+fn syncer(sync: &Durability, committed: &std::sync::mpsc::Receiver<Committed>) {
     let mut ready: Vec<Committed> = Vec::new();
     while let Ok(first) = committed.recv() {
         ready.push(first);
         ready.extend(committed.try_iter());
-        // fdatasync flushes the file, whichever descriptor names it; opening it by path each
-        // time follows the WAL if SQLite ever replaces the file.
-        let durable = std::fs::OpenOptions::new()
-            .write(true)
-            .open(wal)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot sync the WAL; its batches are not durable");
-                StoreError::Unavailable("the database could not be synced to disk".into())
-            });
-        for batch in ready.drain(..) {
-            if durable.is_ok() {
-                observer.batch_committed(batch.answers.len());
-            }
-            for p in batch.answers {
-                p.complete(durable.clone());
-            }
-        }
+        let taken = ready.len();
+        sync.make_durable(&mut ready);
+        sync.queued.fetch_sub(taken, Ordering::AcqRel);
     }
 }
