@@ -110,7 +110,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     quota: u64,
     /// Iterations per second across all clients (0: each client goes as fast as it can).
-    /// Latency is then measured from when each iteration was due, so a stall counts in full
+    /// A client behind its schedule measures latency from when the call was due, so a stall
+    /// counts in full
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// What to drive: a Tollgate server, or the Redis Lua reference script
@@ -242,8 +243,16 @@ async fn run_client(
             Some((next, interval)) => {
                 let at = *next;
                 *next += *interval;
-                tokio::time::sleep_until(at.into()).await;
-                at
+                if Instant::now() < at {
+                    // On time: the latency counts from the send, so the timer's own lateness
+                    // (tokio's timers tick in milliseconds) is not charged to the target.
+                    tokio::time::sleep_until(at.into()).await;
+                    Instant::now()
+                } else {
+                    // Behind schedule: the latency counts from when the call was due, so a
+                    // stall of the target shows in full (no coordinated omission).
+                    at
+                }
             }
         };
         if start >= deadline || stop.load(Ordering::Relaxed) {
