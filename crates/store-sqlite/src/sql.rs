@@ -208,6 +208,31 @@ impl MeteringTx for SqliteTx<'_> {
             .map_err(internal)
     }
 
+    fn used_and_reserved(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        now: Timestamp,
+    ) -> StoreResult<(u64, u64)> {
+        self.0
+            .prepare_cached(
+                "SELECT
+                     (SELECT used FROM counters
+                      WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND window_key = ?4),
+                     (SELECT COALESCE(SUM(held), 0) FROM reservation_limits
+                      WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND window_key = ?4
+                        AND held > 0 AND expires_at_ms > ?5)",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![env.0, key.limit_id, key.subject, key.window_key, ms(now)],
+                    |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, i64>(1)?)),
+                )
+            })
+            .map(|(used, reserved)| (used.unwrap_or(0).max(0) as u64, reserved.max(0) as u64))
+            .map_err(internal)
+    }
+
     fn rolling_used(
         &mut self,
         env: EnvId,

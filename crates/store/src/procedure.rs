@@ -159,6 +159,16 @@ pub trait MeteringTx {
     fn reserved(&mut self, env: EnvId, key: &CounterKey, now: Timestamp) -> StoreResult<u64>;
     /// `used` of a fixed-window counter (0 if it has none yet).
     fn used(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<u64>;
+    /// `used` and `reserved` of a fixed-window counter together; a backend may read both in
+    /// one statement (one per limit on every reserve, the hot path's most repeated read).
+    fn used_and_reserved(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        now: Timestamp,
+    ) -> StoreResult<(u64, u64)> {
+        Ok((self.used(env, key)?, self.reserved(env, key, now)?))
+    }
     /// Rolling usage with time in `(after, until]`, and the oldest such time.
     fn rolling_used(
         &mut self,
@@ -430,16 +440,21 @@ fn load(
     at: Timestamp,
     now: Timestamp,
 ) -> StoreResult<Loaded> {
-    let reserved = tx.reserved(env, &c.key, now)?;
-    let (used, oldest) = match (&c.kind, &c.window) {
-        (LimitKind::Concurrency, _) => (0, None),
-        (_, CounterWindow::Fixed { opening: true, .. }) => (0, None),
-        (_, CounterWindow::Fixed { .. }) => (tx.used(env, &c.key)?, None),
+    let (used, reserved, oldest) = match (&c.kind, &c.window) {
+        (LimitKind::Concurrency, _) | (_, CounterWindow::Fixed { opening: true, .. }) => {
+            (0, tx.reserved(env, &c.key, now)?, None)
+        }
+        (_, CounterWindow::Fixed { .. }) => {
+            let (used, reserved) = tx.used_and_reserved(env, &c.key, now)?;
+            (used, reserved, None)
+        }
         (_, CounterWindow::Rolling { seconds }) => {
             let after = at
                 .checked_sub(secs(i64::from(*seconds)))
                 .map_err(overflow)?;
-            tx.rolling_used(env, &c.key.limit_id, &c.key.subject, after, at)?
+            let (used, oldest) =
+                tx.rolling_used(env, &c.key.limit_id, &c.key.subject, after, at)?;
+            (used, tx.reserved(env, &c.key, now)?, oldest)
         }
     };
     Ok(Loaded {
