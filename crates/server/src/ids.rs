@@ -29,11 +29,8 @@ pub const REQUEST_PREFIX: &str = "req_";
 /// `prefix`, the time in base 62, then random alphanumeric characters (about 95 bits).
 pub fn new_id(prefix: &str) -> String {
     let millis = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
-    let mut s = String::with_capacity(prefix.len() + ID_RANDOM_CHARS);
-    s.push_str(prefix);
-    s.push_str(&base62_time(millis));
-    Alphanumeric.append_string(&mut rand::rng(), &mut s, ID_RANDOM_CHARS - ID_TIME_CHARS);
-    s
+    let timed = format!("{prefix}{}", base62_time(millis));
+    random_string(&timed, ID_RANDOM_CHARS - ID_TIME_CHARS)
 }
 
 /// `millis` as exactly [`ID_TIME_CHARS`] base-62 digits, most significant first.

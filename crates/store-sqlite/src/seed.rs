@@ -2,12 +2,12 @@
 //! (`tollgate bench --seed-events`): how the hot path's cost grows with the events already
 //! stored can only be measured on a database that holds many.
 //!
-//! The rows go straight into the `events` table of every test environment, in large
+//! The rows go straight into the `events` table of the install's test environment, in large
 //! transactions with `synchronous=OFF` (a crash mid-load loses only bench data). They are
 //! committed usage of past days; counters are not touched, so no quota is used up.
 
 use crate::{internal, open_writer, DATABASE_FILE};
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use std::path::Path;
 use tollgate_store::{StoreError, StoreResult};
 
@@ -38,11 +38,15 @@ pub fn seed_events(
         .map_err(internal)?;
     conn.pragma_update(None, "cache_size", -SEED_CACHE_KIB)
         .map_err(internal)?;
-    let envs: Vec<i64> = conn
-        .prepare("SELECT env_id FROM environments WHERE mode = 'test'")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+    let env: Option<i64> = conn
+        .query_row(
+            "SELECT env_id FROM environments WHERE mode = 'test' ORDER BY env_id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
         .map_err(internal)?;
-    let Some(&env) = envs.first() else {
+    let Some(env) = env else {
         return Err(StoreError::Internal(
             "no test environment to seed; run `tollgate init` first".into(),
         ));
