@@ -150,12 +150,34 @@ async fn rolling_window_releases_usage_as_it_ages_out() {
         "rolling resetsAt follows the oldest usage",
     );
     let r = Client::must_allow(&c.reserve_q("u1", "image.render", 2).await);
-    c.commit(&r, json!({})).await.ok();
+    let a = c.commit(&r, json!({})).await.ok();
+    // The commit's answer is the state a read sees afterwards.
+    let read = c.limit_state("u1", "rolling_hour").await;
+    assert_counts(limit(&a, "rolling_hour"), 3, 3, 0);
+    assert_counts(&read, 3, 3, 0);
+    assert_eq!(limit(&a, "rolling_hour")["resetsAt"], read["resetsAt"]);
     assert_eq!(c.reserve_q("u1", "image.render", 1).await["allowed"], false);
 
     // Past t0 + 1.5 h the 1 left too; the 2 from t0 + 1 h remain.
     c.advance_to(t0 + 1800 + 3600 + 120).await;
     assert_counts(&c.limit_state("u1", "rolling_hour").await, 3, 2, 0);
+
+    // Once the window is empty, a commit's usage is the oldest: it resets an hour on.
+    let t1 = t0 + 4 * 3600;
+    c.advance_to(t1).await;
+    assert_counts(&c.limit_state("u1", "rolling_hour").await, 3, 0, 0);
+    let r = Client::must_allow(&c.reserve_q("u1", "image.render", 1).await);
+    let a = c.commit(&r, json!({})).await.ok();
+    let read = c.limit_state("u1", "rolling_hour").await;
+    assert_counts(limit(&a, "rolling_hour"), 3, 1, 0);
+    assert_counts(&read, 3, 1, 0);
+    assert_ts_near(
+        &read["resetsAt"],
+        t1 + 3600,
+        60,
+        "reset an hour after the use",
+    );
+    assert_eq!(limit(&a, "rolling_hour")["resetsAt"], read["resetsAt"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

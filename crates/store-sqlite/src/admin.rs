@@ -507,7 +507,7 @@ impl Store for SqliteStore {
                     &user_id,
                     &plans,
                     at,
-                    reason,
+                    reason.clone(),
                     now,
                 )
             })

@@ -61,6 +61,10 @@ impl MeteringTx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn single_writer(&self) -> bool {
+        true
+    }
+
     fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>> {
         let row = self
             .0

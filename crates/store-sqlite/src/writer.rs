@@ -2,9 +2,16 @@
 //! batches, one transaction per batch (group commit).
 //!
 //! A caller's command waits in a bounded queue; the writer drains everything queued (up to
-//! `WRITER_BATCH_MAX`), runs each command inside its own savepoint and commits once. Under no
-//! load a lone command commits at once; under load the batch grows by itself. A full queue
-//! answers `Unavailable` at once instead of growing.
+//! `WRITER_BATCH_MAX`), runs the commands one after another in one transaction and commits
+//! once. Under no load a lone command commits at once; under load the batch grows by itself. A
+//! full queue answers `Unavailable` at once instead of growing.
+//!
+//! A command whose error means its writes must be undone (an internal or storage error) must
+//! not take its batch-mates down with it, yet a savepoint around every command costs a copy of
+//! each page it first touches. So a batch runs without savepoints, and in the rare batch where
+//! a command fails that way, the writer rolls the whole transaction back and runs the batch
+//! again with each command in its own savepoint; the answers are the second run's. A command
+//! is a closure over its input (`FnMut`), so running it again runs the same command.
 //!
 //! Durability is pipelined: the connection runs with `synchronous=NORMAL`, so COMMIT appends
 //! the batch to the WAL without waiting for the disk, and the batch's answers go to the
@@ -47,10 +54,42 @@ impl<T: Send> Pending for Reply<T> {
     }
 }
 
-type Job = Box<dyn FnOnce(&Connection) -> Box<dyn Pending> + Send>;
+/// One queued command: its closure, whom to answer, and the answer of its latest run.
+trait Job: Send {
+    /// Runs the command in the open transaction, alone in a savepoint if `isolated`. Returns
+    /// true if it failed in a way that must undo its writes (which, outside a savepoint, only
+    /// rolling the whole transaction back can do).
+    fn run(&mut self, conn: &Connection, isolated: bool) -> bool;
+    /// The answer of the last run, to be sent once the batch is durable.
+    fn into_reply(self: Box<Self>) -> Box<dyn Pending>;
+}
+
+struct Command<T, F> {
+    f: F,
+    reply: Reply<T>,
+}
+
+impl<T, F> Job for Command<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&Connection) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, conn: &Connection, isolated: bool) -> bool {
+        self.reply.value = if isolated {
+            in_savepoint(conn, &mut self.f)
+        } else {
+            (self.f)(conn)
+        };
+        matches!(&self.reply.value, Err(e) if must_roll_back(e))
+    }
+
+    fn into_reply(self: Box<Self>) -> Box<dyn Pending> {
+        Box::new(self.reply)
+    }
+}
 
 enum Msg {
-    Job(Job),
+    Job(Box<dyn Job>),
     /// Finish what came before, then stop and say so.
     Stop(oneshot::Sender<()>),
 }
@@ -105,15 +144,20 @@ impl Writer {
     }
 
     /// Runs `f` in the writer's next transaction and answers once that transaction is durable.
+    /// `f` runs a second time if its batch must be redone (see the module docs), so it must
+    /// depend on nothing but its captures and the database.
     pub async fn execute<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let value = in_savepoint(conn, f);
-            Box::new(Reply { tx, value }) as Box<dyn Pending>
+        let job: Box<dyn Job> = Box::new(Command {
+            f,
+            reply: Reply {
+                tx,
+                value: Err(StoreError::Unavailable("the command did not run".into())),
+            },
         });
         self.depth.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.tx.try_send(Msg::Job(job)) {
@@ -212,7 +256,7 @@ fn run(
     (sync, to_sync): (&Durability, std::sync::mpsc::Sender<Committed>),
     restart: &AtomicBool,
 ) -> Option<oneshot::Sender<()>> {
-    let mut batch: Vec<Job> = Vec::with_capacity(WRITER_BATCH_MAX);
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(WRITER_BATCH_MAX);
     let mut stop: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -265,16 +309,37 @@ fn run(
     stop
 }
 
+/// Runs every command of the batch in the open transaction: all together first; if one must
+/// be undone, the transaction is rolled back and begun again and every command runs once more
+/// in its own savepoint. `Err` if the transaction could not be rolled back or begun again.
+fn apply(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
+    if !batch.iter_mut().any(|job| job.run(conn, false)) {
+        return Ok(());
+    }
+    tracing::warn!(
+        commands = batch.len(),
+        "a command failed inside a batch; running the batch again, each command isolated"
+    );
+    statement(conn, "ROLLBACK")?;
+    statement(conn, "BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        job.run(conn, true);
+    }
+    Ok(())
+}
+
 /// One transaction for the whole batch. A committed batch's answers are returned for the
 /// syncer; a failed one's callers are answered here, with the error.
-fn write_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Committed> {
-    if let Err(e) = statement(conn, "BEGIN IMMEDIATE") {
-        tracing::error!(error = %e, "writer could not begin a transaction");
+fn write_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) -> Option<Committed> {
+    let begun = statement(conn, "BEGIN IMMEDIATE").and_then(|()| apply(conn, batch));
+    if let Err(e) = begun {
+        tracing::error!(error = %e, "writer could not run a batch; nothing of it applied");
+        let _ = conn.execute_batch("ROLLBACK");
         // Dropping a job drops its reply: its caller sees `Unavailable`, nothing applied.
         batch.clear();
         return None;
     }
-    let answers: Vec<Box<dyn Pending>> = batch.drain(..).map(|job| job(conn)).collect();
+    let answers: Vec<Box<dyn Pending>> = batch.drain(..).map(|job| job.into_reply()).collect();
     match statement(conn, "COMMIT") {
         Ok(()) => Some(Committed { answers }),
         Err(e) => {
@@ -300,5 +365,146 @@ fn syncer(sync: &Durability, committed: &std::sync::mpsc::Receiver<Committed>) {
         let taken = ready.len();
         sync.make_durable(&mut ready);
         sync.queued.fetch_sub(taken, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Batches(Mutex<Vec<usize>>);
+
+    impl StoreObserver for Batches {
+        fn batch_committed(&self, commands: usize) {
+            self.0.lock().unwrap().push(commands);
+        }
+    }
+
+    fn start(dir: &std::path::Path) -> (Writer, Arc<Batches>) {
+        let path = dir.join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (name TEXT PRIMARY KEY)")
+            .unwrap();
+        let batches = Arc::new(Batches(Mutex::new(Vec::new())));
+        let wal = dir.join("w.db-wal");
+        let restart = Arc::new(AtomicBool::new(false));
+        let w = Writer::start(conn, wal, batches.clone(), restart).unwrap();
+        (w, batches)
+    }
+
+    fn insert(c: &Connection, name: &str) -> StoreResult<()> {
+        c.execute("INSERT INTO t (name) VALUES (?1)", [name])
+            .map(drop)
+            .map_err(crate::internal)
+    }
+
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        let c = Connection::open(dir.join("w.db")).unwrap();
+        let mut st = c.prepare("SELECT name FROM t ORDER BY name").unwrap();
+        let rows = st.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    /// Holds the writer inside a command until the returned sender is dropped, so that the
+    /// commands sent meanwhile queue up and form the next batch together.
+    async fn hold_writer(w: &Writer) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (entered, inside) = oneshot::channel::<()>();
+        let wait = Mutex::new(wait);
+        let mut entered = Some(entered);
+        let w2 = w.clone();
+        let held = tokio::spawn(async move {
+            w2.execute(move |_| {
+                if let Some(e) = entered.take() {
+                    let _ = e.send(());
+                }
+                let _ = wait.lock().unwrap().recv();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        });
+        inside.await.unwrap();
+        (release, held)
+    }
+
+    /// What one batch did: the answers, the names stored afterwards, how many times the
+    /// commands ran and the sizes of the batches committed (the first is `hold_writer`'s).
+    struct Outcome {
+        answers: Vec<StoreResult<&'static str>>,
+        stored: Vec<String>,
+        runs: usize,
+        batches: Vec<usize>,
+    }
+
+    /// Sends one command per name while the writer is held, so that they form one batch. Each
+    /// inserts its name; the one named `failing` then returns `error`.
+    async fn one_batch(names: &[&'static str], failing: &str, error: StoreError) -> Outcome {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, batches) = start(dir.path());
+        let (release, held) = hold_writer(&w).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut sent = Vec::new();
+        for &name in names {
+            let (w, runs, fails) = (
+                w.clone(),
+                runs.clone(),
+                (name == failing).then(|| error.clone()),
+            );
+            sent.push(tokio::spawn(async move {
+                w.execute(move |c| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    insert(c, name)?;
+                    match &fails {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(name),
+                    }
+                })
+                .await
+            }));
+        }
+        // Let every command reach the queue while the writer is held.
+        while w.queue_depth() < names.len() {
+            tokio::task::yield_now().await;
+        }
+        drop(release);
+        held.await.unwrap();
+        let mut answers = Vec::new();
+        for s in sent {
+            answers.push(s.await.unwrap());
+        }
+        w.stop().await;
+        let batches = batches.0.lock().unwrap().clone();
+        Outcome {
+            answers,
+            stored: names_in(dir.path()),
+            runs: runs.load(Ordering::SeqCst),
+            batches,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_that_fails_inside_a_batch_takes_none_of_its_batch_mates_with_it() {
+        // b's insert happens, then an internal error must undo it, and only it.
+        let boom = StoreError::Internal("boom".into());
+        let o = one_batch(&["a", "b", "c"], "b", boom.clone()).await;
+        assert_eq!(o.answers, [Ok("a"), Err(boom), Ok("c")]);
+        assert_eq!(o.stored, ["a", "c"]);
+        // The batch ran once together (a, then b failed) and once isolated (a, b, c).
+        assert_eq!(o.runs, 5);
+        assert_eq!(o.batches, [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_keeps_the_writes_made_before_it_and_the_batch_runs_once() {
+        // A domain refusal, like a lazy expiry followed by "not pending", keeps its writes.
+        let o = one_batch(&["a", "b"], "b", StoreError::NotFound).await;
+        assert_eq!(o.answers, [Ok("a"), Err(StoreError::NotFound)]);
+        assert_eq!(o.stored, ["a", "b"]);
+        assert_eq!(o.runs, 2);
+        assert_eq!(o.batches, [1, 2]);
     }
 }

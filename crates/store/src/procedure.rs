@@ -138,6 +138,11 @@ pub trait MeteringTx {
     /// Serializes concurrent writers on these subjects (sorted, deduplicated) until the
     /// transaction ends. A single-writer backend may do nothing.
     fn lock_subjects(&mut self, env: EnvId, subjects: &[&str]) -> StoreResult<()>;
+    /// True if no other transaction can write while this one runs, so a row read before
+    /// `lock_subjects` needs no second read after it.
+    fn single_writer(&self) -> bool {
+        false
+    }
 
     fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>>;
     fn write_subscription(
@@ -757,28 +762,57 @@ fn render_held(
         .collect()
 }
 
-fn held_counters(
-    tx: &mut impl MeteringTx,
-    env: EnvId,
-    id: &str,
-    plans: &PlanDocument,
-) -> StoreResult<Vec<(Counter, u64)>> {
-    Ok(tx
-        .holds(env, id)?
+fn held_counters(holds: &[HoldRow], plans: &PlanDocument) -> Vec<(Counter, u64)> {
+    holds
         .iter()
         .map(|h| (Counter::from_hold(h, plans), h.held))
-        .collect())
+        .collect()
 }
 
 /// Locks the subjects of a reservation (its user and every subject it holds on), then reads
-/// it again under the locks.
-fn lock_reservation(tx: &mut impl MeteringTx, env: EnvId, id: &str) -> StoreResult<ReservationRow> {
+/// it again under the locks (unless the backend has a single writer, where nothing can have
+/// changed). The holds read before the locks stay true: a reservation's holds are written
+/// with it and change only when it ends, and a caller acts on `held` only while the
+/// reservation read under the locks is still pending.
+fn lock_reservation(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    id: &str,
+) -> StoreResult<(ReservationRow, Vec<HoldRow>)> {
     let first = tx.reservation(env, id)?.ok_or(StoreError::NotFound)?;
+    let holds = tx.holds(env, id)?;
     let mut subjects = vec![user_subject(&first.user_id)];
-    subjects.extend(tx.holds(env, id)?.into_iter().map(|h| h.key.subject));
+    subjects.extend(holds.iter().map(|h| h.key.subject.clone()));
     let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
     tx.lock_subjects(env, &refs)?;
-    tx.reservation(env, id)?.ok_or(StoreError::NotFound)
+    let r = if tx.single_writer() {
+        first
+    } else {
+        tx.reservation(env, id)?.ok_or(StoreError::NotFound)?
+    };
+    Ok((r, holds))
+}
+
+/// A held counter's state once the reservation settled: its hold gone, `charged` units added
+/// at `at` (the reservation's time, which is also when the state was loaded). Saves reading
+/// back what this transaction just wrote.
+fn settled(c: &Counter, l: Loaded, own: u64, charged: u64, at: Timestamp) -> Loaded {
+    let counted = charged > 0 && c.kind != LimitKind::Concurrency;
+    let oldest = match (&c.window, counted) {
+        (CounterWindow::Rolling { .. }, true) => Some(l.oldest.map_or(at, |o| o.min(at))),
+        _ => l.oldest,
+    };
+    Loaded {
+        state: CounterState {
+            used: if counted {
+                l.state.used.saturating_add(charged)
+            } else {
+                l.state.used
+            },
+            reserved: l.state.reserved.saturating_sub(own),
+        },
+        oldest,
+    }
 }
 
 /// The usage event a reservation ends in, as reserved; callers override what settling changed.
@@ -844,8 +878,8 @@ fn still_pending(
 
 pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<CommitOutcome> {
     let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
-    let r = lock_reservation(tx, env, id)?;
-    let held = held_counters(tx, env, id, &cmd.plans)?;
+    let (r, holds) = lock_reservation(tx, env, id)?;
+    let held = held_counters(&holds, &cmd.plans);
     if r.status == ReservationStatus::Committed {
         return Ok(CommitOutcome {
             reservation_id: id.to_string(),
@@ -865,8 +899,10 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         None => r.metadata.clone(),
     };
     let mut inputs = Vec::with_capacity(held.len());
+    let mut loaded = Vec::with_capacity(held.len());
     for (c, own) in &held {
         let l = load(tx, env, c, r.created_at, now)?;
+        loaded.push(l);
         inputs.push(SettleInput {
             kind: c.kind,
             multiplier: c.multiplier,
@@ -897,18 +933,30 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
             ..reservation_event(&r, "committed")
         },
     )?;
+    let limits = held
+        .iter()
+        .zip(loaded)
+        .zip(&settlement.charged)
+        .map(|(((c, own), l), &units)| {
+            render(
+                c,
+                settled(c, l, *own, units, r.created_at),
+                r.created_at.max(now),
+            )
+        })
+        .collect();
     Ok(CommitOutcome {
         reservation_id: id.to_string(),
         quantity,
         overage: settlement.overage,
-        limits: render_held(tx, env, &held, r.created_at, now)?,
+        limits,
         event_id: r.event_id,
     })
 }
 
 pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<ReleaseOutcome> {
     let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
-    let r = lock_reservation(tx, env, id)?;
+    let (r, holds) = lock_reservation(tx, env, id)?;
     let created_at = r.created_at;
     if r.status != ReservationStatus::Released {
         let r = still_pending(tx, env, r, now)?;
@@ -923,7 +971,7 @@ pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<Re
             },
         )?;
     }
-    let held = held_counters(tx, env, id, &cmd.plans)?;
+    let held = held_counters(&holds, &cmd.plans);
     Ok(ReleaseOutcome {
         reservation_id: id.to_string(),
         limits: render_held(tx, env, &held, created_at, now)?,
@@ -932,7 +980,7 @@ pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<Re
 
 pub fn extend(tx: &mut impl MeteringTx, cmd: &ExtendCommand) -> StoreResult<ExtendOutcome> {
     let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
-    let r = lock_reservation(tx, env, id)?;
+    let (r, _) = lock_reservation(tx, env, id)?;
     still_pending(tx, env, r, now)?;
     let expires_at = now
         .checked_add(secs(i64::from(cmd.ttl.get())))
@@ -975,7 +1023,7 @@ pub fn expire_due(tx: &mut impl MeteringTx, real_now: Timestamp) -> StoreResult<
     let due = tx.due_reservations(real_now, SWEEP_BATCH_MAX)?;
     let mut expired = 0;
     for (env, id, _) in &due {
-        let r = lock_reservation(tx, *env, id)?;
+        let (r, _) = lock_reservation(tx, *env, id)?;
         // Another node (or a commit) may have settled it since it was listed.
         if r.status == ReservationStatus::Pending {
             expire(tx, *env, &r)?;
