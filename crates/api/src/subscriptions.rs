@@ -5,6 +5,7 @@
 use crate::convert;
 use crate::field::{field_path, FieldError};
 use crate::time::{format_timestamp, parse_timestamp};
+use jiff::tz::TimeZone;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use tollgate_core::input::{AccountId, InputError, UserId, QUANTITY_MAX};
@@ -19,6 +20,8 @@ use utoipa::ToSchema;
 pub const CANCEL_REASON_BYTES_MAX: usize = 500;
 /// Most `customLimits` entries on one subscription.
 pub const CUSTOM_LIMITS_MAX: usize = tollgate_core::plan::LIMITS_PER_PLAN_MAX;
+/// Longest `timezone` name, in bytes (the longest IANA name is about 30).
+pub const TIMEZONE_NAME_BYTES_MAX: usize = 64;
 /// The `source` of changes made through this API (webhooks use their biller's name).
 pub const SOURCE_API: &str = "api";
 
@@ -109,6 +112,15 @@ pub struct SubscriptionUpsertRequest {
     pub custom_limits: Option<BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<SubscriptionStatus>,
+    /// The subscriber's own time zone (IANA name): their calendar windows (a "day", a
+    /// "month") follow it instead of each limit's zone; `null` clears it.
+    #[serde(
+        default,
+        deserialize_with = "explicit_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "Asia/Tokyo")]
+    pub timezone: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +143,11 @@ impl SubscriptionUpsertRequest {
             Some(Some(t)) => Some(Some(parse_timestamp("endsAt", &t)?)),
         };
         let custom_limits = self.custom_limits.map(custom_limits).transpose()?;
+        let timezone = match self.timezone {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(name)) => Some(Some(zone(&name)?)),
+        };
         Ok(UpsertInput {
             subject,
             request: UpsertRequest {
@@ -139,10 +156,28 @@ impl SubscriptionUpsertRequest {
                 ends_at,
                 custom_limits,
                 status: self.status.map(CoreStatus::from),
+                timezone,
                 source: SOURCE_API.to_string(),
             },
         })
     }
+}
+
+fn zone(name: &str) -> Result<TimeZone, FieldError> {
+    if name.len() > TIMEZONE_NAME_BYTES_MAX {
+        return Err(convert::refuse(
+            "timezone",
+            InputError::TooLong {
+                max: TIMEZONE_NAME_BYTES_MAX,
+            },
+        ));
+    }
+    TimeZone::get(name).map_err(|_| {
+        FieldError::new(
+            "timezone",
+            format!("unknown time zone {name:?}; use an IANA name such as Asia/Tokyo"),
+        )
+    })
 }
 
 fn custom_limits(map: BTreeMap<String, u64>) -> Result<BTreeMap<String, u64>, FieldError> {
@@ -207,6 +242,10 @@ pub struct SubscriptionResponse {
     pub ends_at: Option<String>,
     /// Per-subscriber quotas by limit id.
     pub custom_limits: BTreeMap<String, u64>,
+    /// The subscriber's own time zone for calendar windows, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "Asia/Tokyo")]
+    pub timezone: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
     /// Whether the upsert changed anything (upsert answers only).
@@ -235,6 +274,11 @@ impl SubscriptionResponse {
             current_period: current_period.into(),
             ends_at: sub.ends_at.map(format_timestamp),
             custom_limits: sub.custom_limits.clone(),
+            timezone: sub
+                .timezone
+                .as_ref()
+                .and_then(|tz| tz.iana_name())
+                .map(str::to_string),
             created_at: format_timestamp(sub.created_at),
             changed,
         }

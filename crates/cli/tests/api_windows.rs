@@ -122,6 +122,91 @@ async fn calendar_day_in_tokyo_resets_at_tokyo_midnight() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_in_tokyo_has_days_that_start_at_tokyo_midnight() {
+    // One UTC daily limit; u1's subscription says Asia/Tokyo, u2 has none.
+    let (_s, c) = TestServer::with_plans(free_plan(json!([limit_on("daily", 1, daily())]))).await;
+    let s = c
+        .subscribe(json!({"userId": "u1", "planId": "free", "timezone": "Asia/Tokyo"}))
+        .await
+        .ok();
+    assert_eq!(s["timezone"], "Asia/Tokyo");
+    assert_eq!(
+        c.get_subscription("u1").await.ok()["timezone"],
+        "Asia/Tokyo"
+    );
+    // Tokyo midnight is 15:00 UTC (UTC+9, no DST).
+    let now = c.now().await;
+    let mut tokyo_midnight = now.div_euclid(DAY) * DAY + 15 * HOUR;
+    while tokyo_midnight < now + 120 {
+        tokyo_midnight += DAY;
+    }
+    let utc_day = tokyo_midnight.div_euclid(DAY) * DAY;
+    c.advance_to(tokyo_midnight - 30).await;
+
+    for user in ["u1", "u2"] {
+        let r = Client::must_allow(&c.reserve_q(user, "image.render", 1).await);
+        c.commit(&r, json!({})).await.ok();
+        let d = c.reserve_q(user, "image.render", 1).await;
+        assert_eq!(strs(&d["deniedBy"]), vec!["daily"], "{user} used its day");
+    }
+    let l = c.limit_state("u1", "daily").await;
+    assert_ts(&l["windowStart"], tokyo_midnight - DAY, "u1's day: Tokyo's");
+    assert_ts(
+        &l["resetsAt"],
+        tokyo_midnight,
+        "u1's day ends at Tokyo midnight",
+    );
+    let l = c.limit_state("u2", "daily").await;
+    assert_ts(&l["windowStart"], utc_day, "u2's day: the limit's (UTC)");
+
+    c.advance_clock(60).await;
+    let a = c.reserve_q("u1", "image.render", 1).await;
+    Client::must_allow(&a);
+    let l = limit(&a, "daily");
+    assert_counts(l, 1, 0, 1);
+    assert_ts(&l["windowStart"], tokyo_midnight, "a new Tokyo day");
+    assert_ts(
+        &l["resetsAt"],
+        tokyo_midnight + DAY,
+        "which ends a day later",
+    );
+    let d = c.reserve_q("u2", "image.render", 1).await;
+    assert_eq!(strs(&d["deniedBy"]), vec!["daily"], "u2's UTC day goes on");
+
+    // An upsert that does not name the zone keeps it; null clears it.
+    let s = c
+        .subscribe(json!({"userId": "u1", "planId": "free", "customLimits": {"daily": 2}}))
+        .await
+        .ok();
+    assert_eq!(s["timezone"], "Asia/Tokyo");
+    let s = c
+        .subscribe(json!({"userId": "u1", "planId": "free", "timezone": null}))
+        .await
+        .ok();
+    assert_eq!(s.get("timezone"), None, "{s}");
+    let l = c.limit_state("u1", "daily").await;
+    assert_ts(&l["windowStart"], utc_day, "u1 back on the limit's zone");
+    // The UTC day counts at least what the Tokyo day being left counted (1), not zero.
+    assert_counts(&l, 2, 1, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_time_zone_must_be_an_iana_name() {
+    let (_s, c) = TestServer::with_plans(free_plan(json!([limit_on("daily", 1, daily())]))).await;
+    for zone in [json!("Mars/Olympus"), json!("+09:00"), json!(""), json!(9)] {
+        let r = c
+            .subscribe(json!({"userId": "u1", "planId": "free", "timezone": zone}))
+            .await;
+        r.invalid("timezone");
+    }
+    let long = "A".repeat(65);
+    let r = c
+        .subscribe(json!({"userId": "u1", "planId": "free", "timezone": long}))
+        .await;
+    r.invalid("timezone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rolling_window_releases_usage_as_it_ages_out() {
     let (_s, c) = TestServer::with_plans(free_plan(json!([limit_on(
         "rolling_hour",

@@ -212,6 +212,7 @@ fn subscription() -> Subscription {
         cycle_start: anchor,
         ends_at: None,
         custom_limits: Default::default(),
+        timezone: None,
         created_at: anchor,
     }
 }
@@ -367,6 +368,7 @@ fn measure(options: &Options, variant: &Variant, count: usize) -> Row {
     let resolved = Resolved {
         plan: &plan,
         subscription: Some(&subscription),
+        timezone: None,
     };
     let mut fill = SplitMix64(0xF111 ^ count as u64);
     let mut state: Vec<CounterState> = (0..options.users)
@@ -406,6 +408,7 @@ fn measure_window(options: &Options, window: Window) -> (f64, u64) {
     let resolved = Resolved {
         plan: &plan,
         subscription: Some(&subscription),
+        timezone: None,
     };
     let clock_start = Timestamp::from_second(CLOCK_START_SECOND).expect("in range");
     let duration = Duration::from_secs_f64(options.seconds / 3.0);

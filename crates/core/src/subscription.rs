@@ -6,6 +6,7 @@
 
 use crate::plan::{Plan, PlanDocument, WindowSpec};
 use crate::window::{self, BillingInterval, CalendarPeriod, WindowBounds, WindowError};
+use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use std::collections::BTreeMap;
 
@@ -42,6 +43,9 @@ pub struct Subscription {
     pub cycle_start: Timestamp,
     pub ends_at: Option<Timestamp>,
     pub custom_limits: BTreeMap<String, u64>,
+    /// The subscriber's own time zone: while the subscription is in force, every calendar
+    /// window of its subject is counted in this zone instead of the limit's.
+    pub timezone: Option<TimeZone>,
     pub created_at: Timestamp,
 }
 
@@ -117,6 +121,8 @@ pub struct UpsertRequest {
     pub ends_at: Option<Option<Timestamp>>,
     pub custom_limits: Option<BTreeMap<String, u64>>,
     pub status: Option<SubscriptionStatus>,
+    /// `Some(None)` clears the subscriber's time zone.
+    pub timezone: Option<Option<TimeZone>>,
     pub source: String,
 }
 
@@ -149,6 +155,7 @@ pub fn upsert(
         cycle_start: req.cycle_start.unwrap_or(now),
         ends_at: req.ends_at.flatten(),
         custom_limits: req.custom_limits.clone().unwrap_or_default(),
+        timezone: req.timezone.clone().flatten(),
         created_at: now,
     };
     let Some(cur) = current else {
@@ -161,6 +168,10 @@ pub fn upsert(
     if !cur.is_active(now) {
         let mut sub = fresh(&cur.id);
         sub.created_at = cur.created_at;
+        // The zone describes the subscriber, not the subscription: it outlives the end.
+        if req.timezone.is_none() {
+            sub.timezone = cur.timezone.clone();
+        }
         return UpsertOutcome {
             subscription: sub,
             history: vec![entry(HistoryKind::Reactivated, Some(&cur.plan_id))],
@@ -196,6 +207,9 @@ pub fn upsert(
     }
     if let Some(status) = req.status {
         sub.status = status;
+    }
+    if let Some(timezone) = &req.timezone {
+        sub.timezone = timezone.clone();
     }
     let changed = sub != *cur;
     UpsertOutcome {
@@ -302,6 +316,9 @@ pub fn history_view(
 pub struct Resolved<'a> {
     pub plan: &'a Plan,
     pub subscription: Option<&'a Subscription>,
+    /// The subject's own time zone for calendar windows: its subscription's, kept after the
+    /// subscription ended (it describes the subject, not the plan).
+    pub timezone: Option<&'a TimeZone>,
 }
 
 /// A subject's effective plan at `now`: its active subscription's plan, else the fallback
@@ -313,17 +330,20 @@ pub fn resolve<'a>(
     user_id: &str,
     now: Timestamp,
 ) -> Option<Resolved<'a>> {
+    let timezone = subscription.and_then(|s| s.timezone.as_ref());
     if let Some(sub) = subscription.filter(|s| s.is_active(now)) {
         if let Some(plan) = doc.plan(&sub.plan_id) {
             return Some(Resolved {
                 plan,
                 subscription: Some(sub),
+                timezone,
             });
         }
     }
     doc.fallback_plan(user_id).map(|plan| Resolved {
         plan,
         subscription: None,
+        timezone,
     })
 }
 
@@ -338,7 +358,7 @@ pub fn limit_window(
 ) -> Result<WindowBounds, WindowError> {
     match spec {
         WindowSpec::Calendar { period, timezone } => {
-            window::calendar_window(*period, timezone, now)
+            window::calendar_window(*period, resolved.timezone.unwrap_or(timezone), now)
         }
         WindowSpec::Subscription => match resolved.subscription {
             Some(sub) => window::subscription_window(sub.cycle_start, resolved.plan.billing, now),
@@ -414,5 +434,74 @@ mod tests {
         let rows = vec![view[0].clone(), changed];
         let view = history_view(rows, Some(&ended), after);
         assert_eq!(view.last().unwrap().kind, HistoryKind::Ended);
+    }
+
+    #[test]
+    fn the_subscriber_zone_is_kept_cleared_and_outlives_the_end() {
+        let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
+        let now = ts("2026-01-10T00:00:00Z");
+        let with_zone = UpsertRequest {
+            timezone: Some(Some(tokyo.clone())),
+            ..req("pro")
+        };
+        let sub = upsert(None, &with_zone, "sub_1", now).subscription;
+        assert_eq!(sub.timezone.as_ref(), Some(&tokyo));
+        // Not named: kept.
+        let kept = upsert(Some(&sub), &req("free"), "x", now).subscription;
+        assert_eq!(kept.timezone.as_ref(), Some(&tokyo));
+        // Ended, then started over without naming it: still kept.
+        let ended = Subscription {
+            ends_at: Some(now),
+            ..kept.clone()
+        };
+        let later = ts("2026-02-01T00:00:00Z");
+        let restarted = upsert(Some(&ended), &req("pro"), "x", later).subscription;
+        assert_eq!(restarted.timezone.as_ref(), Some(&tokyo));
+        // Null: cleared.
+        let clear = UpsertRequest {
+            timezone: Some(None),
+            ..req("pro")
+        };
+        let cleared = upsert(Some(&restarted), &clear, "x", later);
+        assert!(cleared.changed);
+        assert_eq!(cleared.subscription.timezone, None);
+    }
+
+    #[test]
+    fn calendar_windows_follow_the_subscriber_zone() {
+        let doc = PlanDocument {
+            default_plan: Some("free".into()),
+            anonymous_plan: None,
+            unmatched_events: crate::plan::UnmatchedEvents::Deny,
+            plans: vec![Plan {
+                id: "free".into(),
+                billing: BillingInterval {
+                    unit: crate::window::IntervalUnit::Month,
+                    count: 1,
+                },
+                seats: None,
+                limits: Vec::new(),
+            }],
+        };
+        let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
+        let at = ts("2026-01-10T16:00:00Z");
+        let sub = Subscription {
+            timezone: Some(tokyo),
+            ends_at: Some(ts("2026-01-01T00:00:00Z")),
+            ..upsert(None, &req("free"), "sub_1", ts("2025-12-01T00:00:00Z")).subscription
+        };
+        let day = WindowSpec::Calendar {
+            period: CalendarPeriod::Day,
+            timezone: TimeZone::UTC,
+        };
+        // Ended: the default plan applies, and the zone still does.
+        let resolved = resolve(&doc, Some(&sub), "u1", at).unwrap();
+        assert!(resolved.subscription.is_none());
+        let w = limit_window(&day, resolved, None, at).unwrap();
+        assert_eq!(w.start, ts("2026-01-10T15:00:00Z"));
+        assert_eq!(w.end, Some(ts("2026-01-11T15:00:00Z")));
+        let without = resolve(&doc, None, "u1", at).unwrap();
+        let w = limit_window(&day, without, None, at).unwrap();
+        assert_eq!(w.start, ts("2026-01-10T00:00:00Z"));
     }
 }

@@ -357,13 +357,15 @@ impl Store for PgStore {
         &self,
         env: EnvId,
         user_id: UserId,
+        plans: Arc<PlanDocument>,
         request: UpsertRequest,
         new_id: String,
         now: Timestamp,
     ) -> StoreResult<UpsertOutcome> {
         self.pool
             .run(move |tx| {
-                procedure::upsert_subscription(tx, env, &user_id, &request, &new_id, now)
+                let who = (&user_id, &*plans);
+                procedure::upsert_subscription(tx, env, who, &request, &new_id, now)
             })
             .await
     }

@@ -11,7 +11,8 @@ use postgres::Client;
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
 
 /// Each entry moves the schema one version up; never edit an entry that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value BYTEA NOT NULL
@@ -175,7 +176,12 @@ CREATE TABLE idempotency (
     PRIMARY KEY (env_id, scope, key)
 );
 CREATE INDEX idempotency_age ON idempotency (created_at_ms);
-"#];
+"#,
+    r#"
+-- 2: a subscriber's own time zone for calendar windows (IANA name; NULL: the limit's).
+ALTER TABLE subscriptions ADD COLUMN timezone TEXT;
+"#,
+];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.
 pub fn migrate(client: &mut Client) -> Result<usize, postgres::Error> {

@@ -165,7 +165,7 @@ impl MeteringTx for PgTx<'_, '_> {
     fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>> {
         let Some(r) = self.query_opt(
             "SELECT subscription_id, plan_id, status, cycle_start_ms, ends_at_ms, custom_limits,
-                    created_at_ms
+                    created_at_ms, timezone
              FROM subscriptions WHERE env_id = $1 AND subject = $2",
             &[&env.0, &subject],
         )?
@@ -183,6 +183,7 @@ impl MeteringTx for PgTx<'_, '_> {
             ends_at: r.get::<_, Option<i64>>(4).map(ts),
             custom_limits: serde_json::from_value(custom)
                 .map_err(|_| corrupt("custom limits", &shown))?,
+            timezone: stored_zone(r.get::<_, Option<&str>>(7)),
             created_at: ts(r.get(6)),
         }))
     }
@@ -197,13 +198,13 @@ impl MeteringTx for PgTx<'_, '_> {
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         self.execute(
             "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
-                 cycle_start_ms, ends_at_ms, custom_limits, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 cycle_start_ms, ends_at_ms, custom_limits, created_at_ms, timezone)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (env_id, subject) DO UPDATE SET
                  subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
                  status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
                  ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
-                 created_at_ms = excluded.created_at_ms",
+                 created_at_ms = excluded.created_at_ms, timezone = excluded.timezone",
             &[
                 &env.0,
                 &subject,
@@ -214,6 +215,7 @@ impl MeteringTx for PgTx<'_, '_> {
                 &s.ends_at.map(ms),
                 &custom,
                 &ms(s.created_at),
+                &zone_name(s.timezone.as_ref()),
             ],
         )
         .map(|_| ())

@@ -428,6 +428,7 @@ impl Store for SqliteStore {
         &self,
         env: EnvId,
         user_id: UserId,
+        plans: Arc<PlanDocument>,
         request: UpsertRequest,
         new_id: String,
         now: Timestamp,
@@ -437,7 +438,7 @@ impl Store for SqliteStore {
                 procedure::upsert_subscription(
                     &mut SqliteTx(c),
                     env,
-                    &user_id,
+                    (&user_id, &plans),
                     &request,
                     &new_id,
                     now,

@@ -6,7 +6,8 @@
 use rusqlite::Connection;
 
 /// Each entry moves the schema one version up; never edit an entry that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -168,7 +169,12 @@ CREATE TABLE idempotency (
     PRIMARY KEY (env_id, scope, key)
 );
 CREATE INDEX idempotency_age ON idempotency (created_at_ms);
-"#];
+"#,
+    r#"
+-- 2: a subscriber's own time zone for calendar windows (IANA name; NULL: the limit's).
+ALTER TABLE subscriptions ADD COLUMN timezone TEXT;
+"#,
+];
 
 /// Brings the database to the newest schema version, each step in its own transaction.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -70,7 +70,7 @@ impl MeteringTx for SqliteTx<'_> {
             .0
             .prepare_cached(
                 "SELECT subscription_id, plan_id, status, cycle_start_ms, ends_at_ms,
-                        custom_limits, created_at_ms
+                        custom_limits, created_at_ms, timezone
                  FROM subscriptions WHERE env_id = ?1 AND subject = ?2",
             )
             .and_then(|mut s| {
@@ -83,12 +83,13 @@ impl MeteringTx for SqliteTx<'_> {
                         r.get::<_, Option<i64>>(4)?,
                         r.get::<_, String>(5)?,
                         r.get::<_, i64>(6)?,
+                        r.get::<_, Option<String>>(7)?,
                     ))
                 })
                 .optional()
             })
             .map_err(internal)?;
-        let Some((id, plan_id, status, start, ends, custom, created)) = row else {
+        let Some((id, plan_id, status, start, ends, custom, created, zone)) = row else {
             return Ok(None);
         };
         let custom_limits: BTreeMap<String, u64> =
@@ -100,6 +101,7 @@ impl MeteringTx for SqliteTx<'_> {
             cycle_start: ts(start),
             ends_at: ends.map(ts),
             custom_limits,
+            timezone: stored_zone(zone.as_deref()),
             created_at: ts(created),
         }))
     }
@@ -115,13 +117,13 @@ impl MeteringTx for SqliteTx<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
-                     cycle_start_ms, ends_at_ms, custom_limits, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     cycle_start_ms, ends_at_ms, custom_limits, created_at_ms, timezone)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (env_id, subject) DO UPDATE SET
                      subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
                      status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
                      ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
-                     created_at_ms = excluded.created_at_ms",
+                     created_at_ms = excluded.created_at_ms, timezone = excluded.timezone",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -133,7 +135,8 @@ impl MeteringTx for SqliteTx<'_> {
                     ms(s.cycle_start),
                     s.ends_at.map(ms),
                     custom,
-                    ms(s.created_at)
+                    ms(s.created_at),
+                    zone_name(s.timezone.as_ref()),
                 ])
             })
             .map(|_| ())

@@ -541,17 +541,38 @@ pub async fn subscriptions_upsert_cancel_and_history(store: Arc<dyn Store>) {
     };
     let u = user("u1");
     let created = store
-        .upsert_subscription(env, u.clone(), req("free"), "sub_1".into(), now)
+        .upsert_subscription(
+            env,
+            u.clone(),
+            plans.clone(),
+            req("free"),
+            "sub_1".into(),
+            now,
+        )
         .await
         .expect("upsert");
     assert!(created.changed);
     let same = store
-        .upsert_subscription(env, u.clone(), req("free"), "sub_2".into(), now)
+        .upsert_subscription(
+            env,
+            u.clone(),
+            plans.clone(),
+            req("free"),
+            "sub_2".into(),
+            now,
+        )
         .await
         .expect("upsert");
     assert!(!same.changed);
     store
-        .upsert_subscription(env, u.clone(), req("pro"), "sub_3".into(), now)
+        .upsert_subscription(
+            env,
+            u.clone(),
+            plans.clone(),
+            req("pro"),
+            "sub_3".into(),
+            now,
+        )
         .await
         .expect("upsert");
     let sub = store

@@ -468,11 +468,13 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize>;
 
     // ---- subscriptions
-    /// Upserts a user's subscription (the plan was checked to exist).
+    /// Upserts a user's subscription (the plan was checked to exist in `plans`, the document in
+    /// force, whose calendar limits a time zone change moves to new windows).
     async fn upsert_subscription(
         &self,
         env: EnvId,
         user_id: UserId,
+        plans: Arc<PlanDocument>,
         request: UpsertRequest,
         new_id: String,
         now: Timestamp,

@@ -13,11 +13,23 @@
 //! every procedure locks subjects first and in one global order, none can deadlock another.
 
 use crate::*;
+use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use tollgate_core::decision::{self, CounterState, DenyReason, LimitCheck, SettleInput};
 use tollgate_core::input::{EventName, IDEMPOTENCY_RETENTION_SECONDS};
 use tollgate_core::plan::{Limit, UnmatchedEvents, WindowSpec};
 use tollgate_core::subscription::{self, Resolved};
+
+/// A subscriber's time zone as stored: its IANA name.
+pub fn zone_name(tz: Option<&TimeZone>) -> Option<&str> {
+    tz.and_then(TimeZone::iana_name)
+}
+
+/// A stored time zone name back as a zone. A name this build's time zone database no longer
+/// knows (zones are renamed, rarely removed) reads as none, so the limits' own zones apply.
+pub fn stored_zone(name: Option<&str>) -> Option<TimeZone> {
+    name.and_then(|n| TimeZone::get(n).ok())
+}
 
 /// The counter key of a user's own limits.
 pub fn user_subject(user_id: &str) -> String {
@@ -769,6 +781,31 @@ fn held_counters(holds: &[HoldRow], plans: &PlanDocument) -> Vec<(Counter, u64)>
         .collect()
 }
 
+/// Held counters as a read would show them now. A reservation settles on the terms it was
+/// admitted under (the quota stored with each hold), but its answer shows the quota in force,
+/// which a plan change or a custom limit may have moved since. A limit the plan in force no
+/// longer has keeps its stored quota.
+fn quotas_in_force(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    (user_id, plans): (&str, &PlanDocument),
+    held: &mut [(Counter, u64)],
+    now: Timestamp,
+) -> StoreResult<()> {
+    let sub = tx.subscription(env, &user_subject(user_id))?;
+    let Some(resolved) = subscription::resolve(plans, sub.as_ref(), user_id, now) else {
+        return Ok(());
+    };
+    for (c, _) in held.iter_mut() {
+        if let Some(l) = resolved.plan.limits.iter().find(|l| l.id == c.key.limit_id) {
+            c.quota = resolved
+                .subscription
+                .map_or(l.quota, |s| s.quota(&l.id, l.quota));
+        }
+    }
+    Ok(())
+}
+
 /// Locks the subjects of a reservation (its user and every subject it holds on), then reads
 /// it again under the locks (unless the backend has a single writer, where nothing can have
 /// changed). The holds read before the locks stay true: a reservation's holds are written
@@ -879,8 +916,9 @@ fn still_pending(
 pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<CommitOutcome> {
     let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
     let (r, holds) = lock_reservation(tx, env, id)?;
-    let held = held_counters(&holds, &cmd.plans);
+    let mut held = held_counters(&holds, &cmd.plans);
     if r.status == ReservationStatus::Committed {
+        quotas_in_force(tx, env, (&r.user_id, &cmd.plans), &mut held, now)?;
         return Ok(CommitOutcome {
             reservation_id: id.to_string(),
             quantity: r.final_quantity.unwrap_or(r.quantity),
@@ -933,6 +971,7 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
             ..reservation_event(&r, "committed")
         },
     )?;
+    quotas_in_force(tx, env, (&r.user_id, &cmd.plans), &mut held, now)?;
     let limits = held
         .iter()
         .zip(loaded)
@@ -957,7 +996,7 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
 pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<ReleaseOutcome> {
     let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
     let (r, holds) = lock_reservation(tx, env, id)?;
-    let created_at = r.created_at;
+    let (created_at, user_id) = (r.created_at, r.user_id.clone());
     if r.status != ReservationStatus::Released {
         let r = still_pending(tx, env, r, now)?;
         tx.finish_reservation(env, id, ReservationStatus::Released, None, None)?;
@@ -971,7 +1010,8 @@ pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<Re
             },
         )?;
     }
-    let held = held_counters(&holds, &cmd.plans);
+    let mut held = held_counters(&holds, &cmd.plans);
+    quotas_in_force(tx, env, (&user_id, &cmd.plans), &mut held, now)?;
     Ok(ReleaseOutcome {
         reservation_id: id.to_string(),
         limits: render_held(tx, env, &held, created_at, now)?,
@@ -1239,7 +1279,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
 pub fn upsert_subscription(
     tx: &mut impl MeteringTx,
     env: EnvId,
-    user_id: &UserId,
+    (user_id, plans): (&UserId, &PlanDocument),
     request: &UpsertRequest,
     new_id: &str,
     now: Timestamp,
@@ -1249,12 +1289,62 @@ pub fn upsert_subscription(
     let current = tx.subscription(env, &subject)?;
     let outcome = subscription::upsert(current.as_ref(), request, new_id, now);
     if outcome.changed {
+        let before = current.as_ref().and_then(|s| s.timezone.as_ref());
+        if before != outcome.subscription.timezone.as_ref() {
+            let subs = (current.as_ref(), &outcome.subscription);
+            carry_across_zone_change(tx, env, plans, (user_id, &subject), subs, now)?;
+        }
         tx.write_subscription(env, &subject, &outcome.subscription)?;
     }
     for h in &outcome.history {
         tx.append_history(env, &subject, h)?;
     }
     Ok(outcome)
+}
+
+/// A counter of a calendar limit is keyed by its window's start, so when a subscriber's time
+/// zone changes, each calendar window they are in changes too. The window entered counts at
+/// least what the window being left counts (used, and held by pending reservations, whose
+/// commits still go to it), so a zone change never resets a window's usage; changing back
+/// and forth never counts less than the window of the moment holds. Usage counted only in an
+/// earlier window of the old zone stays there (moving it would need each event's time).
+fn carry_across_zone_change(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    plans: &PlanDocument,
+    (user_id, subject): (&UserId, &str),
+    (before, after): (Option<&Subscription>, &Subscription),
+    now: Timestamp,
+) -> StoreResult<()> {
+    let user = user_id.as_str();
+    let (Some(old), Some(new)) = (
+        subscription::resolve(plans, before, user, now),
+        subscription::resolve(plans, Some(after), user, now),
+    ) else {
+        return Ok(());
+    };
+    for limit in &new.plan.limits {
+        if limit.kind == LimitKind::Concurrency
+            || !matches!(limit.window, WindowSpec::Calendar { .. })
+        {
+            continue;
+        }
+        let from = counter_for(tx, env, limit, old, subject, now)?;
+        let to = counter_for(tx, env, limit, new, subject, now)?;
+        if from.key == to.key {
+            continue;
+        }
+        let left = load(tx, env, &from, now, now)?.state;
+        let entered = load(tx, env, &to, now, now)?.state;
+        let counted = left.used.saturating_add(left.reserved);
+        if let (Some(more), CounterWindow::Fixed { end, .. }) = (
+            counted.checked_sub(entered.used).filter(|&n| n > 0),
+            &to.window,
+        ) {
+            tx.add_used(env, &to.key, *end, more)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn cancel_subscription(

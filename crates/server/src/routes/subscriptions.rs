@@ -94,6 +94,7 @@ pub async fn upsert(
         .upsert_subscription(
             caller.auth.env,
             user_id.clone(),
+            plans.document.clone(),
             request,
             new_id(SUBSCRIPTION_PREFIX),
             caller.now,
