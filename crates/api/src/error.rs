@@ -39,6 +39,7 @@ pub enum ErrorCode {
     ReservationNotPending,
     IdempotencyConflict,
     AlreadyCanceled,
+    AlreadyIdentified,
     SeatLimitReached,
     InvalidSignature,
     PayloadTooLarge,
@@ -49,7 +50,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidKey,
         ErrorCode::RequiresSecretKey,
@@ -59,6 +60,7 @@ impl ErrorCode {
         ErrorCode::ReservationNotPending,
         ErrorCode::IdempotencyConflict,
         ErrorCode::AlreadyCanceled,
+        ErrorCode::AlreadyIdentified,
         ErrorCode::SeatLimitReached,
         ErrorCode::InvalidSignature,
         ErrorCode::PayloadTooLarge,
@@ -79,6 +81,7 @@ impl ErrorCode {
             ErrorCode::ReservationNotPending => "reservation_not_pending",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::AlreadyCanceled => "already_canceled",
+            ErrorCode::AlreadyIdentified => "already_identified",
             ErrorCode::SeatLimitReached => "seat_limit_reached",
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::PayloadTooLarge => "payload_too_large",

@@ -25,6 +25,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::ReservationNotPending => StatusCode::CONFLICT,
         ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
         ErrorCode::AlreadyCanceled => StatusCode::CONFLICT,
+        ErrorCode::AlreadyIdentified => StatusCode::CONFLICT,
         ErrorCode::SeatLimitReached => StatusCode::CONFLICT,
         ErrorCode::InvalidSignature => StatusCode::BAD_REQUEST,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -59,6 +60,9 @@ pub enum ApiError {
     IdempotencyConflict,
     #[error("subscription has already ended")]
     AlreadyCanceled,
+    /// The user the anonymous id already stands for.
+    #[error("the anonymous id already stands for user {0}")]
+    AlreadyIdentified(String),
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -98,6 +102,7 @@ impl ApiError {
             ApiError::ReservationNotPending(_) => ErrorCode::ReservationNotPending,
             ApiError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
             ApiError::AlreadyCanceled => ErrorCode::AlreadyCanceled,
+            ApiError::AlreadyIdentified(_) => ErrorCode::AlreadyIdentified,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::Unavailable(_) | ApiError::DeadlinePassed => ErrorCode::Unavailable,
@@ -144,6 +149,10 @@ impl ApiError {
                 "this idempotencyKey was already used with a different request".to_string()
             }
             ApiError::AlreadyCanceled => "the subscription has already ended".to_string(),
+            ApiError::AlreadyIdentified(user) => format!(
+                "this anonymous id was already identified as user {user:?}; an anonymous id \
+                 stands for one user"
+            ),
             ApiError::PayloadTooLarge => format!(
                 "the request body is over {} bytes",
                 crate::REQUEST_BODY_BYTES_MAX
@@ -198,6 +207,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotPending { status } => ApiError::ReservationNotPending(status),
             StoreError::IdempotencyConflict => ApiError::IdempotencyConflict,
             StoreError::AlreadyCanceled => ApiError::AlreadyCanceled,
+            StoreError::AlreadyIdentified { user_id } => ApiError::AlreadyIdentified(user_id),
             StoreError::Invalid { field, message } => ApiError::invalid(field, message),
             StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
             // Every id the server creates is fresh, so a clash is a bug.

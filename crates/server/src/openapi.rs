@@ -41,6 +41,7 @@ impl Modify for BearerAuth {
         metering::get_reservation,
         metering::track,
         metering::check,
+        metering::identify,
         metering::usage,
         plans::put_plans,
         plans::get_plans,

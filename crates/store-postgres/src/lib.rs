@@ -339,6 +339,10 @@ impl Store for PgStore {
         self.pool.run(move |tx| procedure::track(tx, &cmd)).await
     }
 
+    async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
+        self.pool.run(move |tx| procedure::identify(tx, &cmd)).await
+    }
+
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
         self.pool.run(move |tx| procedure::check(tx, &cmd)).await
     }

@@ -181,6 +181,19 @@ CREATE INDEX idempotency_age ON idempotency (created_at_ms);
 -- 2: a subscriber's own time zone for calendar windows (IANA name; NULL: the limit's).
 ALTER TABLE subscriptions ADD COLUMN timezone TEXT;
 "#,
+    r#"
+-- 3: anonymous ids identified as users (POST /v1/identify), and the anonymous id an event
+-- was recorded under before it moved to its user.
+CREATE TABLE aliases (
+    env_id BIGINT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, anonymous_id)
+);
+CREATE INDEX aliases_user ON aliases (env_id, user_id);
+ALTER TABLE events ADD COLUMN anonymous_id TEXT;
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

@@ -593,6 +593,76 @@ impl MeteringTx for PgTx<'_, '_> {
         .map(|_| ())
     }
 
+    fn alias(&mut self, env: EnvId, anonymous_id: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .query_opt(
+                "SELECT user_id FROM aliases WHERE env_id = $1 AND anonymous_id = $2",
+                &[&env.0, &anonymous_id],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn insert_alias(
+        &mut self,
+        env: EnvId,
+        anonymous_id: &str,
+        user_id: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.execute(
+            "UPDATE aliases SET user_id = $3 WHERE env_id = $1 AND user_id = $2",
+            &[&env.0, &anonymous_id, &user_id],
+        )?;
+        self.execute(
+            "INSERT INTO aliases (env_id, anonymous_id, user_id, created_at_ms)
+             VALUES ($1, $2, $3, $4)",
+            &[&env.0, &anonymous_id, &user_id, &ms(at)],
+        )
+        .map(|_| ())
+    }
+
+    fn merge_limit(&mut self, env: EnvId, limit_id: &str, from: &str, to: &str) -> StoreResult<()> {
+        let params: Params<'_> = &[&env.0, &limit_id, &from, &to];
+        self.execute(
+            "INSERT INTO counters (env_id, limit_id, subject, window_key, window_end_ms, used)
+             SELECT env_id, limit_id, $4, window_key, window_end_ms, used FROM counters
+             WHERE env_id = $1 AND limit_id = $2 AND subject = $3
+             ON CONFLICT (env_id, subject, limit_id, window_key)
+             DO UPDATE SET used = counters.used + excluded.used",
+            params,
+        )?;
+        self.execute(
+            "DELETE FROM counters WHERE env_id = $1 AND limit_id = $2 AND subject = $3
+             AND $4::text IS NOT NULL",
+            params,
+        )?;
+        self.execute(
+            "UPDATE rolling_usage SET subject = $4
+             WHERE env_id = $1 AND limit_id = $2 AND subject = $3",
+            params,
+        )?;
+        self.execute(
+            "UPDATE reservation_limits SET subject = $4
+             WHERE env_id = $1 AND limit_id = $2 AND subject = $3 AND held > 0",
+            params,
+        )
+        .map(|_| ())
+    }
+
+    fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64> {
+        let moved = self.execute(
+            "UPDATE events SET user_id = $3, anonymous_id = $2
+             WHERE env_id = $1 AND user_id = $2",
+            &[&env.0, &from, &to],
+        )?;
+        self.execute(
+            "UPDATE reservations SET user_id = $3
+             WHERE env_id = $1 AND user_id = $2 AND status = 'pending'",
+            &[&env.0, &from, &to],
+        )?;
+        Ok(moved)
+    }
+
     fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()> {
         self.execute(
             "DELETE FROM idempotency WHERE created_at_ms < $1",

@@ -406,6 +406,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
+        self.writer
+            .execute(move |c| procedure::identify(&mut SqliteTx(c), &cmd))
+            .await
+    }
+
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
         self.readers
             .read(move |c| procedure::check(&mut SqliteTx(c), &cmd))

@@ -613,6 +613,82 @@ impl MeteringTx for SqliteTx<'_> {
             .map_err(internal)
     }
 
+    fn alias(&mut self, env: EnvId, anonymous_id: &str) -> StoreResult<Option<String>> {
+        self.0
+            .prepare_cached("SELECT user_id FROM aliases WHERE env_id = ?1 AND anonymous_id = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![env.0, anonymous_id], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(internal)
+    }
+
+    fn insert_alias(
+        &mut self,
+        env: EnvId,
+        anonymous_id: &str,
+        user_id: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        for sql in [
+            "UPDATE aliases SET user_id = ?3 WHERE env_id = ?1 AND user_id = ?2",
+            "INSERT INTO aliases (env_id, anonymous_id, user_id, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+        ] {
+            let n = sql.matches('?').count();
+            self.0
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    let all: [&dyn rusqlite::ToSql; 4] = [&env.0, &anonymous_id, &user_id, &ms(at)];
+                    s.execute(&all[..n])
+                })
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn merge_limit(&mut self, env: EnvId, limit_id: &str, from: &str, to: &str) -> StoreResult<()> {
+        for sql in [
+            // `WHERE true` lets SQLite read ON CONFLICT as the upsert clause, not a join's.
+            "INSERT INTO counters (env_id, limit_id, subject, window_key, window_end_ms, used)
+             SELECT env_id, limit_id, ?4, window_key, window_end_ms, used FROM counters
+             WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND true
+             ON CONFLICT (env_id, limit_id, subject, window_key)
+             DO UPDATE SET used = used + excluded.used",
+            "DELETE FROM counters WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3
+             AND ?4 IS NOT NULL",
+            "UPDATE rolling_usage SET subject = ?4
+             WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3",
+            "UPDATE reservation_limits SET subject = ?4
+             WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND held > 0",
+        ] {
+            self.0
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![env.0, limit_id, from, to]))
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64> {
+        let moved = self
+            .0
+            .prepare_cached(
+                "UPDATE events SET user_id = ?3, anonymous_id = ?2
+                 WHERE env_id = ?1 AND user_id = ?2",
+            )
+            .and_then(|mut s| s.execute(params![env.0, from, to]))
+            .map_err(internal)?;
+        self.0
+            .prepare_cached(
+                "UPDATE reservations SET user_id = ?3
+                 WHERE env_id = ?1 AND user_id = ?2 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![env.0, from, to]))
+            .map_err(internal)?;
+        Ok(moved as u64)
+    }
+
     fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()> {
         self.0
             .prepare_cached("DELETE FROM idempotency WHERE created_at_ms < ?1")

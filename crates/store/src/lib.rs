@@ -367,6 +367,28 @@ pub struct UsageOutcome {
     pub limits: Vec<LimitState>,
 }
 
+/// `POST /v1/identify`: the anonymous subject `anonymous_id` becomes `user_id`.
+#[derive(Debug, Clone)]
+pub struct IdentifyCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    /// The document in force: its limit ids name the counters to merge.
+    pub plans: Arc<PlanDocument>,
+    pub anonymous_id: UserId,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifyOutcome {
+    /// The user the anonymous id now stands for (`user_id`, or the user `user_id` itself was
+    /// merged into).
+    pub user_id: String,
+    /// False when this anonymous id already stood for that user (nothing changed).
+    pub merged: bool,
+    /// Usage events moved from the anonymous id to the user.
+    pub events_merged: u64,
+}
+
 /// A stored plan document: the JSON text as applied, and its version (1, 2, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPlans {
@@ -396,6 +418,9 @@ pub enum StoreError {
     IdempotencyConflict,
     #[error("subscription has already ended")]
     AlreadyCanceled,
+    /// An identify of an anonymous id that already stands for another user.
+    #[error("the anonymous id already stands for user {user_id}")]
+    AlreadyIdentified { user_id: String },
     #[error("already exists")]
     AlreadyExists,
     /// A request that is well-formed but cannot apply (e.g. merged metadata over its cap).
@@ -462,6 +487,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<ReservationView>;
     async fn track(&self, cmd: TrackCommand) -> StoreResult<Idempotent<TrackOutcome>>;
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome>;
+    /// Merges an anonymous subject into a user: usage, pending holds and events move to the
+    /// user, and the anonymous id stands for the user from then on. Idempotent.
+    async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome>;
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome>;
     /// Expires pending reservations past their expiry, in every environment (each by its own
     /// clock: `real_now` plus its offset), at most [`SWEEP_BATCH_MAX`]; returns how many.

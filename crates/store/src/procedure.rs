@@ -256,6 +256,24 @@ pub trait MeteringTx {
         key: &str,
         row: &IdempotencyRow,
     ) -> StoreResult<()>;
+    /// The user an anonymous id stands for, if it was identified (`POST /v1/identify`).
+    fn alias(&mut self, env: EnvId, anonymous_id: &str) -> StoreResult<Option<String>>;
+    /// Records that `anonymous_id` stands for `user_id` from now on, and re-points every alias
+    /// that stood for `anonymous_id` itself (so an alias is never a chain).
+    fn insert_alias(
+        &mut self,
+        env: EnvId,
+        anonymous_id: &str,
+        user_id: &str,
+        at: Timestamp,
+    ) -> StoreResult<()>;
+    /// Moves one limit's usage from subject `from` to subject `to`: its counters are added to
+    /// `to`'s of the same windows (then deleted), its rolling usage and its pending holds
+    /// change subject.
+    fn merge_limit(&mut self, env: EnvId, limit_id: &str, from: &str, to: &str) -> StoreResult<()>;
+    /// Moves the usage events and pending reservations of user `from` to user `to`; each moved
+    /// event keeps `from` as its anonymous id. Returns how many events moved.
+    fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64>;
     /// Forgets idempotency records created before `before`.
     fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()>;
     /// Pending reservations due at `real_now` (each environment by its own clock), at most
@@ -613,10 +631,130 @@ fn idempotently<T, Tx: MeteringTx>(
     Ok(Idempotent::Fresh(outcome))
 }
 
+/// The user an identified anonymous id stands for.
+fn alias_of(tx: &mut impl MeteringTx, env: EnvId, id: &UserId) -> StoreResult<Option<UserId>> {
+    tx.alias(env, id.as_str())?
+        .map(|u| UserId::parse(u).map_err(|e| StoreError::Internal(format!("alias: {e}"))))
+        .transpose()
+}
+
+/// The user a metering call is for: an anonymous id merged into a user stands for that user.
+/// On a backend with several writers the alias is read under the given id's subject lock,
+/// since an identify may commit at any moment before it (and the user's subject is then
+/// locked too).
+fn for_user(tx: &mut impl MeteringTx, env: EnvId, given: &UserId) -> StoreResult<Option<UserId>> {
+    if !tx.single_writer() {
+        tx.lock_subjects(env, &[&user_subject(given.as_str())])?;
+    }
+    let user = alias_of(tx, env, given)?;
+    if let (Some(u), false) = (&user, tx.single_writer()) {
+        tx.lock_subjects(env, &[&user_subject(u.as_str())])?;
+    }
+    Ok(user)
+}
+
+/// A command that names the user it is for.
+trait ForUser: Clone {
+    fn user(&mut self) -> &mut UserId;
+}
+
+macro_rules! for_user_field {
+    ($($t:ty),*) => {$(
+        impl ForUser for $t {
+            fn user(&mut self) -> &mut UserId {
+                &mut self.user_id
+            }
+        }
+    )*};
+}
+for_user_field!(ReserveCommand, TrackCommand, CheckCommand, UsageQuery);
+
+/// Whether a command writes (its alias is read under the subject locks) or only reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Write,
+    Read,
+}
+
+/// `cmd` as it applies: for the user its anonymous id stands for, if it was identified (a
+/// copy only then).
+fn resolved_cmd<'c, C: ForUser>(
+    tx: &mut impl MeteringTx,
+    (env, access): (EnvId, Access),
+    cmd: &'c C,
+    given: &UserId,
+) -> StoreResult<std::borrow::Cow<'c, C>> {
+    let user = match access {
+        Access::Write => for_user(tx, env, given)?,
+        Access::Read => alias_of(tx, env, given)?,
+    };
+    Ok(match user {
+        Some(u) => {
+            let mut c = cmd.clone();
+            *c.user() = u;
+            std::borrow::Cow::Owned(c)
+        }
+        None => std::borrow::Cow::Borrowed(cmd),
+    })
+}
+
+/// Merges an anonymous subject into a user (`POST /v1/identify`); see [`Store::identify`].
+pub fn identify(tx: &mut impl MeteringTx, cmd: &IdentifyCommand) -> StoreResult<IdentifyOutcome> {
+    let env = cmd.env;
+    let (anon, given) = (cmd.anonymous_id.as_str(), cmd.user_id.as_str());
+    // The target may itself be an identified anonymous id: merge into the user it stands for.
+    let mut subjects = [user_subject(anon), user_subject(given)];
+    subjects.sort();
+    let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
+    tx.lock_subjects(env, &refs)?;
+    let target = tx.alias(env, given)?.unwrap_or_else(|| given.to_string());
+    if target == anon {
+        return Err(StoreError::Invalid {
+            field: "userId".into(),
+            message: "names the anonymous id itself (or a user merged into it)".into(),
+        });
+    }
+    if target != given {
+        tx.lock_subjects(env, &[&user_subject(&target)])?;
+    }
+    match tx.alias(env, anon)? {
+        Some(user) if user == target => {
+            return Ok(IdentifyOutcome {
+                user_id: target,
+                merged: false,
+                events_merged: 0,
+            })
+        }
+        Some(user_id) => return Err(StoreError::AlreadyIdentified { user_id }),
+        None => {}
+    }
+    let (from, to) = (user_subject(anon), user_subject(&target));
+    let mut limit_ids: Vec<&str> = cmd
+        .plans
+        .plans
+        .iter()
+        .flat_map(|p| &p.limits)
+        .map(|l| l.id.as_str())
+        .collect();
+    limit_ids.sort_unstable();
+    limit_ids.dedup();
+    for id in limit_ids {
+        tx.merge_limit(env, id, &from, &to)?;
+    }
+    let events_merged = tx.reattribute(env, anon, &target)?;
+    tx.insert_alias(env, anon, &target, cmd.now)?;
+    Ok(IdentifyOutcome {
+        user_id: target,
+        merged: true,
+        events_merged,
+    })
+}
+
 pub fn reserve(
     tx: &mut impl MeteringTx,
     cmd: &ReserveCommand,
 ) -> StoreResult<Idempotent<ReserveOutcome>> {
+    let cmd = &*resolved_cmd(tx, (cmd.env, Access::Write), cmd, &cmd.user_id)?;
     let scope = ("reserve", cmd.idempotency.as_ref());
     idempotently(
         tx,
@@ -1081,6 +1219,7 @@ pub fn track(
     tx: &mut impl MeteringTx,
     cmd: &TrackCommand,
 ) -> StoreResult<Idempotent<TrackOutcome>> {
+    let cmd = &*resolved_cmd(tx, (cmd.env, Access::Write), cmd, &cmd.user_id)?;
     let scope = ("track", cmd.idempotency.as_ref());
     idempotently(
         tx,
@@ -1204,6 +1343,7 @@ fn track_decide(
 
 /// Decides as reserve would, without holding or recording anything.
 pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckOutcome> {
+    let cmd = &*resolved_cmd(tx, (cmd.env, Access::Read), cmd, &cmd.user_id)?;
     let (env, now) = (cmd.env, cmd.now);
     let subject = user_subject(cmd.user_id.as_str());
     let sub = tx.subscription(env, &subject)?;
@@ -1245,6 +1385,7 @@ pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckO
 
 /// Every limit of the user's effective plan (or those whose rules name `event`), now.
 pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutcome> {
+    let q = &*resolved_cmd(tx, (q.env, Access::Read), q, &q.user_id)?;
     let (env, now) = (q.env, q.now);
     let subject = user_subject(q.user_id.as_str());
     let sub = tx.subscription(env, &subject)?;

@@ -19,8 +19,8 @@ use tollgate_api as wire;
 use tollgate_api::Subject;
 use tollgate_core::input::StoredText;
 use tollgate_store::{
-    CheckCommand, CommitCommand, ExtendCommand, Idempotency, Idempotent, ReleaseCommand,
-    ReserveCommand, TrackCommand, UsageQuery,
+    CheckCommand, CommitCommand, ExtendCommand, Idempotency, Idempotent, IdentifyCommand,
+    ReleaseCommand, ReserveCommand, TrackCommand, UsageQuery,
 };
 use utoipa::IntoParams;
 
@@ -323,6 +323,43 @@ pub async fn check(
         .metrics
         .observe_decision(Operation::Check, outcome.allowed, &outcome.reasons);
     Ok(Json(render::check_response(&outcome)))
+}
+
+/// An anonymous visitor became a user: their usage in the current windows counts for the
+/// user from now on, their events move to the user, and later calls with the anonymous id
+/// are the user's. Idempotent.
+#[utoipa::path(
+    post, path = "/v1/identify", tag = "metering",
+    request_body = wire::IdentifyRequest,
+    responses(
+        (status = 200, body = wire::IdentifyResponse),
+        (status = 400, body = wire::ErrorBody),
+        (status = 409, description = "already_identified: the anonymous id stands for another user", body = wire::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn identify(
+    State(state): State<AppState>,
+    SecretKey(caller): SecretKey,
+    ApiJson(body): ApiJson<wire::IdentifyRequest>,
+) -> Result<Json<wire::IdentifyResponse>, ApiError> {
+    let input = body.parse()?;
+    let plans = state.plans.get(&*state.store, caller.auth.env).await?;
+    let outcome = state
+        .store
+        .identify(IdentifyCommand {
+            env: caller.auth.env,
+            now: caller.now,
+            plans: plans.document.clone(),
+            anonymous_id: input.anonymous_id,
+            user_id: input.user_id,
+        })
+        .await?;
+    Ok(Json(wire::IdentifyResponse {
+        user_id: outcome.user_id,
+        merged: outcome.merged,
+        events_merged: outcome.events_merged,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
