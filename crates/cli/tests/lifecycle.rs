@@ -681,3 +681,93 @@ async fn cancel_at_an_explicit_timestamp() {
     let (rows, types) = history_rows(&c, "u3").await;
     assert_eq!(types, vec!["created", "canceled"], "{rows:?}");
 }
+
+/// `subscription` windows: the billing cycle for a subscriber, the calendar month for a user
+/// on the default plan. Starting, cancelling and restarting a subscription move the user to
+/// another window, and none of them gives back usage; only a renewal starts afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscription_windows_carry_usage_across_upgrade_cancel_and_restart() {
+    let cycle = || json!({"type": "subscription"});
+    let (_s, c) = TestServer::with_plans(json!({
+        "defaultPlan": "free",
+        "plans": [
+            {"id": "free", "limits": [limit_on("images_cycle", 5, cycle(), "image.*")]},
+            {"id": "pro", "limits": [limit_on("images_cycle", 50, cycle(), "image.*")]},
+        ]
+    }))
+    .await;
+    let noon = c.advance_to_next_utc_hour(12).await;
+    let r = assert_allowed(&reserve_images(&c, "u1", 4).await, "free");
+    c.commit(&r, json!({})).await.ok();
+    let l = c.limit_state("u1", "images_cycle").await;
+    assert_counts(&l, 5, 4, 0);
+    let month_start = unix_month_start(noon);
+    assert_ts(
+        &l["windowStart"],
+        month_start,
+        "default plan: the calendar month",
+    );
+
+    // Upgrade: the cycle starts now, and the month's 4 come along.
+    c.subscribe(json!({"userId": "u1", "planId": "pro"}))
+        .await
+        .ok();
+    let l = c.limit_state("u1", "images_cycle").await;
+    assert_counts(&l, 50, 4, 0);
+    assert_ts_near(
+        &l["windowStart"],
+        noon,
+        5,
+        "pro's cycle starts at the upgrade",
+    );
+    let r = assert_allowed(&reserve_images(&c, "u1", 10).await, "pro");
+    c.commit(&r, json!({})).await.ok();
+
+    // Cancel now: back on free's calendar month, which counts at least pro's 14.
+    c.cancel(json!({"userId": "u1", "at": "now"})).await.ok();
+    let l = c.limit_state("u1", "images_cycle").await;
+    assert_counts(&l, 5, 14, 0);
+    assert_eq!(l["remaining"], 0);
+    assert_denied(
+        &reserve_images(&c, "u1", 1).await,
+        "free",
+        &["limit_reached"],
+        &["images_cycle"],
+    );
+
+    // Starting over after the end: a new cycle from now, still counting the 14.
+    c.advance_clock(60).await;
+    c.subscribe(json!({"userId": "u1", "planId": "pro"}))
+        .await
+        .ok();
+    assert_counts(&c.limit_state("u1", "images_cycle").await, 50, 14, 0);
+
+    // A renewal (a later cycleStart, as a biller sends on the billing date) starts afresh.
+    c.advance_clock(3600).await;
+    let now = c.now().await;
+    let s = c
+        .subscribe(json!({"userId": "u1", "planId": "pro", "cycleStart": fmt_ts(now)}))
+        .await
+        .ok();
+    assert_eq!(s["changed"], true);
+    let l = c.limit_state("u1", "images_cycle").await;
+    assert_counts(&l, 50, 0, 0);
+    assert_ts(&l["windowStart"], now, "the renewed cycle");
+    let h = c.history("u1").await.ok();
+    let kinds: Vec<&str> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["created", "canceled", "reactivated", "renewed"]);
+}
+
+/// The first instant of the UTC calendar month containing `t` (seconds).
+fn unix_month_start(t: i64) -> i64 {
+    let d = jiff::Timestamp::from_second(t)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    unix(i64::from(d.year()), i64::from(d.month()), 1, 0, 0, 0)
+}

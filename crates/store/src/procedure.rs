@@ -1430,11 +1430,12 @@ pub fn upsert_subscription(
     let current = tx.subscription(env, &subject)?;
     let outcome = subscription::upsert(current.as_ref(), request, new_id, now);
     if outcome.changed {
-        let before = current.as_ref().and_then(|s| s.timezone.as_ref());
-        if before != outcome.subscription.timezone.as_ref() {
-            let subs = (current.as_ref(), &outcome.subscription);
-            carry_across_zone_change(tx, env, plans, (user_id, &subject), subs, now)?;
-        }
+        let renewed = outcome
+            .history
+            .iter()
+            .any(|h| h.kind == subscription::HistoryKind::Renewed);
+        let subs = (current.as_ref(), &outcome.subscription);
+        carry_into_new_windows(tx, env, plans, (user_id, &subject), subs, (now, renewed))?;
         tx.write_subscription(env, &subject, &outcome.subscription)?;
     }
     for h in &outcome.history {
@@ -1443,19 +1444,23 @@ pub fn upsert_subscription(
     Ok(outcome)
 }
 
-/// A counter of a calendar limit is keyed by its window's start, so when a subscriber's time
-/// zone changes, each calendar window they are in changes too. The window entered counts at
-/// least what the window being left counts (used, and held by pending reservations, whose
-/// commits still go to it), so a zone change never resets a window's usage; changing back
-/// and forth never counts less than the window of the moment holds. Usage counted only in an
-/// earlier window of the old zone stays there (moving it would need each event's time).
-fn carry_across_zone_change(
+/// A counter is keyed by its window's start, so a subscription change can move a subject to
+/// new windows: a calendar window when the subscriber's time zone changes, a `subscription`
+/// window when a subscription starts (the default plan counts those per calendar month),
+/// ends now, starts over after its end, or has its anchor moved. The window entered then
+/// counts at least what the window being left counts (used, and held by pending reservations,
+/// whose commits still go to it): upgrading keeps the usage, and no subscription write gives
+/// back quota already used, so free → pro → cancel → free cannot refresh a window. A renewal
+/// (a later `cycleStart`) is the one change meant to start `subscription` windows afresh.
+/// Usage counted only in an earlier window stays there (moving it would need each event's
+/// time).
+fn carry_into_new_windows(
     tx: &mut impl MeteringTx,
     env: EnvId,
     plans: &PlanDocument,
     (user_id, subject): (&UserId, &str),
     (before, after): (Option<&Subscription>, &Subscription),
-    now: Timestamp,
+    (now, renewed): (Timestamp, bool),
 ) -> StoreResult<()> {
     let user = user_id.as_str();
     let (Some(old), Some(new)) = (
@@ -1465,9 +1470,12 @@ fn carry_across_zone_change(
         return Ok(());
     };
     for limit in &new.plan.limits {
-        if limit.kind == LimitKind::Concurrency
-            || !matches!(limit.window, WindowSpec::Calendar { .. })
-        {
+        let moves = match limit.window {
+            WindowSpec::Calendar { .. } => true,
+            WindowSpec::Subscription => !renewed,
+            _ => false,
+        };
+        if !moves || limit.kind == LimitKind::Concurrency {
             continue;
         }
         let from = counter_for(tx, env, limit, old, subject, now)?;
@@ -1514,6 +1522,14 @@ pub fn cancel_subscription(
             subscription::CancelError::AlreadyCanceled => StoreError::AlreadyCanceled,
             subscription::CancelError::Window(w) => StoreError::Internal(w.to_string()),
         })?;
+    carry_into_new_windows(
+        tx,
+        env,
+        plans,
+        (user_id, &subject),
+        (Some(&current), &sub),
+        (now, false),
+    )?;
     tx.write_subscription(env, &subject, &sub)?;
     tx.append_history(env, &subject, &entry)?;
     Ok((sub, entry))
