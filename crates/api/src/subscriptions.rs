@@ -433,3 +433,58 @@ mod tests {
         assert_eq!(at("tomorrow").unwrap_err().field, "at");
     }
 }
+
+/// An `{accountId}` path segment.
+pub fn parse_path_account_id(s: String) -> Result<AccountId, FieldError> {
+    AccountId::parse(s).map_err(|e| convert::refuse("accountId", e))
+}
+
+/// `PUT /v1/accounts/{accountId}/members/{userId}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberResponse {
+    pub account_id: String,
+    pub user_id: String,
+    /// When the user joined this account.
+    #[schema(format = DateTime)]
+    pub added_at: String,
+}
+
+/// `DELETE /v1/accounts/{accountId}/members/{userId}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRemovedResponse {
+    pub account_id: String,
+    pub user_id: String,
+    pub removed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountMember {
+    pub user_id: String,
+    #[schema(format = DateTime)]
+    pub added_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Seats {
+    pub used: u64,
+    /// The cap of the account's plan (`seats`), `null` when it has none.
+    pub max: Option<u32>,
+}
+
+/// `GET /v1/accounts/{accountId}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountResponse {
+    pub account_id: String,
+    /// Sorted by user id.
+    pub members: Vec<AccountMember>,
+    pub seats: Seats,
+    /// The plan in force for members without their own subscription: the account's active
+    /// subscription's, else the default plan.
+    pub plan_id: Option<String>,
+    pub subscription: Option<SubscriptionResponse>,
+}

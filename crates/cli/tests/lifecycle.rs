@@ -45,35 +45,6 @@ async fn reserve_images(c: &Client, user: &str, quantity: u64) -> Value {
     c.reserve_q(user, "image.render", quantity).await
 }
 
-/// A denied reserve (or check) answer: `allowed: false`, no reservation, decided by `plan`,
-/// with exactly these `reasons` and `deniedBy`.
-#[track_caller]
-fn assert_denied(answer: &Value, plan: &str, reasons: &[&str], denied_by: &[&str]) {
-    assert_eq!(answer["allowed"], false, "should be denied: {answer}");
-    if answer.get("reservationId").is_some() {
-        assert_eq!(answer["reservationId"], Value::Null, "{answer}");
-    }
-    assert_eq!(answer["planId"], plan, "the plan that decided: {answer}");
-    assert_eq!(
-        strs(&answer["reasons"]),
-        sorted(reasons),
-        "reasons: {answer}"
-    );
-    assert_eq!(
-        strs(&answer["deniedBy"]),
-        sorted(denied_by),
-        "deniedBy: {answer}"
-    );
-}
-
-/// An allowed reserve answer decided by `plan`; returns the reservation id.
-#[track_caller]
-fn assert_allowed(answer: &Value, plan: &str) -> String {
-    let id = Client::must_allow(answer);
-    assert_eq!(answer["planId"], plan, "the plan that decided: {answer}");
-    id
-}
-
 /// `user` can get exactly `n` more images admitted right now under `plan`, no more: `n + 1` at
 /// once is refused by `denied_by`, `n` is allowed (and committed), then one more is refused.
 async fn admits_exactly(c: &Client, user: &str, plan: &str, n: u64, denied_by: &str) {

@@ -13,19 +13,6 @@ use common::*;
 
 const CLIENTS: usize = 64;
 
-/// POST that retries the API's own overload answers (`429`/`503`, "nothing was applied").
-async fn post_retrying(c: &Client, path: &str, body: Value) -> Value {
-    for _ in 0..500 {
-        let r = c.post(path, body.clone()).await;
-        if matches!(r.status, 429 | 503) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        return r.ok();
-    }
-    panic!("{path}: overloaded for 500 attempts");
-}
-
 async fn reserve(c: &Client, user: &str, event: &str, quantity: u64, metadata: Value) -> Value {
     post_retrying(
         c,

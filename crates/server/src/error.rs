@@ -63,6 +63,9 @@ pub enum ApiError {
     /// The user the anonymous id already stands for.
     #[error("the anonymous id already stands for user {0}")]
     AlreadyIdentified(String),
+    /// The seat cap of the account's plan.
+    #[error("every seat of the account is taken")]
+    SeatLimitReached(u32),
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
             ApiError::AlreadyCanceled => ErrorCode::AlreadyCanceled,
             ApiError::AlreadyIdentified(_) => ErrorCode::AlreadyIdentified,
+            ApiError::SeatLimitReached(_) => ErrorCode::SeatLimitReached,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::Unavailable(_) | ApiError::DeadlinePassed => ErrorCode::Unavailable,
@@ -152,6 +156,10 @@ impl ApiError {
             ApiError::AlreadyIdentified(user) => format!(
                 "this anonymous id was already identified as user {user:?}; an anonymous id \
                  stands for one user"
+            ),
+            ApiError::SeatLimitReached(max) => format!(
+                "the account's plan has {max} seat(s) and every one is taken; remove a member \
+                 or move the account to a plan with more seats"
             ),
             ApiError::PayloadTooLarge => format!(
                 "the request body is over {} bytes",
@@ -208,6 +216,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyConflict => ApiError::IdempotencyConflict,
             StoreError::AlreadyCanceled => ApiError::AlreadyCanceled,
             StoreError::AlreadyIdentified { user_id } => ApiError::AlreadyIdentified(user_id),
+            StoreError::SeatLimitReached { max } => ApiError::SeatLimitReached(max),
             StoreError::Invalid { field, message } => ApiError::invalid(field, message),
             StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
             // Every id the server creates is fresh, so a clash is a bug.

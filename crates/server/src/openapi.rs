@@ -1,7 +1,7 @@
 //! The OpenAPI document of the API, generated from the handlers' `#[utoipa::path]` attributes
 //! and the wire types' schemas, served at `/openapi.json`.
 
-use crate::routes::{admin, metering, plans, subscriptions, system};
+use crate::routes::{accounts, admin, metering, plans, subscriptions, system};
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -50,6 +50,10 @@ impl Modify for BearerAuth {
         subscriptions::get,
         subscriptions::history,
         subscriptions::cancel,
+        accounts::add_member,
+        accounts::remove_member,
+        accounts::get_account,
+        accounts::get_subscription,
         admin::create_project,
         admin::list_projects,
         admin::create_key,

@@ -14,12 +14,12 @@ use jiff::Timestamp;
 use pool::Pool;
 use sql::{ms, ts, PgTx};
 use std::sync::Arc;
-use tollgate_core::input::UserId;
+use tollgate_core::input::{AccountId, UserId};
 use tollgate_core::plan::PlanDocument;
 use tollgate_core::subscription::{
     CancelAt, HistoryEntry, HistoryKind, Subscription, UpsertOutcome, UpsertRequest,
 };
-use tollgate_store::procedure::{self, user_subject, MeteringTx};
+use tollgate_store::procedure::{self, MeteringTx};
 use tollgate_store::*;
 
 pub use pool::{RECONNECT_BACKOFF_MS, STATEMENT_TIMEOUT_MS, TRANSACTION_RETRIES_MAX};
@@ -360,7 +360,7 @@ impl Store for PgStore {
     async fn upsert_subscription(
         &self,
         env: EnvId,
-        user_id: UserId,
+        owner: Owner,
         plans: Arc<PlanDocument>,
         request: UpsertRequest,
         new_id: String,
@@ -368,7 +368,7 @@ impl Store for PgStore {
     ) -> StoreResult<UpsertOutcome> {
         self.pool
             .run(move |tx| {
-                let who = (&user_id, &*plans);
+                let who = (&owner, &*plans);
                 procedure::upsert_subscription(tx, env, who, &request, &new_id, now)
             })
             .await
@@ -377,9 +377,9 @@ impl Store for PgStore {
     async fn get_subscription(
         &self,
         env: EnvId,
-        user_id: &UserId,
+        owner: &Owner,
     ) -> StoreResult<Option<Subscription>> {
-        let subject = user_subject(user_id.as_str());
+        let subject = owner.subject();
         self.pool
             .run(move |tx| tx.subscription(env, &subject))
             .await
@@ -388,9 +388,9 @@ impl Store for PgStore {
     async fn subscription_history(
         &self,
         env: EnvId,
-        user_id: &UserId,
+        owner: &Owner,
     ) -> StoreResult<Vec<HistoryEntry>> {
-        let subject = user_subject(user_id.as_str());
+        let subject = owner.subject();
         self.pool
             .run(move |tx| {
                 let rows = tx.query(
@@ -417,7 +417,7 @@ impl Store for PgStore {
     async fn cancel_subscription(
         &self,
         env: EnvId,
-        user_id: UserId,
+        owner: Owner,
         plans: Arc<PlanDocument>,
         at: CancelAt,
         reason: Option<String>,
@@ -425,8 +425,39 @@ impl Store for PgStore {
     ) -> StoreResult<(Subscription, HistoryEntry)> {
         self.pool
             .run(move |tx| {
-                procedure::cancel_subscription(tx, env, &user_id, &plans, at, reason.clone(), now)
+                procedure::cancel_subscription(tx, env, &owner, &plans, at, reason.clone(), now)
             })
+            .await
+    }
+
+    async fn add_member(
+        &self,
+        env: EnvId,
+        account: AccountId,
+        user: UserId,
+        plans: Arc<PlanDocument>,
+        now: Timestamp,
+    ) -> StoreResult<Timestamp> {
+        self.pool
+            .run(move |tx| procedure::add_member(tx, env, (&account, &user), &plans, now))
+            .await
+    }
+
+    async fn remove_member(&self, env: EnvId, account: AccountId, user: UserId) -> StoreResult<()> {
+        self.pool
+            .run(move |tx| procedure::remove_member(tx, env, (&account, &user)))
+            .await
+    }
+
+    async fn account(
+        &self,
+        env: EnvId,
+        account: AccountId,
+        plans: Arc<PlanDocument>,
+        now: Timestamp,
+    ) -> StoreResult<AccountView> {
+        self.pool
+            .run(move |tx| procedure::account_view(tx, env, &account, &plans, now))
             .await
     }
 

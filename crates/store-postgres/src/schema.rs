@@ -194,6 +194,17 @@ CREATE TABLE aliases (
 CREATE INDEX aliases_user ON aliases (env_id, user_id);
 ALTER TABLE events ADD COLUMN anonymous_id TEXT;
 "#,
+    r#"
+-- 4: accounts: which account each user belongs to (at most one).
+CREATE TABLE account_members (
+    env_id BIGINT NOT NULL,
+    user_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    added_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, user_id)
+);
+CREATE INDEX account_members_account ON account_members (env_id, account_id, user_id);
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

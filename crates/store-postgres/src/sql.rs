@@ -15,7 +15,7 @@ use tollgate_core::input::{Metadata, StoredText};
 use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
-use tollgate_store::{EnvId, ReservationStatus, StoreError, StoreResult};
+use tollgate_store::{EnvId, Member, ReservationStatus, StoreError, StoreResult};
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
@@ -591,6 +591,60 @@ impl MeteringTx for PgTx<'_, '_> {
             ],
         )
         .map(|_| ())
+    }
+
+    fn membership(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+    ) -> StoreResult<Option<(String, Timestamp)>> {
+        Ok(self
+            .query_opt(
+                "SELECT account_id, added_at_ms FROM account_members
+                 WHERE env_id = $1 AND user_id = $2",
+                &[&env.0, &user_id],
+            )?
+            .map(|r| (r.get(0), ts(r.get(1)))))
+    }
+
+    fn members(&mut self, env: EnvId, account_id: &str) -> StoreResult<Vec<Member>> {
+        Ok(self
+            .query(
+                "SELECT user_id, added_at_ms FROM account_members
+                 WHERE env_id = $1 AND account_id = $2 ORDER BY user_id",
+                &[&env.0, &account_id],
+            )?
+            .into_iter()
+            .map(|r| Member {
+                user_id: r.get(0),
+                added_at: ts(r.get(1)),
+            })
+            .collect())
+    }
+
+    fn put_member(
+        &mut self,
+        env: EnvId,
+        account_id: &str,
+        user_id: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO account_members (env_id, user_id, account_id, added_at_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (env_id, user_id) DO UPDATE SET
+                 account_id = excluded.account_id, added_at_ms = excluded.added_at_ms",
+            &[&env.0, &user_id, &account_id, &ms(at)],
+        )
+        .map(drop)
+    }
+
+    fn delete_member(&mut self, env: EnvId, account_id: &str, user_id: &str) -> StoreResult<bool> {
+        self.execute(
+            "DELETE FROM account_members WHERE env_id = $1 AND user_id = $2 AND account_id = $3",
+            &[&env.0, &user_id, &account_id],
+        )
+        .map(|n| n > 0)
     }
 
     fn alias(&mut self, env: EnvId, anonymous_id: &str) -> StoreResult<Option<String>> {

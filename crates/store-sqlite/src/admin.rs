@@ -11,12 +11,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tollgate_core::input::UserId;
+use tollgate_core::input::{AccountId, UserId};
 use tollgate_core::plan::PlanDocument;
 use tollgate_core::subscription::{
     CancelAt, HistoryEntry, HistoryKind, Subscription, UpsertOutcome, UpsertRequest,
 };
-use tollgate_store::procedure::{self, user_subject, MeteringTx};
+use tollgate_store::procedure::{self, MeteringTx};
 use tollgate_store::*;
 
 /// The embedded store. Cheap to clone; all clones share one writer and one reader pool.
@@ -433,7 +433,7 @@ impl Store for SqliteStore {
     async fn upsert_subscription(
         &self,
         env: EnvId,
-        user_id: UserId,
+        owner: Owner,
         plans: Arc<PlanDocument>,
         request: UpsertRequest,
         new_id: String,
@@ -444,7 +444,7 @@ impl Store for SqliteStore {
                 procedure::upsert_subscription(
                     &mut SqliteTx(c),
                     env,
-                    (&user_id, &plans),
+                    (&owner, &plans),
                     &request,
                     &new_id,
                     now,
@@ -456,9 +456,9 @@ impl Store for SqliteStore {
     async fn get_subscription(
         &self,
         env: EnvId,
-        user_id: &UserId,
+        owner: &Owner,
     ) -> StoreResult<Option<Subscription>> {
-        let subject = user_subject(user_id.as_str());
+        let subject = owner.subject();
         self.readers
             .read(move |c| SqliteTx(c).subscription(env, &subject))
             .await
@@ -467,9 +467,9 @@ impl Store for SqliteStore {
     async fn subscription_history(
         &self,
         env: EnvId,
-        user_id: &UserId,
+        owner: &Owner,
     ) -> StoreResult<Vec<HistoryEntry>> {
-        let subject = user_subject(user_id.as_str());
+        let subject = owner.subject();
         self.readers
             .read(move |c| {
                 let mut st = c
@@ -500,7 +500,7 @@ impl Store for SqliteStore {
     async fn cancel_subscription(
         &self,
         env: EnvId,
-        user_id: UserId,
+        owner: Owner,
         plans: Arc<PlanDocument>,
         at: CancelAt,
         reason: Option<String>,
@@ -511,13 +511,46 @@ impl Store for SqliteStore {
                 procedure::cancel_subscription(
                     &mut SqliteTx(c),
                     env,
-                    &user_id,
+                    &owner,
                     &plans,
                     at,
                     reason.clone(),
                     now,
                 )
             })
+            .await
+    }
+
+    async fn add_member(
+        &self,
+        env: EnvId,
+        account: AccountId,
+        user: UserId,
+        plans: Arc<PlanDocument>,
+        now: Timestamp,
+    ) -> StoreResult<Timestamp> {
+        self.writer
+            .execute(move |c| {
+                procedure::add_member(&mut SqliteTx(c), env, (&account, &user), &plans, now)
+            })
+            .await
+    }
+
+    async fn remove_member(&self, env: EnvId, account: AccountId, user: UserId) -> StoreResult<()> {
+        self.writer
+            .execute(move |c| procedure::remove_member(&mut SqliteTx(c), env, (&account, &user)))
+            .await
+    }
+
+    async fn account(
+        &self,
+        env: EnvId,
+        account: AccountId,
+        plans: Arc<PlanDocument>,
+        now: Timestamp,
+    ) -> StoreResult<AccountView> {
+        self.readers
+            .read(move |c| procedure::account_view(&mut SqliteTx(c), env, &account, &plans, now))
             .await
     }
 

@@ -12,7 +12,7 @@ use tollgate_core::input::{Metadata, StoredText};
 use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
-use tollgate_store::{EnvId, ReservationStatus, StoreError, StoreResult};
+use tollgate_store::{EnvId, Member, ReservationStatus, StoreError, StoreResult};
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
 
@@ -610,6 +610,74 @@ impl MeteringTx for SqliteTx<'_> {
                 ])
             })
             .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn membership(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+    ) -> StoreResult<Option<(String, Timestamp)>> {
+        self.0
+            .prepare_cached(
+                "SELECT account_id, added_at_ms FROM account_members
+                 WHERE env_id = ?1 AND user_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![env.0, user_id], |r| {
+                    Ok((r.get::<_, String>(0)?, ts(r.get(1)?)))
+                })
+                .optional()
+            })
+            .map_err(internal)
+    }
+
+    fn members(&mut self, env: EnvId, account_id: &str) -> StoreResult<Vec<Member>> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT user_id, added_at_ms FROM account_members
+                 WHERE env_id = ?1 AND account_id = ?2 ORDER BY user_id",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![env.0, account_id], |r| {
+                Ok(Member {
+                    user_id: r.get(0)?,
+                    added_at: ts(r.get(1)?),
+                })
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn put_member(
+        &mut self,
+        env: EnvId,
+        account_id: &str,
+        user_id: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO account_members (env_id, user_id, account_id, added_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (env_id, user_id) DO UPDATE SET
+                     account_id = excluded.account_id, added_at_ms = excluded.added_at_ms",
+            )
+            .and_then(|mut s| s.execute(params![env.0, user_id, account_id, ms(at)]))
+            .map(drop)
+            .map_err(internal)
+    }
+
+    fn delete_member(&mut self, env: EnvId, account_id: &str, user_id: &str) -> StoreResult<bool> {
+        self.0
+            .prepare_cached(
+                "DELETE FROM account_members
+                 WHERE env_id = ?1 AND user_id = ?2 AND account_id = ?3",
+            )
+            .and_then(|mut s| s.execute(params![env.0, user_id, account_id]))
+            .map(|n| n > 0)
             .map_err(internal)
     }
 

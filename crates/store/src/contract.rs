@@ -539,7 +539,7 @@ pub async fn subscriptions_upsert_cancel_and_history(store: Arc<dyn Store>) {
         source: "api".into(),
         ..Default::default()
     };
-    let u = user("u1");
+    let u = Owner::User(user("u1"));
     let created = store
         .upsert_subscription(
             env,
@@ -621,7 +621,7 @@ pub async fn subscriptions_upsert_cancel_and_history(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .get_subscription(env, &user("nobody"))
+            .get_subscription(env, &Owner::User(user("nobody")))
             .await
             .expect("get"),
         None

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use std::sync::Arc;
 use tollgate_core::decision::DenyReason;
 use tollgate_core::input::{
-    EventName, IdempotencyKey, Metadata, Quantity, StoredText, TtlSeconds, UserId,
+    AccountId, EventName, IdempotencyKey, Metadata, Quantity, StoredText, TtlSeconds, UserId,
 };
 use tollgate_core::plan::{Enforcement, LimitKind, PlanDocument, Scope};
 use tollgate_core::subscription::{
@@ -367,6 +367,50 @@ pub struct UsageOutcome {
     pub limits: Vec<LimitState>,
 }
 
+/// Whose subscription: a user's or an account's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    User(UserId),
+    Account(AccountId),
+}
+
+impl Owner {
+    /// The counter and subscription subject (`u:…` or `w:…`).
+    pub fn subject(&self) -> String {
+        match self {
+            Owner::User(u) => procedure::user_subject(u.as_str()),
+            Owner::Account(a) => procedure::account_subject(a.as_str()),
+        }
+    }
+
+    /// The id the default plan is chosen for (an account is never anonymous).
+    pub fn fallback_id(&self) -> &str {
+        match self {
+            Owner::User(u) => u.as_str(),
+            Owner::Account(_) => "",
+        }
+    }
+}
+
+/// One member of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: String,
+    pub added_at: Timestamp,
+}
+
+/// An account as `GET /v1/accounts/{accountId}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    /// Sorted by user id.
+    pub members: Vec<Member>,
+    /// The plan in force for the account's members (its active subscription's, else the
+    /// default plan), and that plan's seat cap.
+    pub plan_id: Option<String>,
+    pub seats_max: Option<u32>,
+    pub subscription: Option<Subscription>,
+}
+
 /// `POST /v1/identify`: the anonymous subject `anonymous_id` becomes `user_id`.
 #[derive(Debug, Clone)]
 pub struct IdentifyCommand {
@@ -418,6 +462,9 @@ pub enum StoreError {
     IdempotencyConflict,
     #[error("subscription has already ended")]
     AlreadyCanceled,
+    /// Adding a member to an account whose plan caps its seats, all taken.
+    #[error("every seat of the account is taken ({max})")]
+    SeatLimitReached { max: u32 },
     /// An identify of an anonymous id that already stands for another user.
     #[error("the anonymous id already stands for user {user_id}")]
     AlreadyIdentified { user_id: String },
@@ -496,12 +543,13 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize>;
 
     // ---- subscriptions
-    /// Upserts a user's subscription (the plan was checked to exist in `plans`, the document in
-    /// force, whose calendar limits a time zone change moves to new windows).
+    /// Upserts a user's or an account's subscription (the plan was checked to exist in
+    /// `plans`, the document in force, whose windows a change may move; see
+    /// `procedure::carry_into_new_windows`).
     async fn upsert_subscription(
         &self,
         env: EnvId,
-        user_id: UserId,
+        owner: Owner,
         plans: Arc<PlanDocument>,
         request: UpsertRequest,
         new_id: String,
@@ -510,24 +558,47 @@ pub trait Store: Send + Sync + 'static {
     async fn get_subscription(
         &self,
         env: EnvId,
-        user_id: &UserId,
+        owner: &Owner,
     ) -> StoreResult<Option<Subscription>>;
     /// Stored history rows, oldest first (see `subscription::history_view` for the reader's view).
     async fn subscription_history(
         &self,
         env: EnvId,
-        user_id: &UserId,
+        owner: &Owner,
     ) -> StoreResult<Vec<HistoryEntry>>;
     /// `NotFound` without a subscription; `AlreadyCanceled` after its end.
     async fn cancel_subscription(
         &self,
         env: EnvId,
-        user_id: UserId,
+        owner: Owner,
         plans: Arc<PlanDocument>,
         at: CancelAt,
         reason: Option<String>,
         now: Timestamp,
     ) -> StoreResult<(Subscription, HistoryEntry)>;
+
+    // ---- accounts
+    /// Adds a user to an account (moving them from another one); `SeatLimitReached` if the
+    /// plan in force for the account caps its seats and they are all taken. Adding a member
+    /// again changes nothing. Returns when the user joined the account.
+    async fn add_member(
+        &self,
+        env: EnvId,
+        account: AccountId,
+        user: UserId,
+        plans: Arc<PlanDocument>,
+        now: Timestamp,
+    ) -> StoreResult<Timestamp>;
+    /// `NotFound` if the user is not a member of the account.
+    async fn remove_member(&self, env: EnvId, account: AccountId, user: UserId) -> StoreResult<()>;
+    /// `NotFound` if the account has neither members nor a subscription.
+    async fn account(
+        &self,
+        env: EnvId,
+        account: AccountId,
+        plans: Arc<PlanDocument>,
+        now: Timestamp,
+    ) -> StoreResult<AccountView>;
 
     // ---- system
     /// Storage reachable and writable.

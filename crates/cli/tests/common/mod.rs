@@ -1445,6 +1445,51 @@ pub fn lifetime() -> Value {
     json!({"type": "lifetime"})
 }
 
+// ---------------------------------------------------------------------------------------------
+// Answers shared by several test files
+
+/// A denied reserve (or check) answer: `allowed: false`, no reservation, decided by `plan`,
+/// with exactly these `reasons` and `deniedBy`.
+#[track_caller]
+pub fn assert_denied(answer: &Value, plan: &str, reasons: &[&str], denied_by: &[&str]) {
+    assert_eq!(answer["allowed"], false, "should be denied: {answer}");
+    if answer.get("reservationId").is_some() {
+        assert_eq!(answer["reservationId"], Value::Null, "{answer}");
+    }
+    assert_eq!(answer["planId"], plan, "the plan that decided: {answer}");
+    assert_eq!(
+        strs(&answer["reasons"]),
+        sorted(reasons),
+        "reasons: {answer}"
+    );
+    assert_eq!(
+        strs(&answer["deniedBy"]),
+        sorted(denied_by),
+        "deniedBy: {answer}"
+    );
+}
+
+/// An allowed reserve answer decided by `plan`; returns the reservation id.
+#[track_caller]
+pub fn assert_allowed(answer: &Value, plan: &str) -> String {
+    let id = Client::must_allow(answer);
+    assert_eq!(answer["planId"], plan, "the plan that decided: {answer}");
+    id
+}
+
+/// POST that retries the API's own overload answers (`429`/`503`, "nothing was applied").
+pub async fn post_retrying(c: &Client, path: &str, body: Value) -> Value {
+    for _ in 0..500 {
+        let r = c.post(path, body.clone()).await;
+        if matches!(r.status, 429 | 503) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        return r.ok();
+    }
+    panic!("{path}: overloaded for 500 attempts");
+}
+
 #[cfg(test)]
 mod self_tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! The route table: every path of the API, its handler, and the layers around all of them.
 
+pub mod accounts;
 pub mod admin;
 pub mod metering;
 pub mod plans;
@@ -11,7 +12,7 @@ use crate::observe::observe;
 use crate::{AppState, REQUEST_BODY_BYTES_MAX};
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use std::any::Any;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -76,6 +77,15 @@ fn routes() -> Router<AppState> {
         .route("/v1/plans", get(plans::get_plans).put(plans::put_plans))
         .route("/v1/plans/{planId}", get(plans::get_plan))
         .route("/v1/subscriptions", post(subscriptions::upsert))
+        .route(
+            "/v1/accounts/{accountId}/members/{userId}",
+            put(accounts::add_member).delete(accounts::remove_member),
+        )
+        .route("/v1/accounts/{accountId}", get(accounts::get_account))
+        .route(
+            "/v1/accounts/{accountId}/subscription",
+            get(accounts::get_subscription),
+        )
         .route("/v1/subscriptions/cancel", post(subscriptions::cancel))
         .route("/v1/subscriptions/{userId}", get(subscriptions::get))
         .route(

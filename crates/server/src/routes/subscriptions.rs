@@ -1,5 +1,4 @@
-//! Subscription routes for users (API.md §6): upsert, read, history, cancel. Accounts come with
-//! a later issue; naming one answers `400` for now.
+//! Subscription routes for users and accounts (API.md §6): upsert, read, history, cancel.
 
 use crate::auth::SecretKey;
 use crate::error::{store_error, ApiError};
@@ -11,10 +10,10 @@ use axum::Json;
 use jiff::{SignedDuration, Timestamp};
 use tollgate_api as wire;
 use tollgate_api::Subject;
-use tollgate_core::input::UserId;
 use tollgate_core::plan::PlanDocument;
 use tollgate_core::subscription::{history_view, Subscription};
 use tollgate_core::window::{self, BillingInterval, IntervalUnit, WindowBounds};
+use tollgate_store::Owner;
 
 const SUBSCRIPTION: &str = "subscription";
 
@@ -42,13 +41,11 @@ pub fn current_period(doc: &PlanDocument, sub: &Subscription, now: Timestamp) ->
     })
 }
 
-fn user_only(subject: Subject) -> Result<UserId, ApiError> {
+/// The store's name for a subscription's owner.
+pub fn owner(subject: &Subject) -> Owner {
     match subject {
-        Subject::User(user) => Ok(user),
-        Subject::Account(_) => Err(ApiError::invalid(
-            "accountId",
-            "accounts are not available yet; subscribe a userId",
-        )),
+        Subject::User(u) => Owner::User(u.clone()),
+        Subject::Account(a) => Owner::Account(a.clone()),
     }
 }
 
@@ -69,7 +66,7 @@ pub async fn upsert(
     ApiJson(body): ApiJson<wire::SubscriptionUpsertRequest>,
 ) -> Result<Json<wire::SubscriptionResponse>, ApiError> {
     let input = body.parse()?;
-    let user_id = user_only(input.subject)?;
+    let subject = input.subject;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
     let request = input.request;
     let Some(plan) = plans.document.plan(&request.plan_id) else {
@@ -93,7 +90,7 @@ pub async fn upsert(
         .store
         .upsert_subscription(
             caller.auth.env,
-            user_id.clone(),
+            owner(&subject),
             plans.document.clone(),
             request,
             new_id(SUBSCRIPTION_PREFIX),
@@ -102,7 +99,7 @@ pub async fn upsert(
         .await?;
     let period = current_period(&plans.document, &outcome.subscription, caller.now);
     Ok(Json(wire::SubscriptionResponse::new(
-        &Subject::User(user_id),
+        &subject,
         &outcome.subscription,
         period,
         Some(outcome.changed),
@@ -125,18 +122,24 @@ pub async fn get(
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<wire::SubscriptionResponse>, ApiError> {
     let user_id = wire::parse_path_user_id(user_id)?;
+    read(&state, &caller, Subject::User(user_id)).await
+}
+
+/// Reads a user's or an account's subscription.
+pub async fn read(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    subject: Subject,
+) -> Result<Json<wire::SubscriptionResponse>, ApiError> {
     let sub = state
         .store
-        .get_subscription(caller.auth.env, &user_id)
+        .get_subscription(caller.auth.env, &owner(&subject))
         .await?
-        .ok_or_else(|| ApiError::not_found("this user has no subscription"))?;
+        .ok_or_else(|| ApiError::not_found("no subscription here"))?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
     let period = current_period(&plans.document, &sub, caller.now);
     Ok(Json(wire::SubscriptionResponse::new(
-        &Subject::User(user_id),
-        &sub,
-        period,
-        None,
+        &subject, &sub, period, None,
     )))
 }
 
@@ -156,14 +159,15 @@ pub async fn history(
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<wire::HistoryResponse>, ApiError> {
     let user_id = wire::parse_path_user_id(user_id)?;
+    let who = Owner::User(user_id.clone());
     let current = state
         .store
-        .get_subscription(caller.auth.env, &user_id)
+        .get_subscription(caller.auth.env, &who)
         .await?
         .ok_or_else(|| ApiError::not_found("this user has no subscription"))?;
     let rows = state
         .store
-        .subscription_history(caller.auth.env, &user_id)
+        .subscription_history(caller.auth.env, &who)
         .await?;
     let rows = history_view(rows, Some(&current), caller.now);
     Ok(Json(wire::HistoryResponse {
@@ -189,13 +193,12 @@ pub async fn cancel(
     ApiJson(body): ApiJson<wire::CancelRequest>,
 ) -> Result<Json<wire::CancelResponse>, ApiError> {
     let input = body.parse()?;
-    let user_id = user_only(input.subject)?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
     let (sub, _entry) = state
         .store
         .cancel_subscription(
             caller.auth.env,
-            user_id,
+            owner(&input.subject),
             plans.document.clone(),
             input.at,
             input.reason,
