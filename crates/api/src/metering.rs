@@ -696,3 +696,62 @@ pub struct IdentifyResponse {
     /// Usage events moved from the anonymous id to the user by this call.
     pub events_merged: u64,
 }
+
+/// Most events one `GET /v1/events` page holds, and the default.
+pub const EVENTS_PAGE_MAX: usize = 1000;
+pub const EVENTS_PAGE_DEFAULT: usize = 100;
+/// The statuses a usage event can have.
+pub const EVENT_STATUSES: [&str; 5] = ["committed", "released", "expired", "tracked", "denied"];
+
+/// One usage event (API.md §9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageEvent {
+    #[schema(example = "evt_0VcKUIUad8dj2")]
+    pub event_id: String,
+    #[schema(format = DateTime)]
+    pub occurred_at: String,
+    pub user_id: String,
+    /// Always `null` in this build (events are recorded per user).
+    pub account_id: Option<String>,
+    /// The anonymous id the event was recorded under, when `POST /v1/identify` moved it to
+    /// `userId` (added to the contract's event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    pub event: String,
+    pub quantity: u64,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub cost_micros: Option<u64>,
+    /// `committed`, `released`, `expired`, `tracked` or `denied`.
+    pub status: String,
+    pub plan_id: Option<String>,
+    pub reservation_id: Option<String>,
+    pub reasons: Vec<String>,
+    pub overage: u64,
+    /// Always 0 until credits exist.
+    pub credits_used: u64,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsResponse {
+    /// Newest first.
+    pub events: Vec<UsageEvent>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The position after an event in the newest-first order, as a `cursor`.
+pub fn events_cursor(occurred_at_ms: i64, event_id: &str) -> String {
+    format!("{occurred_at_ms}:{event_id}")
+}
+
+/// A `cursor` back as (time in ms, event id).
+pub fn parse_events_cursor(s: &str) -> Result<(i64, String), FieldError> {
+    s.split_once(':')
+        .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())))
+        .filter(|(_, id)| !id.is_empty() && id.len() <= 64)
+        .ok_or_else(|| FieldError::new("cursor", "not a cursor this API gave"))
+}

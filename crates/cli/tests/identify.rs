@@ -49,6 +49,21 @@ async fn a_sign_up_keeps_the_anonymous_usage_and_repeating_it_changes_nothing() 
         l["remaining"], 7,
         "3 of 10 made anonymously: 7 left, not 10"
     );
+    // The merge is visible in the events: the user's, each with the id it was made under.
+    let e = c.get("/v1/events?userId=u1").await.ok();
+    let events = e["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{e}");
+    for ev in events {
+        assert_eq!(ev["userId"], "u1", "{ev}");
+        assert_eq!(ev["anonymousId"], "anon_1", "{ev}");
+        assert_eq!(ev["status"], "committed", "{ev}");
+    }
+    let none = c.get("/v1/events?userId=anon_1").await.ok();
+    assert_eq!(
+        none["events"],
+        json!([]),
+        "nothing left under the anonymous id: {none}"
+    );
 
     // Again: nothing changes.
     let again = identify(&c, "anon_1", "u1").await.ok();

@@ -42,6 +42,7 @@ impl Modify for BearerAuth {
         metering::track,
         metering::check,
         metering::identify,
+        metering::events,
         metering::usage,
         plans::put_plans,
         plans::get_plans,

@@ -343,6 +343,10 @@ impl Store for PgStore {
         self.pool.run(move |tx| procedure::identify(tx, &cmd)).await
     }
 
+    async fn events(&self, query: EventsQuery) -> StoreResult<Vec<StoredEvent>> {
+        self.pool.run(move |tx| sql::list_events(tx, &query)).await
+    }
+
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
         self.pool.run(move |tx| procedure::check(tx, &cmd)).await
     }

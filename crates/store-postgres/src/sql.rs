@@ -15,7 +15,9 @@ use tollgate_core::input::{Metadata, StoredText};
 use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
-use tollgate_store::{EnvId, Member, ReservationStatus, StoreError, StoreResult};
+use tollgate_store::{
+    EnvId, EventsQuery, Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
+};
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
@@ -742,4 +744,60 @@ impl MeteringTx for PgTx<'_, '_> {
             .map(|r| (EnvId(r.get(0)), r.get(1), r.get(2)))
             .collect())
     }
+}
+
+/// `GET /v1/events`: newest first, by time then event id (the cursor's order). One statement
+/// per shape, so that each uses its index.
+pub(crate) fn list_events(tx: &mut PgTx<'_, '_>, q: &EventsQuery) -> StoreResult<Vec<StoredEvent>> {
+    let by_user = "SELECT event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
+            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage
+         FROM events
+         WHERE env_id = $1 AND user_id = $2 AND ($3::text IS NULL OR status = $3)
+           AND ($4::bigint IS NULL OR occurred_at_ms < $4
+                OR (occurred_at_ms = $4 AND event_id < $5))
+         ORDER BY occurred_at_ms DESC, event_id DESC LIMIT $6";
+    let all = "SELECT event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
+            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage
+         FROM events
+         WHERE env_id = $1 AND $2::text IS NULL AND ($3::text IS NULL OR status = $3)
+           AND ($4::bigint IS NULL OR occurred_at_ms < $4
+                OR (occurred_at_ms = $4 AND event_id < $5))
+         ORDER BY occurred_at_ms DESC, event_id DESC LIMIT $6";
+    let (before_ms, before_id) = match &q.before {
+        Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
+        None => (None, None),
+    };
+    let user = q.user_id.as_ref().map(|u| u.as_str());
+    let rows = tx.query(
+        if user.is_some() { by_user } else { all },
+        &[
+            &q.env.0,
+            &user,
+            &q.status,
+            &before_ms,
+            &before_id,
+            &(q.limit as i64),
+        ],
+    )?;
+    rows.into_iter()
+        .map(|r| {
+            let reasons: serde_json::Value = r.get(11);
+            let shown = reasons.to_string();
+            Ok(StoredEvent {
+                event_id: r.get(0),
+                occurred_at: ts(r.get(1)),
+                user_id: r.get(2),
+                anonymous_id: r.get(3),
+                event: r.get(4),
+                quantity: r.get::<_, i64>(5) as u64,
+                metadata: parse_metadata(r.get(6))?,
+                cost_micros: r.get::<_, Option<i64>>(7).map(|c| c as u64),
+                status: r.get(8),
+                plan_id: r.get(9),
+                reservation_id: r.get(10),
+                reasons: serde_json::from_value(reasons).map_err(|_| corrupt("reasons", &shown))?,
+                overage: r.get::<_, i64>(12) as u64,
+            })
+        })
+        .collect()
 }

@@ -406,6 +406,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn events(&self, query: EventsQuery) -> StoreResult<Vec<StoredEvent>> {
+        self.readers
+            .read(move |c| crate::sql::list_events(c, &query))
+            .await
+    }
+
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
         self.writer
             .execute(move |c| procedure::identify(&mut SqliteTx(c), &cmd))

@@ -12,7 +12,9 @@ use tollgate_core::input::{Metadata, StoredText};
 use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
-use tollgate_store::{EnvId, Member, ReservationStatus, StoreError, StoreResult};
+use tollgate_store::{
+    EnvId, EventsQuery, Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
+};
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
 
@@ -786,4 +788,83 @@ impl MeteringTx for SqliteTx<'_> {
             .map_err(internal)?;
         rows.collect::<Result<_, _>>().map_err(internal)
     }
+}
+
+/// `GET /v1/events`: newest first, by time then event id (the cursor's order).
+pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec<StoredEvent>> {
+    const COLUMNS: &str = "event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
+        metadata, cost_micros, status, plan_id, reservation_id, reasons, overage";
+    // One statement per shape, so that each uses its index: (env_id, user_id, occurred_at_ms)
+    // with a user, (env_id, occurred_at_ms) without.
+    let user_filter = if q.user_id.is_some() {
+        "AND user_id = ?2"
+    } else {
+        "AND ?2 IS NULL"
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events
+         WHERE env_id = ?1 {user_filter} AND (?3 IS NULL OR status = ?3)
+           AND (?4 IS NULL OR occurred_at_ms < ?4 OR (occurred_at_ms = ?4 AND event_id < ?5))
+         ORDER BY occurred_at_ms DESC, event_id DESC LIMIT ?6"
+    );
+    let (before_ms, before_id) = match &q.before {
+        Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
+        None => (None, None),
+    };
+    let mut st = conn.prepare_cached(&sql).map_err(internal)?;
+    let rows = st
+        .query_map(
+            params![
+                q.env.0,
+                q.user_id.as_ref().map(|u| u.as_str()),
+                q.status,
+                before_ms,
+                before_id,
+                q.limit as i64
+            ],
+            |r| {
+                Ok((
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ),
+                    (
+                        r.get::<_, String>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, Option<String>>(9)?,
+                        r.get::<_, Option<String>>(10)?,
+                        r.get::<_, String>(11)?,
+                        r.get::<_, i64>(12)?,
+                    ),
+                ))
+            },
+        )
+        .map_err(internal)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let ((event_id, at, user_id, anonymous_id, event, quantity), rest) =
+            row.map_err(internal)?;
+        let (metadata, cost, status, plan_id, reservation_id, reasons, overage) = rest;
+        out.push(StoredEvent {
+            event_id,
+            occurred_at: ts(at),
+            user_id,
+            anonymous_id,
+            event,
+            quantity: quantity as u64,
+            metadata: parse_metadata(&metadata)?,
+            cost_micros: cost.map(|c| c as u64),
+            status,
+            plan_id,
+            reservation_id,
+            reasons: serde_json::from_str(&reasons).map_err(|_| corrupt("reasons", &reasons))?,
+            overage: overage as u64,
+        });
+    }
+    Ok(out)
 }

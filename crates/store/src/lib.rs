@@ -367,6 +367,38 @@ pub struct UsageOutcome {
     pub limits: Vec<LimitState>,
 }
 
+/// `GET /v1/events`: usage events newest first, optionally of one user and one status,
+/// strictly before a cursor.
+#[derive(Debug, Clone)]
+pub struct EventsQuery {
+    pub env: EnvId,
+    pub user_id: Option<UserId>,
+    pub status: Option<String>,
+    /// Rows wanted (the caller asks one more to know whether a next page exists).
+    pub limit: usize,
+    /// Only events before this (time, then event id), the last row of the previous page.
+    pub before: Option<(Timestamp, String)>,
+}
+
+/// One stored usage event, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub occurred_at: Timestamp,
+    pub user_id: String,
+    /// The anonymous id it was recorded under, if an identify moved it to `user_id`.
+    pub anonymous_id: Option<String>,
+    pub event: String,
+    pub quantity: u64,
+    pub metadata: Metadata,
+    pub cost_micros: Option<u64>,
+    pub status: String,
+    pub plan_id: Option<String>,
+    pub reservation_id: Option<String>,
+    pub reasons: Vec<String>,
+    pub overage: u64,
+}
+
 /// Whose subscription: a user's or an account's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
@@ -534,6 +566,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<ReservationView>;
     async fn track(&self, cmd: TrackCommand) -> StoreResult<Idempotent<TrackOutcome>>;
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome>;
+    /// Usage events, newest first (see [`EventsQuery`]).
+    async fn events(&self, query: EventsQuery) -> StoreResult<Vec<StoredEvent>>;
     /// Merges an anonymous subject into a user: usage, pending holds and events move to the
     /// user, and the anonymous id stands for the user from then on. Idempotent.
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome>;

@@ -73,6 +73,7 @@ fn routes() -> Router<AppState> {
         .route("/v1/track", post(metering::track))
         .route("/v1/check", post(metering::check))
         .route("/v1/identify", post(metering::identify))
+        .route("/v1/events", get(metering::events))
         .route("/v1/users/{userId}/usage", get(metering::usage))
         .route("/v1/plans", get(plans::get_plans).put(plans::put_plans))
         .route("/v1/plans/{planId}", get(plans::get_plan))
