@@ -720,8 +720,7 @@ pub struct UsageEvent {
     pub anonymous_id: Option<String>,
     pub event: String,
     pub quantity: u64,
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
+    pub metadata: WireMetadata,
     pub cost_micros: Option<u64>,
     /// `committed`, `released`, `expired`, `tracked` or `denied`.
     pub status: String,

@@ -39,9 +39,7 @@ fn subject(user_id: Option<String>, account_id: Option<String>) -> Result<Subjec
             "give either userId or accountId, not both",
         )),
         (Some(user), None) => Ok(Subject::User(convert::user_id("userId", user)?)),
-        (None, Some(account)) => Ok(Subject::Account(
-            AccountId::parse(account).map_err(|e| convert::refuse("accountId", e))?,
-        )),
+        (None, Some(account)) => Ok(Subject::Account(parse_path_account_id(account)?)),
         (None, None) => Err(FieldError::new(
             "userId",
             "missing field `userId` (or `accountId`)",
@@ -434,7 +432,7 @@ mod tests {
     }
 }
 
-/// An `{accountId}` path segment.
+/// An account id, in a path segment or a body's `accountId`.
 pub fn parse_path_account_id(s: String) -> Result<AccountId, FieldError> {
     AccountId::parse(s).map_err(|e| convert::refuse("accountId", e))
 }

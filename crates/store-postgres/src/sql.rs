@@ -688,9 +688,8 @@ impl MeteringTx for PgTx<'_, '_> {
             params,
         )?;
         self.execute(
-            "DELETE FROM counters WHERE env_id = $1 AND limit_id = $2 AND subject = $3
-             AND $4::text IS NOT NULL",
-            params,
+            "DELETE FROM counters WHERE env_id = $1 AND limit_id = $2 AND subject = $3",
+            &params[..3],
         )?;
         self.execute(
             "UPDATE rolling_usage SET subject = $4

@@ -700,21 +700,18 @@ impl MeteringTx for SqliteTx<'_> {
         user_id: &str,
         at: Timestamp,
     ) -> StoreResult<()> {
-        for sql in [
-            "UPDATE aliases SET user_id = ?3 WHERE env_id = ?1 AND user_id = ?2",
-            "INSERT INTO aliases (env_id, anonymous_id, user_id, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-        ] {
-            let n = sql.matches('?').count();
-            self.0
-                .prepare_cached(sql)
-                .and_then(|mut s| {
-                    let all: [&dyn rusqlite::ToSql; 4] = [&env.0, &anonymous_id, &user_id, &ms(at)];
-                    s.execute(&all[..n])
-                })
-                .map_err(internal)?;
-        }
-        Ok(())
+        self.0
+            .prepare_cached("UPDATE aliases SET user_id = ?3 WHERE env_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.execute(params![env.0, anonymous_id, user_id]))
+            .map_err(internal)?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO aliases (env_id, anonymous_id, user_id, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![env.0, anonymous_id, user_id, ms(at)]))
+            .map(drop)
+            .map_err(internal)
     }
 
     fn merge_limit(&mut self, env: EnvId, limit_id: &str, from: &str, to: &str) -> StoreResult<()> {
@@ -725,8 +722,9 @@ impl MeteringTx for SqliteTx<'_> {
              WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND true
              ON CONFLICT (env_id, limit_id, subject, window_key)
              DO UPDATE SET used = used + excluded.used",
+            // ?4 (the subject moved to) is named so that every statement takes the same four.
             "DELETE FROM counters WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3
-             AND ?4 IS NOT NULL",
+             AND subject <> ?4",
             "UPDATE rolling_usage SET subject = ?4
              WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3",
             "UPDATE reservation_limits SET subject = ?4

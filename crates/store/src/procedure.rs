@@ -73,6 +73,8 @@ impl Subjects {
 struct Standing {
     subjects: Subjects,
     sub: Option<Subscription>,
+    /// `sub` is the account's, not the user's own.
+    from_account: bool,
 }
 
 /// The subjects of a user, reading which account they belong to.
@@ -93,7 +95,11 @@ fn standing(
 ) -> StoreResult<Standing> {
     let own = tx.subscription(env, &subjects.user)?;
     if own.as_ref().is_some_and(|s| s.is_active(now)) {
-        return Ok(Standing { subjects, sub: own });
+        return Ok(Standing {
+            subjects,
+            sub: own,
+            from_account: false,
+        });
     }
     if let Some(account) = &subjects.account {
         let theirs = tx.subscription(env, account)?;
@@ -101,10 +107,15 @@ fn standing(
             return Ok(Standing {
                 subjects,
                 sub: theirs,
+                from_account: true,
             });
         }
     }
-    Ok(Standing { subjects, sub: own })
+    Ok(Standing {
+        subjects,
+        sub: own,
+        from_account: false,
+    })
 }
 
 /// One counter: a limit, a subject, a window (by its start; 0 for lifetime, concurrency and
@@ -749,6 +760,10 @@ fn lock_for_write(
     given: &UserId,
 ) -> StoreResult<(Option<UserId>, Subjects)> {
     let (mut alias, mut subjects) = who(tx, env, given)?;
+    if tx.single_writer() {
+        // Nothing else writes meanwhile, and locking would do nothing.
+        return Ok((alias, subjects));
+    }
     let mut locked: Vec<String> = Vec::new();
     loop {
         let mut want = vec![user_subject(given.as_str()), subjects.user.clone()];
@@ -758,9 +773,6 @@ fn lock_for_write(
             let refs: Vec<&str> = want.iter().map(String::as_str).collect();
             tx.lock_subjects(env, &refs)?;
             locked.extend(want);
-        }
-        if tx.single_writer() {
-            return Ok((alias, subjects));
         }
         let (now_alias, now_subjects) = who(tx, env, given)?;
         if now_alias == alias && now_subjects.account == subjects.account {
@@ -1072,6 +1084,9 @@ fn lock_reservation(
 ) -> StoreResult<(ReservationRow, Vec<HoldRow>)> {
     let mut r = tx.reservation(env, id)?.ok_or(StoreError::NotFound)?;
     let mut holds = tx.holds(env, id)?;
+    if tx.single_writer() {
+        return Ok((r, holds));
+    }
     let mut locked: Vec<String> = Vec::new();
     loop {
         let mut want = vec![user_subject(&r.user_id)];
@@ -1083,9 +1098,6 @@ fn lock_reservation(
         let refs: Vec<&str> = want.iter().map(String::as_str).collect();
         tx.lock_subjects(env, &refs)?;
         locked.extend(want);
-        if tx.single_writer() {
-            return Ok((r, holds));
-        }
         r = tx.reservation(env, id)?.ok_or(StoreError::NotFound)?;
         holds = tx.holds(env, id)?;
     }
@@ -1507,10 +1519,13 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
     let q = &*resolved_read(tx, q.env, q, &q.user_id)?;
     let (env, now) = (q.env, q.now);
     let subjects = subjects_of(tx, env, q.user_id.as_str())?;
-    // `subscription` in the answer is the user's own (ended or not); the plan in force may
-    // come from their account's.
-    let own = tx.subscription(env, &subjects.user)?;
     let st = standing(tx, env, subjects, now)?;
+    // `subscription` in the answer is the user's own (ended or not); the plan in force may
+    // come from their account's, and then the user's own is read apart.
+    let own = match st.from_account {
+        true => tx.subscription(env, &st.subjects.user)?,
+        false => st.sub.clone(),
+    };
     let Some(resolved) = subscription::resolve(&q.plans, st.sub.as_ref(), q.user_id.as_str(), now)
     else {
         return Ok(UsageOutcome {
@@ -1596,6 +1611,7 @@ fn carry_into_new_windows(
     ) else {
         return Ok(());
     };
+    let subjects = Subjects::alone(subject);
     for limit in &new.plan.limits {
         let moves = match limit.window {
             WindowSpec::Calendar { .. } => true,
@@ -1605,7 +1621,6 @@ fn carry_into_new_windows(
         if !moves || limit.kind == LimitKind::Concurrency {
             continue;
         }
-        let subjects = Subjects::alone(subject);
         let from = counter_for(tx, env, limit, old, &subjects, now)?;
         let to = counter_for(tx, env, limit, new, &subjects, now)?;
         if from.key == to.key {
@@ -1634,6 +1649,16 @@ fn account_plan<'p>(
     subscription::resolve(plans, sub, "", now).map(|r| r.plan)
 }
 
+/// Locks a user and an account for a change of membership.
+fn lock_membership(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    account: &str,
+    user: &str,
+) -> StoreResult<()> {
+    tx.lock_subjects(env, &[&user_subject(user), &account_subject(account)])
+}
+
 /// Adds a user to an account; see [`Store::add_member`].
 pub fn add_member(
     tx: &mut impl MeteringTx,
@@ -1643,10 +1668,7 @@ pub fn add_member(
     now: Timestamp,
 ) -> StoreResult<Timestamp> {
     let (account, user) = (account.as_str(), user.as_str());
-    let mut locks = [user_subject(user), account_subject(account)];
-    locks.sort();
-    let refs: Vec<&str> = locks.iter().map(String::as_str).collect();
-    tx.lock_subjects(env, &refs)?;
+    lock_membership(tx, env, account, user)?;
     if let Some((current, since)) = tx.membership(env, user)? {
         if current == account {
             return Ok(since);
@@ -1669,10 +1691,7 @@ pub fn remove_member(
     (account, user): (&AccountId, &UserId),
 ) -> StoreResult<()> {
     let (account, user) = (account.as_str(), user.as_str());
-    let mut locks = [user_subject(user), account_subject(account)];
-    locks.sort();
-    let refs: Vec<&str> = locks.iter().map(String::as_str).collect();
-    tx.lock_subjects(env, &refs)?;
+    lock_membership(tx, env, account, user)?;
     if tx.delete_member(env, account, user)? {
         Ok(())
     } else {

@@ -441,7 +441,7 @@ pub async fn events(
                 anonymous_id: e.anonymous_id,
                 event: e.event,
                 quantity: e.quantity,
-                metadata: serde_json::to_value(e.metadata.to_map()).unwrap_or_default(),
+                metadata: e.metadata.to_map(),
                 cost_micros: e.cost_micros,
                 status: e.status,
                 plan_id: e.plan_id,
