@@ -238,6 +238,21 @@ pub struct CommitRequest {
     pub cost_micros: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// What to do if the reservation expired before this commit: `reject` (the default,
+    /// `409 reservation_not_pending`) or `record` (record the work anyway, charged like a
+    /// commit of more than was held; the answer says `late: true`). A released reservation is
+    /// always refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_expired: Option<IfExpired>,
+}
+
+/// What a commit does with a reservation that expired before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IfExpired {
+    #[default]
+    Reject,
+    Record,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +261,7 @@ pub struct CommitInput {
     pub metadata: Option<Metadata>,
     pub cost_micros: Option<u64>,
     pub response: Option<StoredText>,
+    pub if_expired: IfExpired,
 }
 
 impl CommitRequest {
@@ -263,6 +279,7 @@ impl CommitRequest {
             metadata,
             cost_micros: convert::micros("costMicros", self.cost_micros)?,
             response: convert::stored_text(self.response),
+            if_expired: self.if_expired.unwrap_or_default(),
         })
     }
 }
@@ -278,6 +295,8 @@ pub struct CommitResponse {
     pub quantity: u64,
     /// The part of the quantity that did not fit within a hard limit (recorded all the same).
     pub overage: u64,
+    /// Committed after the reservation had expired (`"ifExpired": "record"`).
+    pub late: bool,
     pub limits: Vec<LimitState>,
 }
 

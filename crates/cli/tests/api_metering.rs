@@ -739,3 +739,163 @@ async fn lifetime_window_never_resets() {
     assert_counts(&l, 3, 3, 0);
     assert_eq!(c.reserve_q("u1", "image.render", 1).await["allowed"], false);
 }
+
+/// Issue 10, item 7: work that outran its reservation's TTL is recorded when the commit says
+/// `"ifExpired": "record"`, charged like a commit of more than was held (what does not fit is
+/// overage), and answered `late: true`; without it the `409` names the option.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_after_the_ttl_records_the_work_when_asked() {
+    let (_s, c) = images_server().await;
+    c.advance_to_next_utc_hour(12).await;
+    c.track_q("u1", "image.render", 7).await;
+    let r = Client::must_allow(
+        &c.reserve(
+            json!({"userId": "u1", "event": "image.render", "quantity": 2, "ttlSeconds": 5}),
+        )
+        .await
+        .ok(),
+    );
+    c.advance_clock(6).await;
+
+    let refused = c.commit(&r, json!({})).await;
+    let e = refused.err(409, "reservation_not_pending");
+    assert_eq!(e["status"], "expired", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ifExpired"),
+        "the 409 names the way to record the work: {e}"
+    );
+    c.commit(&r, json!({"ifExpired": "sometimes"}))
+        .await
+        .invalid("ifExpired");
+
+    // 7 used; the expired hold gave its 2 back; a late commit of 5 fits 3 and overruns by 2.
+    let late = c
+        .commit(&r, json!({"ifExpired": "record", "quantity": 5}))
+        .await
+        .ok();
+    assert_eq!(late["status"], "committed", "{late}");
+    assert_eq!(late["late"], true, "{late}");
+    assert_eq!(
+        (int(&late, "quantity"), int(&late, "overage")),
+        (5, 2),
+        "{late}"
+    );
+    assert_counts(limit(&late, "images_daily"), 10, 12, 0);
+    let event_id = late["eventId"].as_str().expect("eventId").to_string();
+
+    // Committing again answers the same; the reservation reads as committed, late.
+    let again = c
+        .commit(&r, json!({"ifExpired": "record", "quantity": 5}))
+        .await
+        .ok();
+    assert_eq!(again["eventId"], event_id.as_str());
+    assert_eq!(again["late"], true);
+    let plain_again = c.commit(&r, json!({})).await.ok();
+    assert_eq!(plain_again["eventId"], event_id.as_str());
+    let view = c.get_reservation(&r).await.ok();
+    assert_eq!(
+        (view["status"].clone(), view["eventId"].clone()),
+        (json!("committed"), json!(event_id))
+    );
+    assert_counts(&c.limit_state("u1", "images_daily").await, 10, 12, 0);
+
+    // The expiry and the late commit are both usage events of the reservation.
+    let events = c.get("/v1/events?userId=u1").await.ok();
+    let of_reservation: Vec<(String, i64)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reservationId"] == r.as_str())
+        .map(|e| {
+            (
+                e["status"].as_str().unwrap().to_string(),
+                int(e, "quantity"),
+            )
+        })
+        .collect();
+    // Newest first: the expiry at its TTL, then the commit, dated like every commit at the
+    // reservation's start (the window it is charged to).
+    assert_eq!(
+        of_reservation,
+        [("expired".to_string(), 2), ("committed".to_string(), 5)],
+        "{events}"
+    );
+
+    // A released reservation is never recorded late; a pending one commits as usual.
+    let released = Client::must_allow(&c.reserve_q("u2", "image.render", 1).await);
+    c.release(&released, json!({})).await.ok();
+    let e = c.commit(&released, json!({"ifExpired": "record"})).await;
+    assert_eq!(e.err(409, "reservation_not_pending")["status"], "released");
+    let pending = Client::must_allow(&c.reserve_q("u2", "image.render", 1).await);
+    let on_time = c
+        .commit(&pending, json!({"ifExpired": "record"}))
+        .await
+        .ok();
+    assert_eq!(on_time["late"], false, "{on_time}");
+}
+
+/// Issue 10, item 8: the `Idempotency-Key` header is the body's `idempotencyKey` by another
+/// name, on every route that takes one; both present and different is `400`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_idempotency_key_header_makes_a_retry_safe() {
+    let (_s, c) = images_server().await;
+    let body = json!({"userId": "u1", "event": "image.render", "quantity": 2});
+    let first = c
+        .post_with_headers("/v1/reserve", body.clone(), &[("Idempotency-Key", "k1")])
+        .await
+        .ok();
+    let again = c
+        .post_with_headers("/v1/reserve", body.clone(), &[("Idempotency-Key", "k1")])
+        .await
+        .ok();
+    assert_eq!(
+        first["reservationId"], again["reservationId"],
+        "{first} {again}"
+    );
+    assert_counts(&c.limit_state("u1", "images_daily").await, 10, 0, 2);
+    // The header and the field are the same key: the field alone replays too.
+    let mut with_field = body.clone();
+    with_field["idempotencyKey"] = json!("k1");
+    let by_field = c.reserve(with_field.clone()).await.ok();
+    assert_eq!(by_field["reservationId"], first["reservationId"]);
+    let both = c
+        .post_with_headers("/v1/reserve", with_field, &[("Idempotency-Key", "k1")])
+        .await
+        .ok();
+    assert_eq!(both["reservationId"], first["reservationId"]);
+    // Another request under the same key is a conflict, as with the field.
+    let mut other = body.clone();
+    other["quantity"] = json!(3);
+    c.post_with_headers("/v1/reserve", other, &[("Idempotency-Key", "k1")])
+        .await
+        .err(409, "idempotency_conflict");
+
+    let mut differs = body.clone();
+    differs["idempotencyKey"] = json!("k2");
+    c.post_with_headers("/v1/reserve", differs, &[("Idempotency-Key", "k1")])
+        .await
+        .invalid("idempotencyKey");
+    let long = "k".repeat(129);
+    c.post_with_headers("/v1/reserve", body.clone(), &[("Idempotency-Key", &long)])
+        .await
+        .invalid("Idempotency-Key");
+    c.post_with_headers("/v1/reserve", body, &[("Idempotency-Key", "")])
+        .await
+        .invalid("Idempotency-Key");
+
+    // Track takes it too: one event for two sends.
+    let track = json!({"userId": "u9", "event": "image.render", "quantity": 3});
+    let a = c
+        .post_with_headers("/v1/track", track.clone(), &[("Idempotency-Key", "t1")])
+        .await
+        .ok();
+    let b = c
+        .post_with_headers("/v1/track", track, &[("Idempotency-Key", "t1")])
+        .await
+        .ok();
+    assert_eq!(a["eventId"], b["eventId"]);
+    assert_counts(&c.limit_state("u9", "images_daily").await, 10, 3, 0);
+}

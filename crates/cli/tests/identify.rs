@@ -49,6 +49,10 @@ async fn a_sign_up_keeps_the_anonymous_usage_and_repeating_it_changes_nothing() 
         l["remaining"], 7,
         "3 of 10 made anonymously: 7 left, not 10"
     );
+    // Through the anonymous id the answer is the user's, and names the user.
+    let through_alias = c.usage("anon_1").await.ok();
+    assert_eq!(through_alias["userId"], "u1", "{through_alias}");
+    assert_counts(limit(&through_alias, "images_daily"), 10, 3, 0);
     // The merge is visible in the events: the user's, each with the id it was made under.
     let e = c.get("/v1/events?userId=u1").await.ok();
     let events = e["events"].as_array().unwrap();

@@ -742,3 +742,64 @@ fn unix_month_start(t: i64) -> i64 {
         .date();
     unix(i64::from(d.year()), i64::from(d.month()), 1, 0, 0, 0)
 }
+
+/// Issue 10, item 4: free and pro share limit `m` (subscription window). A reservation
+/// pending across a subscription write still shows in `reserved` afterwards; its release or
+/// expiry gives everything back, and its commit charges exactly what it commits, once. The
+/// write carries usage, never holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reservation_pending_across_a_subscription_write_is_never_turned_into_usage() {
+    let cycle = || json!({"type": "subscription"});
+    let (_s, c) = TestServer::with_plans(json!({
+        "defaultPlan": "free",
+        "plans": [
+            {"id": "free", "limits": [limit_on("m", 10, cycle(), "image.*")]},
+            {"id": "pro", "limits": [limit_on("m", 10, cycle(), "image.*")]},
+        ]
+    }))
+    .await;
+    c.advance_to_next_utc_hour(12).await;
+
+    // Released after the upgrade: everything comes back, also after cancelling to free.
+    c.track_q("u1", "image.render", 2).await;
+    let r = assert_allowed(&reserve_images(&c, "u1", 6).await, "free");
+    assert_counts(&c.limit_state("u1", "m").await, 10, 2, 6);
+    c.subscribe(json!({"userId": "u1", "planId": "pro"}))
+        .await
+        .ok();
+    assert_counts(&c.limit_state("u1", "m").await, 10, 2, 6);
+    let released = c.release(&r, json!({})).await.ok();
+    assert_counts(limit(&released, "m"), 10, 2, 0);
+    assert_counts(&c.limit_state("u1", "m").await, 10, 2, 0);
+    c.cancel(json!({"userId": "u1", "at": "now"})).await.ok();
+    let l = c.limit_state("u1", "m").await;
+    assert_counts(&l, 10, 2, 0);
+    assert_eq!(l["remaining"], 8, "2 of 10 used on free again: {l}");
+
+    // Expired after the upgrade: the same.
+    c.track_q("u2", "image.render", 2).await;
+    assert_allowed(&reserve_images(&c, "u2", 6).await, "free");
+    c.subscribe(json!({"userId": "u2", "planId": "pro"}))
+        .await
+        .ok();
+    c.advance_clock(61).await;
+    assert_counts(&c.limit_state("u2", "m").await, 10, 2, 0);
+    c.cancel(json!({"userId": "u2", "at": "now"})).await.ok();
+    assert_counts(&c.limit_state("u2", "m").await, 10, 2, 0);
+
+    // Committed after the upgrade, more than fits: charged exactly once, the excess is overage.
+    c.track_q("u3", "image.render", 2).await;
+    let r = assert_allowed(&reserve_images(&c, "u3", 6).await, "free");
+    c.subscribe(json!({"userId": "u3", "planId": "pro"}))
+        .await
+        .ok();
+    let done = c.commit(&r, json!({"quantity": 9})).await.ok();
+    assert_eq!(
+        (int(&done, "quantity"), int(&done, "overage")),
+        (9, 1),
+        "{done}"
+    );
+    assert_counts(limit(&done, "m"), 10, 11, 0);
+    c.cancel(json!({"userId": "u3", "at": "now"})).await.ok();
+    assert_counts(&c.limit_state("u3", "m").await, 10, 11, 0);
+}

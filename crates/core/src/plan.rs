@@ -4,7 +4,7 @@
 //! only what decides a request. A [`PlanDocument`] is built once per applied document, checked as
 //! a whole, and shared read-only by every decision.
 
-use crate::input::{EventName, Metadata};
+use crate::input::{EventName, Metadata, QUANTITY_MAX};
 use crate::window::{BillingInterval, CalendarPeriod};
 use jiff::tz::TimeZone;
 
@@ -169,11 +169,14 @@ impl Limit {
         self.rules.iter().any(|r| r.matches(event, metadata))
     }
 
-    /// The units this limit counts for `quantity` of a matching event.
-    pub fn units(&self, quantity: u64) -> u64 {
+    /// The units this limit counts for `quantity` of a matching event, or `None` when
+    /// `quantity × multiplier` is past [`QUANTITY_MAX`] and cannot be counted exactly.
+    pub fn units(&self, quantity: u64) -> Option<u64> {
         match self.kind {
-            LimitKind::Consumable => quantity.saturating_mul(self.multiplier),
-            LimitKind::Concurrency => 1,
+            LimitKind::Consumable => quantity
+                .checked_mul(self.multiplier)
+                .filter(|&units| units <= QUANTITY_MAX),
+            LimitKind::Concurrency => Some(1),
         }
     }
 }

@@ -143,6 +143,11 @@ impl ApiError {
             ApiError::Forbidden(why) => why.clone(),
             ApiError::NotFound(what) => what.clone(),
             ApiError::MethodNotAllowed => "this route does not take that method".to_string(),
+            ApiError::ReservationNotPending(ReservationStatus::Expired) => {
+                "the reservation is expired and no longer pending; to record work that outran \
+                 its TTL, commit with \"ifExpired\": \"record\""
+                    .to_string()
+            }
             ApiError::ReservationNotPending(status) => {
                 format!(
                     "the reservation is {} and no longer pending",

@@ -100,7 +100,17 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
+/// The header that carries an idempotency key the Stripe way (API.md §1).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The body field the header stands for.
+const IDEMPOTENCY_KEY_FIELD: &str = "idempotencyKey";
+
 /// A JSON body deserialized into `T`, with the fingerprint of the request for idempotency.
+///
+/// The `Idempotency-Key` header is the body's `idempotencyKey` field by another name: a
+/// header alone is put into the body before it is read (so the header and the field make the
+/// same request, with the same fingerprint); both present and different is `400`.
 pub struct IdempotentJson<T> {
     pub body: T,
     /// Hex SHA-256 of the body's canonical JSON (keys sorted, no whitespace): the same request
@@ -108,12 +118,61 @@ pub struct IdempotentJson<T> {
     pub fingerprint: String,
 }
 
+/// The `Idempotency-Key` header, if sent once as text.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "the Idempotency-Key header must be sent once",
+        ));
+    }
+    let value = value.to_str().map_err(|_| {
+        ApiError::invalid(
+            "Idempotency-Key",
+            "the Idempotency-Key header must be visible ASCII",
+        )
+    })?;
+    tollgate_core::input::IdempotencyKey::parse(value)
+        .map(|key| Some(key.into_string()))
+        .map_err(|e| ApiError::invalid("Idempotency-Key", format!("Idempotency-Key {e}")))
+}
+
+/// `value` with the header's key as its `idempotencyKey`; a body naming another key is `400`.
+fn with_idempotency_header(
+    mut value: serde_json::Value,
+    header: Option<String>,
+) -> Result<serde_json::Value, ApiError> {
+    let (Some(key), Some(body)) = (header, value.as_object_mut()) else {
+        return Ok(value);
+    };
+    match body.get(IDEMPOTENCY_KEY_FIELD) {
+        None => {
+            body.insert(IDEMPOTENCY_KEY_FIELD.into(), key.into());
+        }
+        Some(serde_json::Value::String(field)) if *field == key => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                IDEMPOTENCY_KEY_FIELD,
+                "differs from the Idempotency-Key header; send the key once, or the same in both",
+            ))
+        }
+    }
+    Ok(value)
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for IdempotentJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // Read before the body takes the request; judged after it, so a body that is not JSON
+        // is 415 whatever the header says.
+        let header = idempotency_header(req.headers());
         let JsonText(text) = JsonText::from_request(req, state).await?;
-        let value = parse_value(&text)?;
+        let value = with_idempotency_header(parse_value(&text)?, header?)?;
         let body = typed(&value)?;
         Ok(IdempotentJson {
             body,

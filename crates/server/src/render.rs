@@ -110,6 +110,7 @@ pub fn commit_response(o: &CommitOutcome) -> wire::CommitResponse {
         event_id: o.event_id.clone(),
         quantity: o.quantity,
         overage: o.overage,
+        late: o.late,
         limits: limit_states(&o.limits),
     }
 }

@@ -205,6 +205,11 @@ CREATE TABLE account_members (
 );
 CREATE INDEX account_members_account ON account_members (env_id, account_id, user_id);
 "#,
+    r#"
+-- 5: a reservation committed after it expired (`ifExpired: record`); its event_id is then
+-- the late commit's usage event.
+ALTER TABLE reservations ADD COLUMN late BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

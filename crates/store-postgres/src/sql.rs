@@ -150,6 +150,7 @@ fn reservation_row(r: &Row) -> StoreResult<ReservationRow> {
             text,
             truncated: r.get("prompt_truncated"),
         }),
+        late: r.get("late"),
     })
 }
 
@@ -428,7 +429,7 @@ impl MeteringTx for PgTx<'_, '_> {
         self.query_opt(
             "SELECT reservation_id, user_id, event, quantity, metadata, plan_id, status,
                     created_at_ms, expires_at_ms, event_id, final_quantity, overage, prompt,
-                    prompt_truncated
+                    prompt_truncated, late
              FROM reservations WHERE env_id = $1 AND reservation_id = $2",
             &[&env.0, &id],
         )?
@@ -498,6 +499,54 @@ impl MeteringTx for PgTx<'_, '_> {
             ],
         )
         .map(|_| ())
+    }
+
+    fn commit_late(
+        &mut self,
+        env: EnvId,
+        id: &str,
+        event_id: &str,
+        final_quantity: u64,
+        overage: u64,
+    ) -> StoreResult<()> {
+        self.execute(
+            "UPDATE reservations SET status = 'committed', late = true, event_id = $3,
+                 final_quantity = $4, overage = $5
+             WHERE env_id = $1 AND reservation_id = $2",
+            &[
+                &env.0,
+                &id,
+                &event_id,
+                &(final_quantity as i64),
+                &(overage as i64),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn move_holds(
+        &mut self,
+        env: EnvId,
+        from: &CounterKey,
+        to: &CounterKey,
+        (start, end): (Option<Timestamp>, Option<Timestamp>),
+    ) -> StoreResult<()> {
+        self.execute(
+            "UPDATE reservation_limits
+             SET window_key = $5, window_start_ms = $6, window_end_ms = $7
+             WHERE env_id = $1 AND limit_id = $2 AND subject = $3 AND window_key = $4
+               AND held > 0",
+            &[
+                &env.0,
+                &from.limit_id,
+                &from.subject,
+                &from.window_key,
+                &to.window_key,
+                &start.map(ms),
+                &end.map(ms),
+            ],
+        )
+        .map(drop)
     }
 
     fn set_expiry(&mut self, env: EnvId, id: &str, expires_at: Timestamp) -> StoreResult<()> {
@@ -702,6 +751,29 @@ impl MeteringTx for PgTx<'_, '_> {
             params,
         )
         .map(|_| ())
+    }
+
+    fn merged_peak(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        (from, to): (&str, &str),
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let row = self.query_one(
+            "SELECT COALESCE(MAX(total), 0)::BIGINT FROM (
+                 SELECT SUM(n) AS total FROM (
+                     SELECT window_key, used AS n FROM counters
+                     WHERE env_id = $1 AND limit_id = $2 AND subject IN ($3, $4)
+                     UNION ALL
+                     SELECT window_key, held FROM reservation_limits
+                     WHERE env_id = $1 AND limit_id = $2 AND subject IN ($3, $4)
+                       AND held > 0 AND expires_at_ms > $5
+                 ) AS usage GROUP BY window_key
+             ) AS windows",
+            &[&env.0, &limit_id, &from, &to, &ms(now)],
+        )?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 
     fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64> {

@@ -52,6 +52,7 @@ fn reservation_row(r: &Row<'_>) -> rusqlite::Result<(ReservationRow, String, Str
             final_quantity: r.get::<_, Option<i64>>(9)?.map(|q| q as u64),
             overage: r.get::<_, Option<i64>>(10)?.map(|q| q as u64),
             prompt: prompt.map(|text| StoredText { text, truncated }),
+            late: r.get(15)?,
         },
         status,
         metadata,
@@ -411,7 +412,7 @@ impl MeteringTx for SqliteTx<'_> {
             .prepare_cached(
                 "SELECT user_id, event, quantity, metadata, plan_id, status, created_at_ms,
                         expires_at_ms, event_id, final_quantity, overage, NULL, prompt,
-                        prompt_truncated, reservation_id
+                        prompt_truncated, reservation_id, late
                  FROM reservations WHERE env_id = ?1 AND reservation_id = ?2",
             )
             .and_then(|mut s| s.query_row(params![env.0, id], reservation_row).optional())
@@ -509,6 +510,62 @@ impl MeteringTx for SqliteTx<'_> {
                 ])
             })
             .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn commit_late(
+        &mut self,
+        env: EnvId,
+        id: &str,
+        event_id: &str,
+        final_quantity: u64,
+        overage: u64,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE reservations SET status = 'committed', late = 1, event_id = ?3,
+                     final_quantity = ?4, overage = ?5
+                 WHERE env_id = ?1 AND reservation_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    id,
+                    event_id,
+                    final_quantity as i64,
+                    overage as i64
+                ])
+            })
+            .map(drop)
+            .map_err(internal)
+    }
+
+    fn move_holds(
+        &mut self,
+        env: EnvId,
+        from: &CounterKey,
+        to: &CounterKey,
+        (start, end): (Option<Timestamp>, Option<Timestamp>),
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE reservation_limits
+                 SET window_key = ?5, window_start_ms = ?6, window_end_ms = ?7
+                 WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND window_key = ?4
+                   AND held > 0",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    from.limit_id,
+                    from.subject,
+                    from.window_key,
+                    to.window_key,
+                    start.map(ms),
+                    end.map(ms),
+                ])
+            })
+            .map(drop)
             .map_err(internal)
     }
 
@@ -736,6 +793,35 @@ impl MeteringTx for SqliteTx<'_> {
                 .map_err(internal)?;
         }
         Ok(())
+    }
+
+    fn merged_peak(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        (from, to): (&str, &str),
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.0
+            .prepare_cached(
+                "SELECT COALESCE(MAX(total), 0) FROM (
+                     SELECT SUM(n) AS total FROM (
+                         SELECT window_key, used AS n FROM counters
+                         WHERE env_id = ?1 AND limit_id = ?2 AND subject IN (?3, ?4)
+                         UNION ALL
+                         SELECT window_key, held FROM reservation_limits
+                         WHERE env_id = ?1 AND limit_id = ?2 AND subject IN (?3, ?4)
+                           AND held > 0 AND expires_at_ms > ?5
+                     ) GROUP BY window_key
+                 )",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![env.0, limit_id, from, to, ms(now)], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(internal)
     }
 
     fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64> {

@@ -4,6 +4,9 @@
 //! A backend's test file calls the macro with an async constructor that returns a fresh, empty
 //! store and a guard that keeps its resources (a temp dir, a database) alive for the test.
 
+mod carry;
+pub use carry::*;
+
 use crate::*;
 use jiff::{SignedDuration, Timestamp};
 use tollgate_core::plan::*;
@@ -29,7 +32,8 @@ macro_rules! store_contract_suite {
             environments_are_isolated,
             subscriptions_upsert_cancel_and_history,
             track_enforce_records_nothing_when_denied,
-            calendar_windows_reset_at_the_boundary
+            calendar_windows_reset_at_the_boundary,
+            subscription_writes_carry_usage_and_move_holds
         );
     };
     (@each $make:path; $($name:ident),*) => {
@@ -192,6 +196,8 @@ fn commit_cmd(
         metadata: None,
         cost_micros: None,
         response: None,
+        if_expired: IfExpired::Reject,
+        late_event_id: format!("evt_late_{id}"),
     }
 }
 

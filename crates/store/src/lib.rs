@@ -249,6 +249,17 @@ pub struct CheckOutcome {
     pub limits: Vec<LimitState>,
 }
 
+/// What a commit does with a reservation that expired before it (`ifExpired`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IfExpired {
+    /// Refuse with `NotPending { status: Expired }` (the default).
+    #[default]
+    Reject,
+    /// Record the work anyway: it happened (a job that outran its TTL). Charged like a commit
+    /// of more than was held, since the expiry returned the hold; the answer says `late`.
+    Record,
+}
+
 #[derive(Debug, Clone)]
 pub struct CommitCommand {
     pub env: EnvId,
@@ -260,6 +271,10 @@ pub struct CommitCommand {
     pub metadata: Option<Metadata>,
     pub cost_micros: Option<u64>,
     pub response: Option<StoredText>,
+    pub if_expired: IfExpired,
+    /// The id of the usage event a late commit records: the reservation's own event id went
+    /// to its `expired` event.
+    pub late_event_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +283,8 @@ pub struct CommitOutcome {
     pub event_id: String,
     pub quantity: u64,
     pub overage: u64,
+    /// Committed after the reservation had expired (`ifExpired: record`).
+    pub late: bool,
     pub limits: Vec<LimitState>,
 }
 
@@ -362,6 +379,9 @@ pub struct UsageQuery {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageOutcome {
+    /// The user the answer is about: the one asked for, or the user an identified anonymous
+    /// id stands for.
+    pub user_id: String,
     pub plan_id: Option<String>,
     pub subscription: Option<Subscription>,
     pub limits: Vec<LimitState>,

@@ -15,8 +15,10 @@
 use crate::*;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use tollgate_core::decision::{self, CounterState, DenyReason, LimitCheck, SettleInput};
-use tollgate_core::input::{EventName, IDEMPOTENCY_RETENTION_SECONDS};
+use tollgate_core::decision::{
+    self, sum_in_range, CounterState, DenyReason, LimitCheck, OutOfRange, SettleInput,
+};
+use tollgate_core::input::{EventName, IDEMPOTENCY_RETENTION_SECONDS, QUANTITY_MAX};
 use tollgate_core::plan::{Limit, UnmatchedEvents, WindowSpec};
 use tollgate_core::subscription::{self, Resolved};
 
@@ -194,6 +196,9 @@ pub struct ReservationRow {
     pub final_quantity: Option<u64>,
     pub overage: Option<u64>,
     pub prompt: Option<StoredText>,
+    /// Committed after it expired (`ifExpired: record`); its `event_id` is then the late
+    /// commit's usage event, not the expiry's.
+    pub late: bool,
 }
 
 /// One usage event row (committed, released, expired, tracked, denied).
@@ -321,8 +326,30 @@ pub trait MeteringTx {
         final_quantity: Option<u64>,
         overage: Option<u64>,
     ) -> StoreResult<()>;
+    /// Records the late commit of an expired reservation: status committed, flagged late,
+    /// `event_id` (a new usage event: the reservation's own went to its expiry) and the final
+    /// quantity and overage. Its holds ended at the expiry.
+    fn commit_late(
+        &mut self,
+        env: EnvId,
+        id: &str,
+        event_id: &str,
+        final_quantity: u64,
+        overage: u64,
+    ) -> StoreResult<()>;
     /// Moves a reservation's and its holds' expiry.
     fn set_expiry(&mut self, env: EnvId, id: &str, expires_at: Timestamp) -> StoreResult<()>;
+    /// Moves every hold on counter `from` to counter `to` (the same limit and subject, another
+    /// window), with that window's bounds: a subscription write that moves a subject to new
+    /// windows takes its pending reservations along, so they still show in `reserved` there
+    /// and settle there.
+    fn move_holds(
+        &mut self,
+        env: EnvId,
+        from: &CounterKey,
+        to: &CounterKey,
+        window: (Option<Timestamp>, Option<Timestamp>),
+    ) -> StoreResult<()>;
     fn insert_event(&mut self, env: EnvId, e: &EventRow<'_>) -> StoreResult<()>;
 
     fn idempotency(
@@ -368,6 +395,16 @@ pub trait MeteringTx {
     /// `to`'s of the same windows (then deleted), its rolling usage and its pending holds
     /// change subject.
     fn merge_limit(&mut self, env: EnvId, limit_id: &str, from: &str, to: &str) -> StoreResult<()>;
+    /// What [`merge_limit`](Self::merge_limit) would make of one limit's fixed windows: the
+    /// largest `used` plus holds unexpired at `now` that any window would count once `from`'s
+    /// counters and holds are added to `to`'s (0 if neither has any).
+    fn merged_peak(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subjects: (&str, &str),
+        now: Timestamp,
+    ) -> StoreResult<u64>;
     /// Moves the usage events and pending reservations of user `from` to user `to`; each moved
     /// event keeps `from` as its anonymous id. Returns how many events moved.
     fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64>;
@@ -645,6 +682,20 @@ fn matching(
     Ok(out)
 }
 
+/// A command refused because it would take a figure of counter `c`'s limit past 2^53-1 (a
+/// core decision names it by index): the client's error, in the field the client can change.
+/// Nothing of it was applied.
+fn out_of_range(c: &Counter) -> StoreError {
+    let limit_id = &c.key.limit_id;
+    StoreError::Invalid {
+        field: "quantity".into(),
+        message: format!(
+            "would take limit `{limit_id}` past {QUANTITY_MAX} (2^53-1), the largest figure \
+             Tollgate keeps exact; nothing was applied"
+        ),
+    }
+}
+
 /// Decides a reserve-like request against loaded counters. The limits are looked up again by id
 /// in the resolved plan (the counters were built from them, in order).
 fn decide(
@@ -653,7 +704,7 @@ fn decide(
     metadata: &Metadata,
     counters: &[(Counter, Loaded)],
     quantity: u64,
-) -> decision::ReserveDecision {
+) -> StoreResult<decision::ReserveDecision> {
     let limits = resolved
         .plan
         .limits
@@ -668,6 +719,7 @@ fn decide(
         })
         .collect();
     decision::decide_reserve(&checks, quantity)
+        .map_err(|OutOfRange { check }| out_of_range(&counters[check].0))
 }
 
 fn replay(
@@ -870,6 +922,9 @@ pub fn identify(tx: &mut impl MeteringTx, cmd: &IdentifyCommand) -> StoreResult<
         .collect();
     limit_ids.sort_unstable();
     limit_ids.dedup();
+    for id in &limit_ids {
+        merge_stays_in_range(tx, (env, cmd.now), &cmd.plans, id, (&from, &to))?;
+    }
     for id in limit_ids {
         tx.merge_limit(env, id, &from, &to)?;
     }
@@ -880,6 +935,48 @@ pub fn identify(tx: &mut impl MeteringTx, cmd: &IdentifyCommand) -> StoreResult<
         merged: true,
         events_merged,
     })
+}
+
+/// Refuses an identify whose merge would take a counter of limit `limit_id` past 2^53-1:
+/// a fixed window's `used` plus holds, or a rolling window's usage now plus holds, of both
+/// subjects together. Checked for every limit before anything moves, so a refused identify
+/// changes nothing.
+fn merge_stays_in_range(
+    tx: &mut impl MeteringTx,
+    (env, now): (EnvId, Timestamp),
+    plans: &PlanDocument,
+    limit_id: &str,
+    (from, to): (&str, &str),
+) -> StoreResult<()> {
+    let mut peak = tx.merged_peak(env, limit_id, (from, to), now)?;
+    let rolling = plans
+        .plans
+        .iter()
+        .flat_map(|p| &p.limits)
+        .filter(|l| l.id == limit_id)
+        .find_map(|l| match l.window {
+            WindowSpec::Rolling { seconds } => Some(seconds),
+            _ => None,
+        });
+    if let Some(seconds) = rolling {
+        let after = now
+            .checked_sub(secs(i64::from(seconds)))
+            .map_err(overflow)?;
+        for subject in [from, to] {
+            let (used, _) = tx.rolling_used(env, limit_id, subject, after, now)?;
+            peak = sum_in_range(&[peak, used]).unwrap_or(u64::MAX);
+        }
+    }
+    if peak > QUANTITY_MAX {
+        return Err(StoreError::Invalid {
+            field: "anonymousId".into(),
+            message: format!(
+                "merging its usage into the user would take limit `{limit_id}` past \
+                 {QUANTITY_MAX} (2^53-1); nothing was applied"
+            ),
+        });
+    }
+    Ok(())
 }
 
 pub fn reserve(
@@ -946,7 +1043,7 @@ fn decide_and_hold(
     if counters.is_empty() && cmd.plans.unmatched_events == UnmatchedEvents::Deny {
         return Ok(denied(plan_id, DenyReason::UnmatchedEvent));
     }
-    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get());
+    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get())?;
     if !d.allowed {
         return Ok(ReserveOutcome {
             allowed: false,
@@ -981,6 +1078,7 @@ fn decide_and_hold(
             final_quantity: None,
             overage: None,
             prompt: cmd.prompt.clone(),
+            late: false,
         },
     )?;
     let mut limits = Vec::with_capacity(counters.len());
@@ -1166,24 +1264,72 @@ fn expire(tx: &mut impl MeteringTx, env: EnvId, r: &ReservationRow) -> StoreResu
     )
 }
 
-/// A reservation that must still be pending at `now`; one past its expiry is expired here (a
-/// logged event, like the sweeper's) and refused.
+/// Refuses a reservation that is no longer pending at `now`; one past its expiry is expired
+/// here (a logged event, like the sweeper's) and refused.
 fn still_pending(
     tx: &mut impl MeteringTx,
     env: EnvId,
-    r: ReservationRow,
+    r: &ReservationRow,
     now: Timestamp,
-) -> StoreResult<ReservationRow> {
+) -> StoreResult<()> {
     if r.status != ReservationStatus::Pending {
         return Err(StoreError::NotPending { status: r.status });
     }
     if r.expires_at <= now {
-        expire(tx, env, &r)?;
+        expire(tx, env, r)?;
         return Err(StoreError::NotPending {
             status: ReservationStatus::Expired,
         });
     }
-    Ok(r)
+    Ok(())
+}
+
+/// Whether a commit of `r` is late: false for a pending reservation; true for an expired one
+/// (expired here if overdue) when the commit says `ifExpired: record`; any other state is
+/// refused as [`still_pending`] refuses it.
+fn commit_is_late(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    r: &ReservationRow,
+    (if_expired, now): (IfExpired, Timestamp),
+) -> StoreResult<bool> {
+    match still_pending(tx, env, r, now) {
+        Ok(()) => Ok(false),
+        Err(StoreError::NotPending {
+            status: ReservationStatus::Expired,
+        }) if if_expired == IfExpired::Record => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// What settling a charge at `at` on counter `c` needs to know: its state `l` (loaded at
+/// `at`), less `own` (the hold being settled, if it still counts in `reserved`), and for a
+/// rolling window the usage within one window length either side of `at`, which bounds every
+/// window the charge will count in.
+fn settle_input(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    (c, l, own): (&Counter, &Loaded, u64),
+    at: Timestamp,
+) -> StoreResult<SettleInput> {
+    let used_around = match &c.window {
+        CounterWindow::Rolling { seconds } if c.kind == LimitKind::Consumable => {
+            let span = secs(i64::from(*seconds));
+            let after = at.checked_sub(span).map_err(overflow)?;
+            let until = at.checked_add(span).map_err(overflow)?;
+            tx.rolling_used(env, &c.key.limit_id, &c.key.subject, after, until)?
+                .0
+        }
+        _ => l.state.used,
+    };
+    Ok(SettleInput {
+        kind: c.kind,
+        multiplier: c.multiplier,
+        quota: c.quota,
+        used: l.state.used,
+        used_around,
+        reserved_others: l.state.reserved.saturating_sub(own),
+    })
 }
 
 pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<CommitOutcome> {
@@ -1196,11 +1342,12 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
             reservation_id: id.to_string(),
             quantity: r.final_quantity.unwrap_or(r.quantity),
             overage: r.overage.unwrap_or(0),
+            late: r.late,
             limits: render_held(tx, env, &held, r.created_at, now)?,
             event_id: r.event_id,
         });
     }
-    let r = still_pending(tx, env, r, now)?;
+    let late = commit_is_late(tx, env, &r, (cmd.if_expired, now))?;
     let quantity = cmd.quantity.map_or(r.quantity, |q| q.get());
     let metadata = match &cmd.metadata {
         Some(extra) => r.metadata.merged(extra).map_err(|e| StoreError::Invalid {
@@ -1209,33 +1356,34 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         })?,
         None => r.metadata.clone(),
     };
+    // An expired reservation's holds no longer count in `reserved`: a late commit is charged
+    // like a commit of more than was held, with nothing of its own to return.
+    let own_of = |own: u64| if late { 0 } else { own };
     let mut inputs = Vec::with_capacity(held.len());
     let mut loaded = Vec::with_capacity(held.len());
     for (c, own) in &held {
         let l = load(tx, env, c, r.created_at, now)?;
+        inputs.push(settle_input(tx, env, (c, &l, own_of(*own)), r.created_at)?);
         loaded.push(l);
-        inputs.push(SettleInput {
-            kind: c.kind,
-            multiplier: c.multiplier,
-            quota: c.quota,
-            used: l.state.used,
-            reserved_others: l.state.reserved.saturating_sub(*own),
-        });
     }
-    let settlement = decision::settle(&inputs, quantity);
+    let settlement = decision::settle(&inputs, quantity)
+        .map_err(|OutOfRange { check }| out_of_range(&held[check].0))?;
     for ((c, _), &units) in held.iter().zip(&settlement.charged) {
         charge(tx, env, c, units, r.created_at)?;
     }
-    tx.finish_reservation(
-        env,
-        id,
-        ReservationStatus::Committed,
-        Some(quantity),
-        Some(settlement.overage),
-    )?;
+    let event_id = if late {
+        let event_id = cmd.late_event_id.as_str();
+        tx.commit_late(env, id, event_id, quantity, settlement.overage)?;
+        event_id
+    } else {
+        let (status, overage) = (ReservationStatus::Committed, Some(settlement.overage));
+        tx.finish_reservation(env, id, status, Some(quantity), overage)?;
+        r.event_id.as_str()
+    };
     tx.insert_event(
         env,
         &EventRow {
+            event_id,
             quantity,
             metadata: &metadata,
             cost_micros: cmd.cost_micros,
@@ -1250,19 +1398,17 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         .zip(loaded)
         .zip(&settlement.charged)
         .map(|(((c, own), l), &units)| {
-            render(
-                c,
-                settled(c, l, *own, units, r.created_at),
-                r.created_at.max(now),
-            )
+            let after = settled(c, l, own_of(*own), units, r.created_at);
+            render(c, after, r.created_at.max(now))
         })
         .collect();
     Ok(CommitOutcome {
         reservation_id: id.to_string(),
         quantity,
         overage: settlement.overage,
+        late,
         limits,
-        event_id: r.event_id,
+        event_id: event_id.to_string(),
     })
 }
 
@@ -1271,7 +1417,7 @@ pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<Re
     let (r, holds) = lock_reservation(tx, env, id)?;
     let (created_at, user_id) = (r.created_at, r.user_id.clone());
     if r.status != ReservationStatus::Released {
-        let r = still_pending(tx, env, r, now)?;
+        still_pending(tx, env, &r, now)?;
         tx.finish_reservation(env, id, ReservationStatus::Released, None, None)?;
         tx.insert_event(
             env,
@@ -1294,7 +1440,7 @@ pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<Re
 pub fn extend(tx: &mut impl MeteringTx, cmd: &ExtendCommand) -> StoreResult<ExtendOutcome> {
     let (env, now, id) = (cmd.env, cmd.now, cmd.reservation_id.as_str());
     let (r, _) = lock_reservation(tx, env, id)?;
-    still_pending(tx, env, r, now)?;
+    still_pending(tx, env, &r, now)?;
     let expires_at = now
         .checked_add(secs(i64::from(cmd.ttl.get())))
         .map_err(overflow)?;
@@ -1388,7 +1534,7 @@ fn track_decide(
         {
             vec![DenyReason::UnmatchedEvent]
         }
-        (true, _, Some(r)) => decide(r, event, metadata, &counters, cmd.quantity.get()).reasons,
+        (true, _, Some(r)) => decide(r, event, metadata, &counters, cmd.quantity.get())?.reasons,
         (true, _, None) => Vec::new(),
     };
     let row = |status, reasons, overage| EventRow {
@@ -1425,17 +1571,12 @@ fn track_decide(
             limits,
         });
     }
-    let inputs: Vec<SettleInput> = counters
-        .iter()
-        .map(|(c, l)| SettleInput {
-            kind: c.kind,
-            multiplier: c.multiplier,
-            quota: c.quota,
-            used: l.state.used,
-            reserved_others: l.state.reserved,
-        })
-        .collect();
-    let settlement = decision::settle(&inputs, cmd.quantity.get());
+    let mut inputs = Vec::with_capacity(counters.len());
+    for (c, l) in &counters {
+        inputs.push(settle_input(tx, env, (c, l, 0), at)?);
+    }
+    let settlement = decision::settle(&inputs, cmd.quantity.get())
+        .map_err(|OutOfRange { check }| out_of_range(&counters[check].0))?;
     let mut limits = Vec::with_capacity(counters.len());
     for ((c, l), &units) in counters.iter().zip(&settlement.charged) {
         if let CounterWindow::Fixed {
@@ -1500,7 +1641,7 @@ pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckO
             limits: Vec::new(),
         });
     }
-    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get());
+    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get())?;
     Ok(CheckOutcome {
         allowed: d.allowed,
         plan_id,
@@ -1529,6 +1670,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
     let Some(resolved) = subscription::resolve(&q.plans, st.sub.as_ref(), q.user_id.as_str(), now)
     else {
         return Ok(UsageOutcome {
+            user_id: q.user_id.as_str().to_string(),
             plan_id: None,
             subscription: own,
             limits: Vec::new(),
@@ -1548,6 +1690,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
     }
     let plan_id = Some(resolved.plan.id.clone());
     Ok(UsageOutcome {
+        user_id: q.user_id.as_str().to_string(),
         plan_id,
         subscription: own,
         limits,
@@ -1587,12 +1730,15 @@ pub fn upsert_subscription(
 /// new windows: a calendar window when the subscriber's time zone changes, a `subscription`
 /// window when a subscription starts (the default plan counts those per calendar month),
 /// ends now, starts over after its end, or has its anchor moved. The window entered then
-/// counts at least what the window being left counts (used, and held by pending reservations,
-/// whose commits still go to it): upgrading keeps the usage, and no subscription write gives
-/// back quota already used, so free → pro → cancel → free cannot refresh a window. A renewal
-/// (a later `cycleStart`) is the one change meant to start `subscription` windows afresh.
-/// Usage counted only in an earlier window stays there (moving it would need each event's
-/// time).
+/// counts at least the usage the window being left counts, and the pending reservations held
+/// on the window left move with the subject: they show in `reserved` of the window entered,
+/// a release or an expiry returns them there, and a commit charges there exactly what it
+/// commits. Only usage is carried, never a hold (a hold carried as usage would charge a
+/// reservation that is then released). Upgrading keeps the usage, and no subscription write
+/// gives back quota already used, so free → pro → cancel → free cannot refresh a window. A
+/// renewal (a later `cycleStart`) is the one change meant to start `subscription` windows
+/// afresh. Usage counted only in an earlier window stays there (moving it would need each
+/// event's time).
 ///
 /// Only a user's own subscription carries: an account's subscription moves the windows of
 /// all its members at once, which this does not follow yet (docs/api.md, "Accounts").
@@ -1626,14 +1772,27 @@ fn carry_into_new_windows(
         if from.key == to.key {
             continue;
         }
+        let CounterWindow::Fixed { start, end, .. } = &to.window else {
+            continue;
+        };
         let left = load(tx, env, &from, now, now)?.state;
         let entered = load(tx, env, &to, now, now)?.state;
-        let counted = left.used.saturating_add(left.reserved);
-        if let (Some(more), CounterWindow::Fixed { end, .. }) = (
-            counted.checked_sub(entered.used).filter(|&n| n > 0),
-            &to.window,
-        ) {
-            tx.add_used(env, &to.key, *end, more)?;
+        let used = left.used.max(entered.used);
+        if sum_in_range(&[used, entered.reserved, left.reserved]).is_none() {
+            return Err(StoreError::Invalid {
+                field: "planId".into(),
+                message: format!(
+                    "the change would move usage and holds of limit `{}` into a window \
+                     counting past {QUANTITY_MAX} (2^53-1); nothing was applied",
+                    limit.id
+                ),
+            });
+        }
+        if used > entered.used {
+            tx.add_used(env, &to.key, *end, used - entered.used)?;
+        }
+        if left.reserved > 0 {
+            tx.move_holds(env, &from.key, &to.key, (Some(*start), *end))?;
         }
     }
     Ok(())

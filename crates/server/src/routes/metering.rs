@@ -20,7 +20,7 @@ use tollgate_api::Subject;
 use tollgate_core::input::StoredText;
 use tollgate_store::{
     CheckCommand, CommitCommand, EventsQuery, ExtendCommand, Idempotency, Idempotent,
-    IdentifyCommand, ReleaseCommand, ReserveCommand, TrackCommand, UsageQuery,
+    IdentifyCommand, IfExpired, ReleaseCommand, ReserveCommand, TrackCommand, UsageQuery,
 };
 use utoipa::IntoParams;
 
@@ -136,6 +136,11 @@ pub async fn commit(
             metadata: input.metadata,
             cost_micros: input.cost_micros,
             response: logged(input.response),
+            if_expired: match input.if_expired {
+                wire::IfExpired::Reject => IfExpired::Reject,
+                wire::IfExpired::Record => IfExpired::Record,
+            },
+            late_event_id: new_id(EVENT_PREFIX),
         })
         .await
         .map_err(store_error(RESERVATION))?;
@@ -488,10 +493,12 @@ pub async fn usage(
             env: caller.auth.env,
             now: caller.now,
             plans: plans.document.clone(),
-            user_id: user_id.clone(),
+            user_id,
             event,
         })
         .await?;
+    // Through an identified anonymous id the answer is the user's, and names them.
+    let user_id = wire::parse_path_user_id(outcome.user_id)?;
     let subscription = outcome.subscription.as_ref().map(|sub| {
         let period = current_period(&plans.document, sub, caller.now);
         wire::SubscriptionResponse::new(&Subject::User(user_id.clone()), sub, period, None)
