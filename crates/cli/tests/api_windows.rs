@@ -1,5 +1,5 @@
-//! API.md §5 windows, driven by the test clock (§7): resets, time zones, rolling, first use,
-//! subscription cycles and month-end anchors.
+//! API.md §5 windows, driven by the test clock (§7): resets, time zones, DST changes, rolling,
+//! first use, subscription cycles and month-end anchors.
 
 mod common;
 
@@ -119,6 +119,72 @@ async fn calendar_day_in_tokyo_resets_at_tokyo_midnight() {
         next.div_euclid(DAY) * DAY,
         "UTC day unchanged",
     );
+}
+
+/// The next instant Europe/Berlin falls back (the last Sunday of October, 03:00 CEST becomes
+/// 02:00 CET at 01:00 UTC) whose first 02:00 CEST is more than a minute after `now`.
+fn next_berlin_fall_back(now: i64) -> i64 {
+    let mut year = civil_from_days(now.div_euclid(DAY)).0;
+    loop {
+        let october_31 = days_from_civil(year, 10, 31);
+        // 1970-01-01 was a Thursday (3 days after a Monday); Sunday is 6 days after one.
+        let since_monday = (october_31 + 3).rem_euclid(7);
+        let last_sunday = october_31 - (since_monday + 1).rem_euclid(7);
+        let change = last_sunday * DAY + HOUR;
+        if change - HOUR > now + MINUTE {
+            return change;
+        }
+        year += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hour_repeated_by_a_dst_change_is_a_window_of_its_own() {
+    let (_s, c) = TestServer::with_plans(free_plan(json!([limit_on(
+        "hourly",
+        1,
+        json!({"type": "calendar", "period": "hour", "timezone": "Europe/Berlin"})
+    )])))
+    .await;
+    // 2027-10-31T01:00:00Z when this test was written.
+    let change = next_berlin_fall_back(c.now().await);
+
+    // 02:30 CEST, in the first 02:00–03:00 of the night.
+    c.advance_to(change - 30 * MINUTE).await;
+    let a = c.track_q("u1", "image.render", 1).await;
+    let l = limit(&a, "hourly");
+    assert_counts(l, 1, 1, 0);
+    assert_ts(&l["windowStart"], change - HOUR, "the first 02:00, +02:00");
+    assert_ts(&l["resetsAt"], change, "ends when the clock falls back");
+    let d = c.reserve_q("u1", "image.render", 1).await;
+    assert_eq!(
+        strs(&d["deniedBy"]),
+        vec!["hourly"],
+        "the first hour is used"
+    );
+
+    // 02:30 CET, in the repeated 02:00–03:00: a new window, one hour long.
+    c.advance_clock(HOUR).await;
+    let a = c.reserve_q("u1", "image.render", 1).await;
+    let r = Client::must_allow(&a);
+    let l = limit(&a, "hourly");
+    assert_counts(l, 1, 0, 1);
+    assert_ts(&l["windowStart"], change, "the repeated 02:00, +01:00");
+    assert_ts(&l["resetsAt"], change + HOUR, "one hour after its start");
+    c.commit(&r, json!({})).await.ok();
+    let d = c.reserve_q("u1", "image.render", 1).await;
+    assert_eq!(
+        strs(&d["deniedBy"]),
+        vec!["hourly"],
+        "the repeated hour has its own quota of 1"
+    );
+
+    // 03:30 CET: the next hour.
+    c.advance_clock(HOUR).await;
+    let l = c.limit_state("u1", "hourly").await;
+    assert_counts(&l, 1, 0, 0);
+    assert_ts(&l["windowStart"], change + HOUR, "03:00, +01:00");
+    assert_ts(&l["resetsAt"], change + 2 * HOUR, "04:00, +01:00");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,19 +6,27 @@
 //! functions of their inputs. It performs no I/O and never reads the clock: the instant is always
 //! a parameter.
 //!
-//! Calendar windows follow the local boundaries of an IANA time zone. A boundary that falls in a
-//! DST gap starts at the first instant after the gap; one that falls in a fold starts at its first
-//! occurrence. Subscription windows are billing cycles computed in UTC civil time from the anchor
-//! each time, so a cycle anchored on the 31st clamps to a short month's end and returns to the
-//! 31st afterwards.
+//! Calendar windows follow the local boundaries of an IANA time zone, in two ways. Minutes and
+//! hours are lengths of real time: they follow the local clock in the UTC offset in force, so an
+//! hour window is never longer than an hour and the hour a fall-back change repeats is a window of
+//! its own. Days, weeks, months and years are civil: they run from one local midnight to another,
+//! so a DST day lasts 23 or 25 hours. A civil boundary that falls in a DST gap starts at the first
+//! instant after the gap; one that falls in a fold starts at its first occurrence.
+//!
+//! Subscription windows are billing cycles computed in UTC civil time from the anchor each time,
+//! so a cycle anchored on the 31st clamps to a short month's end and returns to the 31st
+//! afterwards.
 
 use jiff::civil::{DateTime, Time};
-use jiff::tz::{AmbiguousOffset, TimeZone};
+use jiff::tz::{AmbiguousOffset, TimeZone, TimeZoneTransition};
 use jiff::{SignedDuration, Span, Timestamp};
 
+const SECONDS_PER_MINUTE: i64 = 60;
+const SECONDS_PER_HOUR: i64 = 3_600;
 const SECONDS_PER_DAY: i64 = 86_400;
 const SECONDS_PER_WEEK: i64 = 7 * SECONDS_PER_DAY;
 const MONTHS_PER_YEAR: i64 = 12;
+const ONE_NANOSECOND: SignedDuration = SignedDuration::from_nanos(1);
 
 /// The boundaries a calendar window can follow. Weeks start on Monday.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,16 +126,108 @@ fn out_of_range(_: jiff::Error) -> WindowError {
     WindowError::OutOfRange
 }
 
-/// The calendar window of `period` in time zone `tz` containing `at`: starts at the local
-/// boundary (start of minute/hour/day/Monday-week/month/year) in `tz`, ends at the next one.
-/// Across DST gaps/folds use jiff's rules (e.g. a day that starts in a gap starts at the first
-/// valid instant; a 23h or 25h day is fine). Windows must tile time: end of one == start of next.
+/// The calendar window of `period` in time zone `tz` containing `at`. Windows of one period tile
+/// time: the end of one is the start of the next, with no gap and no overlap.
 ///
-/// A boundary in a fold starts at its first occurrence, so the hour repeated by a fall-back
-/// change belongs to one two-hour window. A window whose every local instant was skipped (an
-/// hour inside a gap) is empty and never returned.
+/// Minute and hour windows are real lengths of time (`clock_window`): at most one minute or one
+/// hour long, cut where the zone's UTC offset changes, so the hour repeated by a fall-back change
+/// is its own window. Day, Monday-week, month and year windows are civil (`civil_window`): from
+/// one local boundary to the next, so a day across a DST change lasts 23 or 25 hours.
 pub fn calendar_window(
     period: CalendarPeriod,
+    tz: &TimeZone,
+    at: Timestamp,
+) -> Result<WindowBounds, WindowError> {
+    match period {
+        CalendarPeriod::Minute => clock_window(SECONDS_PER_MINUTE, tz, at),
+        CalendarPeriod::Hour => clock_window(SECONDS_PER_HOUR, tz, at),
+        CalendarPeriod::Day => civil_window(CivilPeriod::Day, tz, at),
+        CalendarPeriod::Week => civil_window(CivilPeriod::Week, tz, at),
+        CalendarPeriod::Month => civil_window(CivilPeriod::Month, tz, at),
+        CalendarPeriod::Year => civil_window(CivilPeriod::Year, tz, at),
+    }
+}
+
+/// The minute or hour window (`length_seconds` of 60 or 3,600) containing `at`.
+///
+/// The window is the local minute or hour of `at` read in the UTC offset in force at `at`, cut
+/// to the stretch of time in which that offset holds:
+///
+/// - start = max(the local boundary of `at` in `at`'s offset, the latest offset change ≤ `at`),
+/// - end = min(that boundary + `length_seconds`, the first offset change > `at`).
+///
+/// Between two offset changes the offset is fixed, so there the windows are the fixed offset's
+/// grid of minutes or hours; cut at the changes, they tile time and none is longer than its
+/// length. In Europe/Berlin on the fall-back night the first 02:00–03:00 (+02:00) is one window
+/// and the repeated 02:00–03:00 (+01:00) the next. Where a zone shifts by a part of an hour the
+/// hour around the change is shortened rather than lengthened: Australia/Lord_Howe's repeated
+/// half hour (+10:30) and its half hour after the spring jump (+11:00) are 30-minute windows, as
+/// is Pacific/Chatham's 02:00–02:45 before its jump. A transition that changes only a zone's
+/// abbreviation or DST flag, not its offset, cuts nothing.
+fn clock_window(
+    length_seconds: i64,
+    tz: &TimeZone,
+    at: Timestamp,
+) -> Result<WindowBounds, WindowError> {
+    let local = tz.to_datetime(at);
+    let seconds_into_hour =
+        i64::from(local.minute()) * SECONDS_PER_MINUTE + i64::from(local.second());
+    let since_boundary = SignedDuration::new(
+        seconds_into_hour % length_seconds,
+        local.subsec_nanosecond(),
+    );
+    let boundary = at.checked_sub(since_boundary).map_err(out_of_range)?;
+    let boundary_end = boundary
+        .checked_add(SignedDuration::from_secs(length_seconds))
+        .map_err(out_of_range)?;
+
+    // `preceding` yields transitions strictly before its argument, so ask from just after `at`
+    // for the latest one at or before it. Only transitions inside the window can cut it, which
+    // also bounds both searches to the handful of transitions within one hour.
+    let just_after = at.checked_add(ONE_NANOSECOND).map_err(out_of_range)?;
+    let mut start = boundary;
+    for transition in tz
+        .preceding(just_after)
+        .take_while(|t| t.timestamp() > boundary)
+    {
+        if changes_offset(tz, &transition)? {
+            start = transition.timestamp();
+            break;
+        }
+    }
+    let mut end = boundary_end;
+    for transition in tz
+        .following(at)
+        .take_while(|t| t.timestamp() < boundary_end)
+    {
+        if changes_offset(tz, &transition)? {
+            end = transition.timestamp();
+            break;
+        }
+    }
+    debug_assert!(start <= at && at < end, "clock window must contain `at`");
+    Ok(WindowBounds {
+        start,
+        end: Some(end),
+    })
+}
+
+/// Whether the UTC offset after `transition` differs from the one just before it. The time zone
+/// database also records transitions that change only an abbreviation or the DST flag.
+fn changes_offset(tz: &TimeZone, transition: &TimeZoneTransition<'_>) -> Result<bool, WindowError> {
+    let just_before = transition
+        .timestamp()
+        .checked_sub(ONE_NANOSECOND)
+        .map_err(out_of_range)?;
+    Ok(tz.to_offset(just_before) != transition.offset())
+}
+
+/// The day, Monday-week, month or year window containing `at`: from the local boundary of `at`
+/// in `tz` (start of day, Monday, month or year) to the next one. Across DST changes the window
+/// keeps its local boundaries, so a day lasts 23 or 25 hours; a boundary in a gap starts at the
+/// first instant after the gap, one in a fold at its first occurrence ([`boundary_instant`]).
+fn civil_window(
+    period: CivilPeriod,
     tz: &TimeZone,
     at: Timestamp,
 ) -> Result<WindowBounds, WindowError> {
@@ -156,56 +256,42 @@ pub fn calendar_window(
     })
 }
 
+/// The periods whose windows run from one local boundary to the next, whatever their length in
+/// real time.
+#[derive(Debug, Clone, Copy)]
+enum CivilPeriod {
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
 /// The local boundary of `period` at or before `local`.
-fn period_floor(period: CalendarPeriod, local: DateTime) -> Result<DateTime, WindowError> {
+fn period_floor(period: CivilPeriod, local: DateTime) -> Result<DateTime, WindowError> {
     let date = local.date();
     let midnight = Time::midnight();
     let floor = match period {
-        CalendarPeriod::Minute => DateTime::new(
-            local.year(),
-            local.month(),
-            local.day(),
-            local.hour(),
-            local.minute(),
-            0,
-            0,
-        ),
-        CalendarPeriod::Hour => DateTime::new(
-            local.year(),
-            local.month(),
-            local.day(),
-            local.hour(),
-            0,
-            0,
-            0,
-        ),
-        CalendarPeriod::Day => Ok(local.start_of_day()),
-        CalendarPeriod::Week => {
+        CivilPeriod::Day => Ok(local.start_of_day()),
+        CivilPeriod::Week => {
             let since_monday = date.weekday().to_monday_zero_offset();
             Span::new()
                 .try_days(since_monday)
                 .and_then(|span| date.checked_sub(span))
                 .map(|monday| monday.to_datetime(midnight))
         }
-        CalendarPeriod::Month => Ok(date.first_of_month().to_datetime(midnight)),
-        CalendarPeriod::Year => Ok(date.first_of_year().to_datetime(midnight)),
+        CivilPeriod::Month => Ok(date.first_of_month().to_datetime(midnight)),
+        CivilPeriod::Year => Ok(date.first_of_year().to_datetime(midnight)),
     };
     floor.map_err(out_of_range)
 }
 
 /// The local boundary `n` periods after `boundary` (before it when `n` is negative).
-fn period_step(
-    period: CalendarPeriod,
-    boundary: DateTime,
-    n: i64,
-) -> Result<DateTime, WindowError> {
+fn period_step(period: CivilPeriod, boundary: DateTime, n: i64) -> Result<DateTime, WindowError> {
     let span = match period {
-        CalendarPeriod::Minute => Span::new().try_minutes(n),
-        CalendarPeriod::Hour => Span::new().try_hours(n),
-        CalendarPeriod::Day => Span::new().try_days(n),
-        CalendarPeriod::Week => Span::new().try_weeks(n),
-        CalendarPeriod::Month => Span::new().try_months(n),
-        CalendarPeriod::Year => Span::new().try_years(n),
+        CivilPeriod::Day => Span::new().try_days(n),
+        CivilPeriod::Week => Span::new().try_weeks(n),
+        CivilPeriod::Month => Span::new().try_months(n),
+        CivilPeriod::Year => Span::new().try_years(n),
     };
     span.and_then(|span| boundary.checked_add(span))
         .map_err(out_of_range)
@@ -216,8 +302,8 @@ fn period_step(
 /// That is the boundary's only instant when it is unambiguous, its first occurrence in a fold,
 /// and the transition that ends the gap when it was skipped. jiff's "compatible" rule would shift
 /// a skipped boundary by the gap's length instead, which for a gap starting between two
-/// boundaries (Pacific/Chatham jumps at 02:45) would put the boundary after instants that belong
-/// to its window.
+/// boundaries (a jump from 23:30 to 00:30 skips midnight) would put the boundary after instants
+/// that belong to its window.
 fn boundary_instant(tz: &TimeZone, boundary: DateTime) -> Result<Timestamp, WindowError> {
     let ambiguous = tz.to_ambiguous_timestamp(boundary);
     match ambiguous.offset() {
@@ -416,7 +502,6 @@ mod tests {
     use jiff::Zoned;
     use proptest::prelude::*;
 
-    const ONE_NANOSECOND: SignedDuration = SignedDuration::from_nanos(1);
     const ONE_SECOND: SignedDuration = SignedDuration::from_secs(1);
 
     fn ts(s: &str) -> Timestamp {
@@ -618,17 +703,140 @@ mod tests {
         );
     }
 
+    /// Checks the hour window of each instant in `table`: one `instant start end` line each,
+    /// in UTC, with `#` comments.
+    fn assert_hours(tz: &str, table: &str) {
+        let rows = table
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or_default().trim())
+            .filter(|row| !row.is_empty());
+        for row in rows {
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            let [at, start, end] = fields[..] else {
+                panic!("`{row}` is not `instant start end`");
+            };
+            assert_eq!(
+                calendar(CalendarPeriod::Hour, tz, at),
+                bounds(start, end),
+                "hour window of {at} in {tz}"
+            );
+        }
+    }
+
     #[test]
-    fn repeated_hour_of_a_fold_is_one_two_hour_window() {
-        // 01:30 EST, the second 01:30 of the day in New York.
-        let window = calendar(
-            CalendarPeriod::Hour,
+    fn berlin_hours_across_both_changes_of_2027() {
+        assert_hours(
+            "Europe/Berlin",
+            "
+            # Spring, 2027-03-28: 02:00 CET jumps to 03:00 CEST at 01:00Z.
+            2027-03-28T00:30Z               2027-03-28T00:00Z  2027-03-28T01:00Z  # 01:30 CET
+            2027-03-28T00:59:59.999999999Z  2027-03-28T00:00Z  2027-03-28T01:00Z
+            2027-03-28T01:00Z               2027-03-28T01:00Z  2027-03-28T02:00Z  # 03:00 CEST
+            2027-03-28T01:30Z               2027-03-28T01:00Z  2027-03-28T02:00Z
+            # Autumn, 2027-10-31: 03:00 CEST falls back to 02:00 CET at 01:00Z.
+            2027-10-30T23:30Z               2027-10-30T23:00Z  2027-10-31T00:00Z  # 01:30 CEST
+            2027-10-31T00:30Z               2027-10-31T00:00Z  2027-10-31T01:00Z  # 02:30 CEST
+            2027-10-31T00:59:59.999999999Z  2027-10-31T00:00Z  2027-10-31T01:00Z
+            2027-10-31T01:00Z               2027-10-31T01:00Z  2027-10-31T02:00Z  # 02:00 CET
+            2027-10-31T01:30Z               2027-10-31T01:00Z  2027-10-31T02:00Z  # 02:30 CET
+            2027-10-31T02:30Z               2027-10-31T02:00Z  2027-10-31T03:00Z  # 03:30 CET
+            ",
+        );
+        // The day of the change is still a civil day of 25 hours.
+        let day = calendar(CalendarPeriod::Day, "Europe/Berlin", "2027-10-31T01:30Z");
+        assert_eq!(day, bounds("2027-10-30T22:00Z", "2027-10-31T23:00Z"));
+    }
+
+    #[test]
+    fn new_york_hours_across_both_changes_of_2027() {
+        assert_hours(
             "America/New_York",
-            "2025-11-02T06:30:00Z",
+            "
+            # Spring, 2027-03-14: 02:00 EST jumps to 03:00 EDT at 07:00Z.
+            2027-03-14T06:30Z  2027-03-14T06:00Z  2027-03-14T07:00Z  # 01:30 EST
+            2027-03-14T07:00Z  2027-03-14T07:00Z  2027-03-14T08:00Z  # 03:00 EDT
+            2027-03-14T07:45Z  2027-03-14T07:00Z  2027-03-14T08:00Z  # 03:45 EDT
+            # Autumn, 2027-11-07: 02:00 EDT falls back to 01:00 EST at 06:00Z.
+            2027-11-07T04:30Z  2027-11-07T04:00Z  2027-11-07T05:00Z  # 00:30 EDT
+            2027-11-07T05:30Z  2027-11-07T05:00Z  2027-11-07T06:00Z  # 01:30 EDT
+            2027-11-07T06:00Z  2027-11-07T06:00Z  2027-11-07T07:00Z  # 01:00 EST
+            2027-11-07T06:30Z  2027-11-07T06:00Z  2027-11-07T07:00Z  # 01:30 EST
+            2027-11-07T07:30Z  2027-11-07T07:00Z  2027-11-07T08:00Z  # 02:30 EST
+            ",
+        );
+        let day = calendar(CalendarPeriod::Day, "America/New_York", "2027-11-07T06:30Z");
+        assert_eq!(hours(day), 25);
+    }
+
+    #[test]
+    fn lord_howe_half_hour_changes_cut_the_hour_around_them() {
+        assert_hours(
+            "Australia/Lord_Howe",
+            "
+            # Autumn, 2027-04-04: 02:00+11:00 falls back to 01:30+10:30 at 15:00Z. The repeated
+            # half hour is a 30-minute window of its own.
+            2027-04-03T14:15Z  2027-04-03T14:00Z  2027-04-03T15:00Z  # 01:15+11
+            2027-04-03T14:45Z  2027-04-03T14:00Z  2027-04-03T15:00Z  # 01:45+11
+            2027-04-03T15:00Z  2027-04-03T15:00Z  2027-04-03T15:30Z  # 01:30+10:30
+            2027-04-03T15:15Z  2027-04-03T15:00Z  2027-04-03T15:30Z  # 01:45+10:30
+            2027-04-03T15:45Z  2027-04-03T15:30Z  2027-04-03T16:30Z  # 02:15+10:30
+            # Spring, 2027-10-03: 02:00+10:30 jumps to 02:30+11:00 at 15:30Z. What is left of
+            # the hour 02:00-03:00+11 is a 30-minute window.
+            2027-10-02T15:15Z  2027-10-02T14:30Z  2027-10-02T15:30Z  # 01:45+10:30
+            2027-10-02T15:30Z  2027-10-02T15:30Z  2027-10-02T16:00Z  # 02:30+11
+            2027-10-02T15:45Z  2027-10-02T15:30Z  2027-10-02T16:00Z  # 02:45+11
+            2027-10-02T16:15Z  2027-10-02T16:00Z  2027-10-02T17:00Z  # 03:15+11
+            ",
+        );
+        // Days stay civil: 24.5 hours at the fall-back, 23.5 at the jump.
+        let autumn = calendar(
+            CalendarPeriod::Day,
+            "Australia/Lord_Howe",
+            "2027-04-03T15:00Z",
         );
         assert_eq!(
-            window,
-            bounds("2025-11-02T05:00:00Z", "2025-11-02T07:00:00Z")
+            autumn.end.expect("bounded").duration_since(autumn.start),
+            SignedDuration::from_mins(24 * 60 + 30)
+        );
+        let spring = calendar(
+            CalendarPeriod::Day,
+            "Australia/Lord_Howe",
+            "2027-10-02T15:30Z",
+        );
+        assert_eq!(
+            spring.end.expect("bounded").duration_since(spring.start),
+            SignedDuration::from_mins(23 * 60 + 30)
+        );
+    }
+
+    #[test]
+    fn a_transition_that_keeps_the_offset_cuts_no_hour() {
+        // The time zone database ends its 32-bit transition table with a transition at
+        // 2038-01-19T03:14:07Z that keeps Kathmandu at +05:45 (local 08:59:07). The clock does
+        // not move there, so the hour 08:00–09:00 stays whole.
+        let tz = zone("Asia/Kathmandu");
+        let record = ts("2038-01-19T03:14:07Z");
+        let transition = tz
+            .following(record - ONE_SECOND)
+            .next()
+            .expect("a recorded transition");
+        assert_eq!(transition.timestamp(), record);
+        assert_eq!(tz.to_offset(record - ONE_SECOND), transition.offset());
+        for at in ["2038-01-19T02:30:00Z", "2038-01-19T03:14:30Z"] {
+            let window = calendar(CalendarPeriod::Hour, "Asia/Kathmandu", at);
+            assert_eq!(
+                window,
+                bounds("2038-01-19T02:15:00Z", "2038-01-19T03:15:00Z")
+            );
+        }
+        let minute = calendar(
+            CalendarPeriod::Minute,
+            "Asia/Kathmandu",
+            "2038-01-19T03:14:30Z",
+        );
+        assert_eq!(
+            minute,
+            bounds("2038-01-19T03:14:00Z", "2038-01-19T03:15:00Z")
         );
     }
 
@@ -1037,14 +1245,19 @@ mod tests {
         );
     }
 
-    const ZONES: [&str; 8] = [
+    /// Zones with DST in either hemisphere, offsets of a half and three quarters of an hour,
+    /// half-hour DST (Lord Howe), quarter-hour gaps (Chatham), DST abolished (Sao Paulo) and
+    /// none at all.
+    const ZONES: [&str; 10] = [
         "America/New_York",
         "Europe/Berlin",
         "Australia/Sydney",
+        "Australia/Lord_Howe",
         "Asia/Tokyo",
         "America/Sao_Paulo",
         "Pacific/Chatham",
         "Asia/Kolkata",
+        "Asia/Kathmandu",
         "UTC",
     ];
 
@@ -1101,7 +1314,8 @@ mod tests {
             .prop_map(|(unit, count)| BillingInterval { unit, count })
     }
 
-    /// The window of `at` contains it and meets its neighbours exactly.
+    /// The window of `at` contains it and meets its neighbours exactly; a minute or hour window
+    /// is at most a minute or an hour long, and shorter only where the UTC offset changes.
     fn check_calendar_tiling(
         period: CalendarPeriod,
         tz: &TimeZone,
@@ -1113,6 +1327,23 @@ mod tests {
             window.start <= at && at < end,
             "{window:?} must contain {at}"
         );
+
+        let length = match period {
+            CalendarPeriod::Minute => Some(SignedDuration::from_mins(1)),
+            CalendarPeriod::Hour => Some(SignedDuration::from_hours(1)),
+            _ => None,
+        };
+        if let Some(length) = length {
+            let real = end.duration_since(window.start);
+            prop_assert!(real <= length, "{window:?} is longer than {length}");
+            let offset_changes_at = |instant: Timestamp| {
+                tz.to_offset(instant - ONE_NANOSECOND) != tz.to_offset(instant)
+            };
+            prop_assert!(
+                real == length || offset_changes_at(window.start) || offset_changes_at(end),
+                "{window:?} is cut short where the offset does not change"
+            );
+        }
 
         let next = calendar_window(period, tz, end).expect("in range");
         prop_assert_eq!(next.start, end);
