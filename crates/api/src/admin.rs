@@ -109,7 +109,7 @@ pub struct CreatedKey {
     pub key_id: String,
     pub key: String,
     /// The first characters of the key, as listings show it.
-    #[schema(example = "sk_test_ab12")]
+    #[schema(example = "tg_sk_test_ab12")]
     pub prefix: String,
 }
 

@@ -3,7 +3,7 @@
 //! `tollgate bench`, a later piece of work.)
 //!
 //! ```sh
-//! cargo run --release --example load_loop -- http://127.0.0.1:7070 sk_test_... 32 10
+//! cargo run --release --example load_loop -- http://127.0.0.1:7070 tg_sk_test_... 32 10
 //! ```
 //! Arguments: base URL, a test secret key, concurrent clients, seconds. The base URL may be a
 //! comma-separated list of nodes sharing one database; client i then talks to node i mod N.

@@ -108,10 +108,10 @@ async fn admin_creates_projects_and_keys_shown_once() {
 
     let mut made = Vec::new();
     for (env, kind, prefix) in [
-        ("test", "secret", "sk_test_"),
-        ("test", "publishable", "pk_test_"),
-        ("live", "secret", "sk_live_"),
-        ("live", "publishable", "pk_live_"),
+        ("test", "secret", "tg_sk_test_"),
+        ("test", "publishable", "tg_pk_test_"),
+        ("live", "secret", "tg_sk_live_"),
+        ("live", "publishable", "tg_pk_live_"),
     ] {
         let k = admin
             .post(

@@ -130,9 +130,25 @@ fn a_run_paced_at_a_rate_stays_near_it() {
 
 #[test]
 fn a_live_key_is_refused() {
-    let (ok, _, stderr) = bench(&["--url", "http://127.0.0.1:9", "--key", "sk_live_x"]);
-    assert!(!ok);
-    assert!(stderr.contains("never a live one"), "{stderr}");
+    for key in ["tg_sk_live_x", "sk_live_x", "tg_pk_test_x"] {
+        let (ok, _, stderr) = bench(&["--url", "http://127.0.0.1:9", "--key", key]);
+        assert!(!ok);
+        assert!(stderr.contains("never a live one"), "{key}: {stderr}");
+    }
+}
+
+#[test]
+fn a_test_secret_key_of_either_form_is_taken() {
+    // Nothing listens on port 9: the bench gets past the key check and fails to connect.
+    for key in ["tg_sk_test_x", "sk_test_x"] {
+        let (ok, _, stderr) = bench(&["--url", "http://127.0.0.1:9", "--key", key]);
+        assert!(!ok);
+        assert!(!stderr.contains("never a live one"), "{key}: {stderr}");
+        assert!(
+            stderr.contains("applying the bench plan document"),
+            "{key}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -9,9 +9,15 @@
 //! cache at once; through another node (several nodes on one PostgreSQL database) the change is
 //! in force here within that time. Unknown keys are never cached, so a key created anywhere
 //! works at once.
+//!
+//! A token that authenticates as nothing is `401 invalid_key`. When it starts like a Stripe
+//! secret (`sk_test_…`, `whsec_…`), the message says so: Tollgate's keys sit beside Stripe's in
+//! an app's environment and get pasted for them. A valid Tollgate key minted before the `tg_`
+//! prefix has the same shape; it authenticated, so it never reaches the hint.
 
 use crate::bootstrap::hash_secret;
-use crate::error::ApiError;
+use crate::error::{ApiError, Wanted};
+use crate::key_format::stripe_prefix;
 use crate::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -101,6 +107,18 @@ pub struct TestSecretKey(pub Caller);
 /// The install's admin token.
 pub struct Admin;
 
+/// The `401` for `token`, which authenticated as nothing: with a hint if it looks like a Stripe
+/// secret (naming only its prefix, never the token).
+fn rejected(token: &str, wanted: Wanted) -> ApiError {
+    match stripe_prefix(token) {
+        Some(stripe_prefix) => ApiError::StripeKey {
+            stripe_prefix,
+            wanted,
+        },
+        None => ApiError::InvalidKey,
+    }
+}
+
 /// The token of `Authorization: Bearer <token>`, if well-formed.
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -131,7 +149,7 @@ impl FromRequestParts<AppState> for AnyKey {
             .keys
             .authenticate(state.store.as_ref(), hash_secret(token))
             .await?
-            .ok_or(ApiError::InvalidKey)?;
+            .ok_or_else(|| rejected(token, Wanted::ApiKey))?;
         let span = tracing::Span::current();
         span.record("project", auth.project_id.as_str());
         span.record("environment", auth.mode.as_str());
@@ -171,10 +189,22 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::InvalidKey)?;
-        if !state.store.verify_admin(hash_secret(token)).await? {
+        let hash = hash_secret(token);
+        if state.store.verify_admin(hash).await? {
+            return Ok(Admin);
+        }
+        // An API key minted before the `tg_` prefix is shaped like a Stripe key; it is the
+        // wrong credential here, not a Stripe key, so it gets the plain answer.
+        if stripe_prefix(token).is_some()
+            && state
+                .keys
+                .authenticate(state.store.as_ref(), hash)
+                .await?
+                .is_some()
+        {
             return Err(ApiError::InvalidKey);
         }
-        Ok(Admin)
+        Err(rejected(token, Wanted::AdminToken))
     }
 }
 
@@ -193,12 +223,52 @@ mod tests {
 
     #[test]
     fn bearer_tokens() {
-        assert_eq!(bearer(&parts(Some("Bearer sk_test_x"))), Some("sk_test_x"));
+        assert_eq!(
+            bearer(&parts(Some("Bearer tg_sk_test_x"))),
+            Some("tg_sk_test_x")
+        );
         assert_eq!(bearer(&parts(Some("bearer sk_test_x"))), Some("sk_test_x"));
         assert_eq!(bearer(&parts(Some("Basic abc"))), None);
         assert_eq!(bearer(&parts(Some("Bearer "))), None);
         assert_eq!(bearer(&parts(None)), None);
         let long = format!("Bearer {}", "k".repeat(BEARER_BYTES_MAX + 1));
         assert_eq!(bearer(&parts(Some(&long))), None);
+    }
+
+    #[test]
+    fn only_stripe_shaped_tokens_get_the_hint() {
+        for (token, stripe_prefix) in [
+            ("sk_live_51HxYz", "sk_live_"),
+            ("sk_test_51HxYz", "sk_test_"),
+            ("pk_live_51HxYz", "pk_live_"),
+            ("pk_test_51HxYz", "pk_test_"),
+            ("rk_live_51HxYz", "rk_live_"),
+            ("rk_test_51HxYz", "rk_test_"),
+            ("whsec_51HxYz", "whsec_"),
+        ] {
+            for wanted in [Wanted::ApiKey, Wanted::AdminToken] {
+                assert_eq!(
+                    rejected(token, wanted),
+                    ApiError::StripeKey {
+                        stripe_prefix,
+                        wanted
+                    },
+                    "{token}"
+                );
+            }
+        }
+        for token in [
+            "tg_sk_test_x",
+            "tg_pk_live_x",
+            "tg_admin_x",
+            "garbage",
+            "sk_x",
+        ] {
+            assert_eq!(
+                rejected(token, Wanted::ApiKey),
+                ApiError::InvalidKey,
+                "{token}"
+            );
+        }
     }
 }

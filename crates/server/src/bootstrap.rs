@@ -5,6 +5,7 @@
 //! routes call [`generate_key`].
 
 use crate::ids::{new_id, random_string, KEY_ID_PREFIX, PROJECT_PREFIX};
+use crate::key_format::key_prefix;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tollgate_api::{InitKeys, InitOutput, KeyPair};
@@ -12,8 +13,10 @@ use tollgate_store::{KeyKind, Mode, NewKey, Project, Store, StoreError};
 
 /// Random characters of a key or admin token after its prefix: 32 of 62 symbols, ~190 bits.
 pub const SECRET_RANDOM_CHARS: usize = 32;
-/// Characters of a key shown in listings (`sk_test_ab12`).
-pub const KEY_PREFIX_CHARS: usize = 12;
+/// Characters of a key shown in listings: its kind-and-environment prefix and four random
+/// characters (`tg_sk_test_ab12`). Keys minted before the `tg_` prefix keep the 12 they were
+/// listed with (`sk_test_ab12`).
+pub const KEY_PREFIX_CHARS: usize = 15;
 /// The prefix of the admin token.
 pub const ADMIN_TOKEN_PREFIX: &str = "tg_admin_";
 /// The name of the first project of an install.
@@ -22,16 +25,6 @@ pub const FIRST_PROJECT_NAME: &str = "default";
 /// SHA-256 of a key or token, as the store keeps it.
 pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
-}
-
-/// `sk_live_`, `sk_test_`, `pk_live_` or `pk_test_`.
-pub fn key_prefix(mode: Mode, kind: KeyKind) -> &'static str {
-    match (kind, mode) {
-        (KeyKind::Secret, Mode::Live) => "sk_live_",
-        (KeyKind::Secret, Mode::Test) => "sk_test_",
-        (KeyKind::Publishable, Mode::Live) => "pk_live_",
-        (KeyKind::Publishable, Mode::Test) => "pk_test_",
-    }
 }
 
 /// A new key (shown once) and its stored form.
@@ -56,6 +49,7 @@ pub fn generate_key(
     (key, stored)
 }
 
+/// A new admin token (`tg_admin_…`), shown once.
 pub fn generate_admin_token() -> String {
     random_string(ADMIN_TOKEN_PREFIX, SECRET_RANDOM_CHARS)
 }
@@ -126,15 +120,15 @@ mod tests {
     fn keys_have_their_prefixes_and_only_hashes_are_kept() {
         let b = bootstrap(Timestamp::UNIX_EPOCH);
         let keys = &b.output.keys;
-        assert!(keys.test.secret.starts_with("sk_test_"));
-        assert!(keys.test.publishable.starts_with("pk_test_"));
-        assert!(keys.live.secret.starts_with("sk_live_"));
-        assert!(keys.live.publishable.starts_with("pk_live_"));
+        assert!(keys.test.secret.starts_with("tg_sk_test_"));
+        assert!(keys.test.publishable.starts_with("tg_pk_test_"));
+        assert!(keys.live.secret.starts_with("tg_sk_live_"));
+        assert!(keys.live.publishable.starts_with("tg_pk_live_"));
         assert_eq!(
             keys.live.secret.len(),
-            "sk_live_".len() + SECRET_RANDOM_CHARS
+            "tg_sk_live_".len() + SECRET_RANDOM_CHARS
         );
-        assert!(b.output.admin_token.starts_with(ADMIN_TOKEN_PREFIX));
+        assert!(b.output.admin_token.starts_with("tg_admin_"));
         assert_eq!(b.keys.len(), 4);
         let stored = b
             .keys
@@ -142,6 +136,7 @@ mod tests {
             .find(|k| k.hash == hash_secret(&keys.test.secret))
             .expect("the test secret key is stored by hash");
         assert_eq!(stored.prefix, &keys.test.secret[..KEY_PREFIX_CHARS]);
+        assert_eq!(stored.prefix.len(), "tg_sk_test_".len() + 4);
         assert_eq!(stored.mode, Mode::Test);
         assert_eq!(stored.kind, KeyKind::Secret);
     }

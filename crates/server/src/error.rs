@@ -46,6 +46,13 @@ pub enum ApiError {
     },
     #[error("invalid key")]
     InvalidKey,
+    /// A bearer token that authenticated as nothing and starts like a Stripe secret: a Stripe
+    /// key pasted for a Tollgate one. Only the Stripe prefix is kept, never the token.
+    #[error("invalid key shaped like a Stripe secret ({stripe_prefix}…)")]
+    StripeKey {
+        stripe_prefix: &'static str,
+        wanted: Wanted,
+    },
     #[error("requires a secret key")]
     RequiresSecretKey,
     #[error("forbidden: {0}")]
@@ -81,6 +88,13 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// What a route takes as its bearer, for the hint of [`ApiError::StripeKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    ApiKey,
+    AdminToken,
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
@@ -97,7 +111,7 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
-            ApiError::InvalidKey => ErrorCode::InvalidKey,
+            ApiError::InvalidKey | ApiError::StripeKey { .. } => ErrorCode::InvalidKey,
             ApiError::RequiresSecretKey => ErrorCode::RequiresSecretKey,
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
@@ -138,6 +152,25 @@ impl ApiError {
                 "the API key is missing, malformed, unknown or revoked; send it as \
                  `Authorization: Bearer <key>`"
                     .to_string()
+            }
+            ApiError::StripeKey {
+                stripe_prefix,
+                wanted,
+            } => {
+                let what = match *stripe_prefix {
+                    "whsec_" => "a Stripe webhook signing secret",
+                    _ => "a Stripe key",
+                };
+                match wanted {
+                    Wanted::ApiKey => format!(
+                        "the key is unknown or revoked, and it looks like {what} \
+                         ({stripe_prefix}…); Tollgate keys start with tg_sk_ or tg_pk_"
+                    ),
+                    Wanted::AdminToken => format!(
+                        "this is not the admin token, and it looks like {what} \
+                         ({stripe_prefix}…); the admin token starts with tg_admin_"
+                    ),
+                }
             }
             ApiError::RequiresSecretKey => "this route needs a secret key".to_string(),
             ApiError::Forbidden(why) => why.clone(),
@@ -263,6 +296,32 @@ mod tests {
         assert!(!body.error.message.contains("sqlite"));
         let body = ApiError::Unavailable("writer queue full".into()).body();
         assert!(!body.error.message.contains("writer"));
+    }
+
+    #[test]
+    fn a_stripe_shaped_key_is_invalid_key_with_a_hint() {
+        let body = ApiError::StripeKey {
+            stripe_prefix: "sk_test_",
+            wanted: Wanted::ApiKey,
+        }
+        .body();
+        assert_eq!(body.error.code, "invalid_key");
+        assert_eq!(
+            body.error.message,
+            "the key is unknown or revoked, and it looks like a Stripe key (sk_test_…); \
+             Tollgate keys start with tg_sk_ or tg_pk_"
+        );
+        let body = ApiError::StripeKey {
+            stripe_prefix: "whsec_",
+            wanted: Wanted::AdminToken,
+        }
+        .body();
+        assert_eq!(body.error.code, "invalid_key");
+        assert_eq!(
+            body.error.message,
+            "this is not the admin token, and it looks like a Stripe webhook signing secret \
+             (whsec_…); the admin token starts with tg_admin_"
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod ids;
+pub mod key_format;
 pub mod metrics;
 mod observe;
 pub mod openapi;

@@ -18,8 +18,9 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A secret (`sk_…`) or publishable (`pk_…`) key; the admin token on \
-                         /admin routes",
+                        "A secret (`tg_sk_…`) or publishable (`tg_pk_…`) key (keys minted \
+                         before the `tg_` prefix, `sk_…` and `pk_…`, keep working); the admin \
+                         token (`tg_admin_…`) on /admin routes",
                     ))
                     .build(),
             ),

@@ -88,7 +88,7 @@ pub struct NewKey {
     pub mode: Mode,
     pub kind: KeyKind,
     pub name: String,
-    /// The first characters of the key, shown in listings (`sk_test_ab12…`).
+    /// The first characters of the key, shown in listings (`tg_sk_test_ab12…`).
     pub prefix: String,
     pub hash: [u8; 32],
     pub created_at: Timestamp,

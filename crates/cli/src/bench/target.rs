@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::input::TTL_SECONDS_DEFAULT;
+use tollgate_server::key_format::key_form;
+use tollgate_store::{KeyKind, Mode};
 
 /// How long the bench waits for a server it started to listen, in seconds.
 const SERVER_START_SECONDS: u64 = 30;
@@ -77,6 +79,12 @@ fn init_and_seed(dir: &Path, events: u64, users: u64) -> Result<String> {
     .map_err(|e| anyhow::anyhow!("seeding events: {e}"))?;
     eprintln!(" in {:.0} s", started.elapsed().as_secs_f64());
     Ok(key)
+}
+
+/// Whether `key` is shaped like a test secret key, in either form: `tg_sk_test_…`, or
+/// `sk_test_…` minted before the `tg_` prefix. Only the shape; the server judges the key.
+fn is_test_secret_key(key: &str) -> bool {
+    key_form(key).is_some_and(|form| form.mode == Mode::Test && form.kind == KeyKind::Secret)
 }
 
 /// Starts `tollgate serve` on a temp data dir, first loading `seed` = (events, users) into it.
@@ -205,10 +213,10 @@ impl Backend {
                 (Some(server), url, key)
             }
         };
-        if !key.starts_with("sk_test_") {
+        if !is_test_secret_key(&key) {
             bail!(
                 "the bench replaces the plan document of the key's environment; \
-                 give it a test secret key (sk_test_…), never a live one"
+                 give it a test secret key (tg_sk_test_…), never a live one"
             );
         }
         let label = match own {
@@ -416,6 +424,28 @@ impl Conn {
                 r.offset_ms.fetch_add(seconds * 1000, Ordering::Relaxed);
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_test_secret_keys_of_either_form_are_taken() {
+        assert!(is_test_secret_key("tg_sk_test_abc"));
+        assert!(is_test_secret_key("sk_test_abc"));
+        for key in [
+            "tg_sk_live_abc",
+            "sk_live_abc",
+            "tg_pk_test_abc",
+            "pk_test_abc",
+            "tg_admin_abc",
+            "rk_test_abc",
+            "garbage",
+        ] {
+            assert!(!is_test_secret_key(key), "{key}");
         }
     }
 }

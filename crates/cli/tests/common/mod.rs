@@ -328,6 +328,7 @@ pub struct ServerBuilder {
     database: Option<Arc<PgDatabase>>,
     database_url: Option<String>,
     keys: Option<Keys>,
+    first_start: bool,
     serve_args: Vec<String>,
 }
 
@@ -349,6 +350,13 @@ impl ServerBuilder {
     /// these keys.
     pub fn keys(mut self, keys: Keys) -> Self {
         self.keys = Some(keys);
+        self
+    }
+
+    /// No `init`: `serve` starts on an empty data dir (or database), creates the install
+    /// itself, and the keys are the ones it prints on stderr.
+    pub fn first_start(mut self) -> Self {
+        self.first_start = true;
         self
     }
 
@@ -377,8 +385,9 @@ impl ServerBuilder {
             .or_else(|| database.as_ref().map(|db| db.url()));
         let data_dir = tempfile::tempdir().expect("temp dir");
         let keys = match self.keys {
-            Some(keys) => keys,
-            None => run_init(data_dir.path(), database_url.as_deref()).await,
+            Some(keys) => Some(keys),
+            None if self.first_start => None,
+            None => Some(run_init(data_dir.path(), database_url.as_deref()).await),
         };
         let log: Log = Arc::new(Mutex::new(VecDeque::new()));
         let (child, addr) = spawn_serve(
@@ -388,6 +397,7 @@ impl ServerBuilder {
             log.clone(),
         )
         .await;
+        let keys = keys.unwrap_or_else(|| keys_printed_by_serve(&log));
         TestServer {
             data_dir,
             child: Some(child),
@@ -429,6 +439,23 @@ async fn run_init(dir: &Path, database_url: Option<&str>) -> Keys {
         panic!("`tollgate init --json` must print one JSON object on stdout ({e}):\nstdout: {stdout}\nstderr: {stderr}")
     });
     Keys::from_json(&doc)
+}
+
+/// The secrets a first `serve` printed on stderr: the JSON object of `init --json`, on its own
+/// line before `listening on`.
+fn keys_printed_by_serve(log: &Log) -> Keys {
+    let log = log.lock().unwrap();
+    let printed = log
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|v| v.get("adminToken").is_some());
+    match printed {
+        Some(v) => Keys::from_json(&v),
+        None => panic!(
+            "the first `tollgate serve` printed no secrets on stderr:\n{}",
+            log.iter().cloned().collect::<Vec<_>>().join("\n")
+        ),
+    }
 }
 
 async fn spawn_serve(
