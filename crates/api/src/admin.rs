@@ -174,8 +174,34 @@ impl AdvanceClockRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
-    /// `ok` (healthz) or `ready` (readyz).
+    /// `ok` (healthz); `ready`, or `degraded` when `problems` lists something the node works
+    /// around while it serves (readyz).
     pub status: String,
+    /// What a serving node works around (readyz only; left out when there is nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ReadyProblem>,
+}
+
+/// The code of a [`ReadyProblem`]: the newest stored plan document of an environment does not
+/// load on this node, which serves an older version.
+pub const PLAN_DOCUMENT_NOT_LOADED: &str = "plan_document_not_loaded";
+
+/// Something a ready node works around: it answers, but not as its operator intends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyProblem {
+    /// `plan_document_not_loaded`.
+    pub code: String,
+    pub message: String,
+    #[schema(example = "prj_2x8R")]
+    pub project_id: String,
+    /// `live` or `test`.
+    pub environment: String,
+    /// The newest stored version, which does not load.
+    pub stored_version: i64,
+    /// The version in force instead; 0 when no stored version loads, and the environment's
+    /// requests that need plans answer `503` until a document is applied.
+    pub served_version: i64,
 }
 
 #[cfg(test)]

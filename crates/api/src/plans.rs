@@ -6,6 +6,14 @@
 //! in), so what `GET /v1/plans` shows is exactly what decides requests. Display fields (names,
 //! prices, features, biller ids, credit packs, costs) are checked and kept in the JSON even
 //! where no decision reads them yet.
+//!
+//! A document is judged once, on its way in, in the form it will be stored: the size limit
+//! applies to the normalized text, not to the request body, because the defaults make it
+//! larger. What is stored is read back by [`plan_document_from_stored`], which never applies
+//! an input limit again: an input accepted today must load tomorrow, also after an upgrade
+//! that tightens a limit. It checks only what the core's types need (shapes, names of
+//! periods and enums, time zones, the quantity range), so a stored version fails to load only
+//! when it cannot be represented at all, such as a time zone this build does not know.
 
 use crate::convert;
 use crate::field::{field_path, index_path, FieldError};
@@ -291,7 +299,7 @@ pub struct Cost {
     pub micros_per_unit: u64,
 }
 
-/// The answer of `PUT /v1/plans` and `GET /v1/plans`: the stored document and its version.
+/// The answer of `GET /v1/plans`: the stored document and its version.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VersionedPlanDocument {
     /// 0 before any document was applied.
@@ -300,22 +308,71 @@ pub struct VersionedPlanDocument {
     pub document: PlanDocument,
 }
 
-/// Checks a whole plan document and returns it normalized (every default filled in) and as
-/// the core sees it. The error names the first bad field.
-pub fn plan_document_from_json(
-    text: &str,
-) -> Result<(serde_json::Value, core::PlanDocument), FieldError> {
+/// The answer of `PUT /v1/plans`: the stored document, its version, and whether this apply
+/// made that version.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AppliedPlanDocument {
+    pub version: i64,
+    /// False when the document, normalized, was already the newest version: nothing was
+    /// stored and `version` is that version.
+    pub changed: bool,
+    #[serde(flatten)]
+    pub document: PlanDocument,
+}
+
+/// A plan document in its stored form: the normalized JSON (every default filled in, keys
+/// sorted), that JSON as the text that is stored and compared, and the core's form.
+#[derive(Debug, Clone)]
+pub struct NormalizedPlans {
+    pub json: serde_json::Value,
+    pub text: String,
+    pub document: core::PlanDocument,
+}
+
+/// Judges a plan document on its way in (`PUT /v1/plans`) by every rule, the size limit on
+/// its stored form included, and returns that form. The error names the first bad field.
+pub fn plan_document_from_json(text: &str) -> Result<NormalizedPlans, FieldError> {
+    // The body limit already bounds the text; this keeps parsing bounded for any caller.
     if text.len() > PLAN_DOCUMENT_BYTES_MAX {
         return Err(FieldError::new(
             "",
             format!("the plan document must be at most {PLAN_DOCUMENT_BYTES_MAX} bytes"),
         ));
     }
+    let normalized = normalized(text, Judge::Input)?;
+    if normalized.text.len() > PLAN_DOCUMENT_BYTES_MAX {
+        return Err(FieldError::new(
+            "",
+            format!(
+                "the plan document as stored, with every default filled in, is {} bytes; at \
+                 most {PLAN_DOCUMENT_BYTES_MAX} are allowed (fewer plans or limits, or shorter \
+                 labels and descriptions, make it smaller)",
+                normalized.text.len()
+            ),
+        ));
+    }
+    Ok(normalized)
+}
+
+/// Reads back a document that [`plan_document_from_json`] accepted, possibly under an earlier
+/// version of its rules: no input limit applies, only what the core's types need. An error
+/// means this build cannot represent the document (a time zone it does not know, a field or
+/// name from a newer version).
+pub fn plan_document_from_stored(text: &str) -> Result<NormalizedPlans, FieldError> {
+    normalized(text, Judge::Stored)
+}
+
+fn normalized(text: &str, judge: Judge) -> Result<NormalizedPlans, FieldError> {
     let mut wire: PlanDocument = crate::field::from_json_str(text)?;
-    let domain = normalize(&mut wire)?;
-    let value = serde_json::to_value(&wire)
+    let document = normalize(&mut wire, judge)?;
+    let json = serde_json::to_value(&wire)
         .map_err(|e| FieldError::new("", format!("the plan document cannot be encoded: {e}")))?;
-    Ok((value, domain))
+    let text = json.to_string();
+    Ok(NormalizedPlans {
+        json,
+        text,
+        document,
+    })
 }
 
 /// The normalized form of an environment that has no document yet.
@@ -356,6 +413,26 @@ pub fn strip_biller_ids(value: &mut serde_json::Value) {
 
 // ---------------------------------------------------------------- checking
 
+/// Which rules a document is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judge {
+    /// A document on its way in: every rule, the input limits included.
+    Input,
+    /// A stored document, accepted once: only what the core's types need.
+    Stored,
+}
+
+impl Judge {
+    /// Applies an input rule (a limit, a syntax, a display field's form) to a document on
+    /// its way in; a stored document was judged by it when it was accepted.
+    fn rule(self, check: impl FnOnce() -> Result<(), FieldError>) -> Result<(), FieldError> {
+        match self {
+            Judge::Input => check(),
+            Judge::Stored => Ok(()),
+        }
+    }
+}
+
 fn plan_error(e: core::PlanError) -> FieldError {
     FieldError::new(e.path, e.message)
 }
@@ -378,30 +455,61 @@ fn at_most_quantity(field: &str, n: u64, min: u64) -> Result<(), FieldError> {
 }
 
 /// Fills the defaults of `doc` in place and builds the core document.
-fn normalize(doc: &mut PlanDocument) -> Result<core::PlanDocument, FieldError> {
-    if doc.plans.len() > PLANS_MAX {
-        return Err(too_many("plans", PLANS_MAX));
-    }
+fn normalize(doc: &mut PlanDocument, judge: Judge) -> Result<core::PlanDocument, FieldError> {
+    judge.rule(|| {
+        if doc.plans.len() > PLANS_MAX {
+            return Err(too_many("plans", PLANS_MAX));
+        }
+        Ok(())
+    })?;
     let mut plans = Vec::with_capacity(doc.plans.len());
     for (i, plan) in doc.plans.iter_mut().enumerate() {
-        plans.push(normalize_plan(&index_path("plans", i), plan)?);
+        plans.push(normalize_plan(&index_path("plans", i), plan, judge)?);
     }
-    check_credit_packs(&mut doc.credit_packs)?;
-    check_costs(&doc.costs)?;
+    judge.rule(|| check_credit_packs(&doc.credit_packs))?;
+    judge.rule(|| check_costs(&doc.costs))?;
     let unmatched = match doc.unmatched_events {
         UnmatchedEvents::Deny => core::UnmatchedEvents::Deny,
         UnmatchedEvents::Allow => core::UnmatchedEvents::Allow,
     };
-    core::PlanDocument::new(
-        doc.default_plan.clone(),
-        doc.anonymous_plan.clone(),
-        unmatched,
-        plans,
-    )
+    let (default_plan, anonymous_plan) = (doc.default_plan.clone(), doc.anonymous_plan.clone());
+    match judge {
+        Judge::Input => core::PlanDocument::new(default_plan, anonymous_plan, unmatched, plans),
+        Judge::Stored => {
+            core::PlanDocument::from_stored(default_plan, anonymous_plan, unmatched, plans)
+        }
+    }
     .map_err(plan_error)
 }
 
-fn normalize_plan(path: &str, plan: &mut Plan) -> Result<core::Plan, FieldError> {
+fn normalize_plan(path: &str, plan: &mut Plan, judge: Judge) -> Result<core::Plan, FieldError> {
+    judge.rule(|| check_plan_display(path, plan))?;
+    let billing = billing(&field_path(path, "billing"), &plan.billing, judge)?;
+    if let Some(price) = &mut plan.price {
+        normalize_price(price, &plan.billing.interval);
+        judge.rule(|| check_price(&field_path(path, "price"), price))?;
+    }
+    let limits_path = field_path(path, "limits");
+    judge.rule(|| {
+        if plan.limits.len() > LIMITS_PER_PLAN_MAX {
+            return Err(too_many(&limits_path, LIMITS_PER_PLAN_MAX));
+        }
+        Ok(())
+    })?;
+    let mut limits = Vec::with_capacity(plan.limits.len());
+    for (j, limit) in plan.limits.iter_mut().enumerate() {
+        limits.push(normalize_limit(&index_path(&limits_path, j), limit, judge)?);
+    }
+    Ok(core::Plan {
+        id: plan.id.clone(),
+        billing,
+        seats: plan.seats,
+        limits,
+    })
+}
+
+/// The input rules of a plan's id and display fields, which no decision reads.
+fn check_plan_display(path: &str, plan: &Plan) -> Result<(), FieldError> {
     check_id(&field_path(path, "id"), &plan.id).map_err(plan_error)?;
     if let Some(name) = &plan.name {
         convert::bounded_text(&field_path(path, "name"), name, DISPLAY_NAME_BYTES_MAX)?;
@@ -421,10 +529,6 @@ fn normalize_plan(path: &str, plan: &mut Plan) -> Result<core::Plan, FieldError>
     for (k, feature) in plan.features.iter().enumerate() {
         convert::bounded_text(&index_path(&features, k), feature, FEATURE_BYTES_MAX)?;
     }
-    let billing = billing(&field_path(path, "billing"), &plan.billing)?;
-    if let Some(price) = &mut plan.price {
-        normalize_price(&field_path(path, "price"), price, &plan.billing.interval)?;
-    }
     biller_ids(&field_path(path, "stripePriceIds"), &plan.stripe_price_ids)?;
     biller_ids(
         &field_path(path, "polarProductIds"),
@@ -439,37 +543,27 @@ fn normalize_plan(path: &str, plan: &mut Plan) -> Result<core::Plan, FieldError>
             },
         ));
     }
-    let limits_path = field_path(path, "limits");
-    if plan.limits.len() > LIMITS_PER_PLAN_MAX {
-        return Err(too_many(&limits_path, LIMITS_PER_PLAN_MAX));
-    }
-    let mut limits = Vec::with_capacity(plan.limits.len());
-    for (j, limit) in plan.limits.iter_mut().enumerate() {
-        limits.push(normalize_limit(&index_path(&limits_path, j), limit)?);
-    }
-    Ok(core::Plan {
-        id: plan.id.clone(),
-        billing,
-        seats: plan.seats,
-        limits,
-    })
+    Ok(())
 }
 
-fn billing(path: &str, billing: &Billing) -> Result<BillingInterval, FieldError> {
+fn billing(path: &str, billing: &Billing, judge: Judge) -> Result<BillingInterval, FieldError> {
     let unit = interval_unit(&field_path(path, "interval"), &billing.interval)?;
-    if billing.interval_count == 0 || billing.interval_count > BILLING_INTERVAL_COUNT_MAX {
+    let count = billing.interval_count;
+    // A cycle of zero intervals has no length; the largest count is an input limit.
+    let max = match judge {
+        Judge::Input => BILLING_INTERVAL_COUNT_MAX,
+        Judge::Stored => u32::MAX,
+    };
+    if count == 0 || count > max {
         return Err(convert::refuse(
             &field_path(path, "intervalCount"),
             InputError::OutOfRange {
                 min: 1,
-                max: BILLING_INTERVAL_COUNT_MAX.into(),
+                max: max.into(),
             },
         ));
     }
-    Ok(BillingInterval {
-        unit,
-        count: billing.interval_count,
-    })
+    Ok(BillingInterval { unit, count })
 }
 
 fn interval_unit(path: &str, s: &str) -> Result<IntervalUnit, FieldError> {
@@ -477,7 +571,12 @@ fn interval_unit(path: &str, s: &str) -> Result<IntervalUnit, FieldError> {
         .ok_or_else(|| FieldError::new(path, "must be one of day, week, month, year"))
 }
 
-fn normalize_price(path: &str, price: &mut Price, billing: &str) -> Result<(), FieldError> {
+fn normalize_price(price: &mut Price, billing: &str) {
+    price.currency = price.currency.to_ascii_lowercase();
+    price.interval.get_or_insert_with(|| billing.to_string());
+}
+
+fn check_price(path: &str, price: &Price) -> Result<(), FieldError> {
     at_most_quantity(&field_path(path, "amount"), price.amount, 0)?;
     let currency = &price.currency;
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -486,9 +585,9 @@ fn normalize_price(path: &str, price: &mut Price, billing: &str) -> Result<(), F
             "must be a three-letter ISO 4217 code such as usd",
         ));
     }
-    price.currency = currency.to_ascii_lowercase();
-    let interval = price.interval.get_or_insert_with(|| billing.to_string());
-    interval_unit(&field_path(path, "interval"), interval)?;
+    if let Some(interval) = &price.interval {
+        interval_unit(&field_path(path, "interval"), interval)?;
+    }
     Ok(())
 }
 
@@ -518,11 +617,12 @@ fn unit(path: &str, unit: &str) -> Result<(), FieldError> {
     }
 }
 
-fn normalize_limit(path: &str, limit: &mut Limit) -> Result<core::Limit, FieldError> {
-    check_id(&field_path(path, "id"), &limit.id).map_err(plan_error)?;
+fn normalize_limit(path: &str, limit: &mut Limit, judge: Judge) -> Result<core::Limit, FieldError> {
     let label = limit.label.get_or_insert_with(|| limit.id.clone()).clone();
-    convert::bounded_name(&field_path(path, "label"), &label, DISPLAY_NAME_BYTES_MAX)?;
-    unit(&field_path(path, "unit"), &limit.unit)?;
+    limit.notify.get_or_insert_with(|| NOTIFY_DEFAULT.to_vec());
+    judge.rule(|| check_limit_form(path, limit))?;
+    // The quantity range is not a limit that may tighten but the range every count is exact
+    // in (API.md §1): the arithmetic relies on it, so a stored limit is held to it as well.
     at_most_quantity(&field_path(path, "quota"), limit.quota, 0)?;
     at_most_quantity(&field_path(path, "multiplier"), limit.multiplier, 1)?;
     let window_path = field_path(path, "window");
@@ -537,31 +637,12 @@ fn normalize_limit(path: &str, limit: &mut Limit) -> Result<core::Limit, FieldEr
     let Some(window) = &mut limit.window else {
         return Err(FieldError::new(window_path, "missing field `window`"));
     };
-    let window = normalize_window(&window_path, window)?;
-    let rules = match_rules(&field_path(path, "match"), &limit.rules)?;
-    let notify = limit.notify.get_or_insert_with(|| NOTIFY_DEFAULT.to_vec());
-    let notify_path = field_path(path, "notify");
-    if notify.len() > NOTIFY_THRESHOLDS_MAX {
-        return Err(too_many(&notify_path, NOTIFY_THRESHOLDS_MAX));
-    }
-    for (k, percent) in notify.iter().enumerate() {
-        if *percent == 0 || *percent > NOTIFY_PERCENT_MAX {
-            return Err(convert::refuse(
-                &index_path(&notify_path, k),
-                InputError::OutOfRange {
-                    min: 1,
-                    max: NOTIFY_PERCENT_MAX.into(),
-                },
-            ));
-        }
-    }
-    if let Some(rollover) = &limit.rollover {
-        at_most_quantity(
-            &field_path(&field_path(path, "rollover"), "maxQuantity"),
-            rollover.max_quantity,
-            0,
-        )?;
-    }
+    let window = normalize_window(&window_path, window, judge)?;
+    let rules_path = field_path(path, "match");
+    let rules = match judge {
+        Judge::Input => match_rules(&rules_path, &limit.rules)?,
+        Judge::Stored => limit.rules.iter().map(stored_match_rule).collect(),
+    };
     Ok(core::Limit {
         id: limit.id.clone(),
         label,
@@ -585,7 +666,44 @@ fn normalize_limit(path: &str, limit: &mut Limit) -> Result<core::Limit, FieldEr
     })
 }
 
-fn normalize_window(path: &str, window: &mut Window) -> Result<core::WindowSpec, FieldError> {
+/// The input rules of a limit's id, display fields, notifications and rollover.
+fn check_limit_form(path: &str, limit: &Limit) -> Result<(), FieldError> {
+    check_id(&field_path(path, "id"), &limit.id).map_err(plan_error)?;
+    if let Some(label) = &limit.label {
+        convert::bounded_name(&field_path(path, "label"), label, DISPLAY_NAME_BYTES_MAX)?;
+    }
+    unit(&field_path(path, "unit"), &limit.unit)?;
+    let notify_path = field_path(path, "notify");
+    let notify = limit.notify.as_deref().unwrap_or_default();
+    if notify.len() > NOTIFY_THRESHOLDS_MAX {
+        return Err(too_many(&notify_path, NOTIFY_THRESHOLDS_MAX));
+    }
+    for (k, percent) in notify.iter().enumerate() {
+        if *percent == 0 || *percent > NOTIFY_PERCENT_MAX {
+            return Err(convert::refuse(
+                &index_path(&notify_path, k),
+                InputError::OutOfRange {
+                    min: 1,
+                    max: NOTIFY_PERCENT_MAX.into(),
+                },
+            ));
+        }
+    }
+    if let Some(rollover) = &limit.rollover {
+        at_most_quantity(
+            &field_path(&field_path(path, "rollover"), "maxQuantity"),
+            rollover.max_quantity,
+            0,
+        )?;
+    }
+    Ok(())
+}
+
+fn normalize_window(
+    path: &str,
+    window: &mut Window,
+    judge: Judge,
+) -> Result<core::WindowSpec, FieldError> {
     let not_here = |field: &str| {
         FieldError::new(
             field_path(path, field),
@@ -629,15 +747,20 @@ fn normalize_window(path: &str, window: &mut Window) -> Result<core::WindowSpec,
             let Some(seconds) = window.seconds else {
                 return Err(FieldError::new(seconds_path, "missing field `seconds`"));
             };
+            // A window of no time has no length; the longest window is an input limit.
+            let max = match judge {
+                Judge::Input => WINDOW_SECONDS_MAX,
+                Judge::Stored => u32::MAX,
+            };
             let seconds = u32::try_from(seconds)
                 .ok()
-                .filter(|s| (1..=WINDOW_SECONDS_MAX).contains(s))
+                .filter(|s| (1..=max).contains(s))
                 .ok_or_else(|| {
                     convert::refuse(
                         &seconds_path,
                         InputError::OutOfRange {
                             min: 1,
-                            max: WINDOW_SECONDS_MAX.into(),
+                            max: max.into(),
                         },
                     )
                 })?;
@@ -676,6 +799,26 @@ fn match_rules(path: &str, rules: &[MatchRule]) -> Result<Vec<core::MatchRule>, 
         .collect()
 }
 
+/// A match rule of a stored document: the event pattern and metadata values as they were
+/// accepted, not checked against today's name rules.
+fn stored_match_rule(rule: &MatchRule) -> core::MatchRule {
+    let metadata = rule
+        .metadata
+        .iter()
+        .map(|(key, values)| {
+            let values = match values {
+                MatchValues::One(v) => vec![v.clone()],
+                MatchValues::Any(vs) => vs.clone(),
+            };
+            (key.clone(), values)
+        })
+        .collect();
+    core::MatchRule {
+        event: EventPattern::stored(&rule.event),
+        metadata,
+    }
+}
+
 fn match_rule(path: &str, rule: &MatchRule) -> Result<core::MatchRule, FieldError> {
     let event = EventPattern::parse(&rule.event)
         .map_err(|e| convert::refuse(&field_path(path, "event"), e))?;
@@ -706,7 +849,7 @@ fn match_rule(path: &str, rule: &MatchRule) -> Result<core::MatchRule, FieldErro
     Ok(core::MatchRule { event, metadata })
 }
 
-fn check_credit_packs(packs: &mut [CreditPack]) -> Result<(), FieldError> {
+fn check_credit_packs(packs: &[CreditPack]) -> Result<(), FieldError> {
     if packs.len() > CREDIT_PACKS_MAX {
         return Err(too_many("creditPacks", CREDIT_PACKS_MAX));
     }
@@ -783,147 +926,4 @@ fn check_costs(costs: &[Cost]) -> Result<(), FieldError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn apply(
-        doc: serde_json::Value,
-    ) -> Result<(serde_json::Value, core::PlanDocument), FieldError> {
-        plan_document_from_json(&doc.to_string())
-    }
-
-    fn error_field(doc: serde_json::Value) -> String {
-        apply(doc).unwrap_err().field
-    }
-
-    fn example() -> serde_json::Value {
-        json!({
-          "defaultPlan": "free",
-          "plans": [{
-            "id": "free", "name": "Free",
-            "price": {"amount": 0, "currency": "USD"},
-            "stripePriceIds": ["price_1"],
-            "limits": [
-              {"id": "images_daily", "label": "Images per day", "quota": 10,
-               "window": {"type": "calendar", "period": "day", "timezone": "Europe/Paris"},
-               "match": [{"event": "image.*"}]},
-              {"id": "premium_images", "quota": 0, "window": {"type": "subscription"},
-               "match": [{"event": "image.*", "metadata": {"model": ["flux-pro", "dall-e-3"]}}]},
-              {"id": "streams", "quota": 2, "kind": "concurrency", "match": [{"event": "*"}]}
-            ]}]
-        })
-    }
-
-    #[test]
-    fn defaults_are_filled_in() {
-        let (value, doc) = apply(example()).unwrap();
-        assert_eq!(value["unmatchedEvents"], "deny");
-        let plan = &value["plans"][0];
-        assert_eq!(plan["public"], true);
-        assert_eq!(
-            plan["billing"],
-            json!({"interval": "month", "intervalCount": 1})
-        );
-        assert_eq!(
-            plan["price"],
-            json!({"amount": 0, "currency": "usd", "interval": "month"})
-        );
-        let limit = &plan["limits"][1];
-        assert_eq!(limit["label"], "premium_images");
-        assert_eq!(limit["kind"], "consumable");
-        assert_eq!(limit["scope"], "user");
-        assert_eq!(limit["enforcement"], "hard");
-        assert_eq!(limit["multiplier"], 1);
-        assert_eq!(limit["unit"], "count");
-        assert_eq!(limit["notify"], json!([80, 100]));
-        assert_eq!(plan["limits"][2]["window"], json!({"type": "lifetime"}));
-        assert_eq!(doc.plans[0].limits.len(), 3);
-        assert_eq!(doc.default_plan.as_deref(), Some("free"));
-        // Normalizing is idempotent: the stored form parses to itself.
-        let (again, _) = plan_document_from_json(&value.to_string()).unwrap();
-        assert_eq!(again, value);
-    }
-
-    #[test]
-    fn bad_fields_are_named() {
-        let mut doc = example();
-        doc["plans"][0]["limits"][0]["window"]["timezone"] = json!("Mars/Olympus");
-        assert_eq!(error_field(doc), "plans[0].limits[0].window.timezone");
-        let mut doc = example();
-        doc["plans"][0]["limits"][1]["quota"] = json!(1.5);
-        assert_eq!(error_field(doc), "plans[0].limits[1].quota");
-        let mut doc = example();
-        doc["plans"][0]["limits"][1]["quota"] = json!(-1);
-        assert_eq!(error_field(doc), "plans[0].limits[1].quota");
-        let mut doc = example();
-        doc["plans"][0]["limits"][1]["quota"] = json!(9_007_199_254_740_992u64);
-        assert_eq!(error_field(doc), "plans[0].limits[1].quota");
-        let mut doc = example();
-        doc["plans"][0]["limits"][1]["match"][0]["event"] = json!("image render");
-        assert_eq!(error_field(doc), "plans[0].limits[1].match[0].event");
-        let mut doc = example();
-        doc["plans"][0]["limits"][0]["quotta"] = json!(3);
-        assert_eq!(error_field(doc), "plans[0].limits[0].quotta");
-        let mut doc = example();
-        doc["plans"][0]["limits"][0]["window"]["seconds"] = json!(60);
-        assert_eq!(error_field(doc), "plans[0].limits[0].window.seconds");
-        let mut doc = example();
-        doc["plans"][0]["limits"][1]["window"] = json!({"type": "rolling"});
-        assert_eq!(error_field(doc), "plans[0].limits[1].window.seconds");
-        let mut doc = example();
-        doc["plans"][0]["limits"][1]["id"] = json!("images_daily");
-        assert_eq!(error_field(doc), "plans[0].limits[1].id");
-        let mut doc = example();
-        doc["defaultPlan"] = json!("pro");
-        assert_eq!(error_field(doc), "defaultPlan");
-        let mut doc = example();
-        doc["plans"][0]["limits"][0]
-            .as_object_mut()
-            .unwrap()
-            .remove("window");
-        assert_eq!(error_field(doc), "plans[0].limits[0].window");
-    }
-
-    #[test]
-    fn counts_are_capped() {
-        let plan = |i: usize| json!({"id": format!("p{i}")});
-        let plans: Vec<_> = (0..PLANS_MAX).map(plan).collect();
-        assert!(apply(json!({"plans": plans})).is_ok());
-        let plans: Vec<_> = (0..=PLANS_MAX).map(plan).collect();
-        assert_eq!(error_field(json!({"plans": plans})), "plans");
-        let limit = |j: usize| {
-            json!({"id": format!("l{j}"), "quota": 1, "window": {"type": "lifetime"},
-                   "match": [{"event": "*"}]})
-        };
-        let limits: Vec<_> = (0..LIMITS_PER_PLAN_MAX).map(limit).collect();
-        assert!(apply(json!({"plans": [{"id": "p", "limits": limits}]})).is_ok());
-        let limits: Vec<_> = (0..=LIMITS_PER_PLAN_MAX).map(limit).collect();
-        assert_eq!(
-            error_field(json!({"plans": [{"id": "p", "limits": limits}]})),
-            "plans[0].limits"
-        );
-    }
-
-    #[test]
-    fn document_size_is_capped() {
-        let padding = " ".repeat(PLAN_DOCUMENT_BYTES_MAX - 2);
-        assert!(plan_document_from_json(&format!("{{{padding}}}")).is_ok());
-        let padding = " ".repeat(PLAN_DOCUMENT_BYTES_MAX - 1);
-        assert!(plan_document_from_json(&format!("{{{padding}}}")).is_err());
-    }
-
-    #[test]
-    fn publishable_view_hides_private_plans_and_biller_ids() {
-        let mut doc = example();
-        doc["plans"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"id": "secret", "public": false}));
-        let (value, _) = apply(doc).unwrap();
-        let public = public_plan_document(&value);
-        assert_eq!(public["plans"].as_array().unwrap().len(), 1);
-        assert!(public["plans"][0].get("stripePriceIds").is_none());
-        assert!(public.get("costs").is_none());
-    }
-}
+mod tests;

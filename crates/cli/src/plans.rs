@@ -34,12 +34,22 @@ pub async fn run(command: PlansCommand) -> Result<()> {
                 return Ok(());
             }
             let plans = stored["plans"].as_array().map_or(0, Vec::len);
-            println!(
-                "Applied {} as plan document version {} ({plans} plan{}).",
-                file.display(),
-                stored["version"],
-                if plans == 1 { "" } else { "s" }
-            );
+            let plural = if plans == 1 { "" } else { "s" };
+            // The server stores nothing when the document is the newest version already.
+            if stored["changed"] == Value::Bool(false) {
+                println!(
+                    "Unchanged: {} is plan document version {} already ({plans} plan{plural}); \
+                     no new version was made.",
+                    file.display(),
+                    stored["version"],
+                );
+            } else {
+                println!(
+                    "Applied {} as plan document version {} ({plans} plan{plural}).",
+                    file.display(),
+                    stored["version"],
+                );
+            }
             Ok(())
         }
         PlansCommand::Export { remote, format } => {

@@ -100,6 +100,13 @@ impl EventPattern {
         EventName::parse(literal)?;
         Ok(Self(pattern.to_string()))
     }
+    /// A pattern read back from a stored plan document. It was checked by
+    /// [`EventPattern::parse`] when its document was accepted, and is not checked again: a
+    /// later version of the event name rules must not refuse what was stored under an earlier
+    /// one, and matching works on any text.
+    pub fn stored(pattern: &str) -> Self {
+        Self(pattern.to_string())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -246,7 +253,8 @@ pub fn check_id(path: &str, id: &str) -> Result<(), PlanError> {
 }
 
 impl PlanDocument {
-    /// Checks what spans the whole document: counts, unique ids, references to plans.
+    /// Checks a document on its way in: the input limits of the whole document (plan and
+    /// limit counts, id syntax), then what holds it together ([`PlanDocument::from_stored`]).
     /// Per-field checks happen while the fields are parsed.
     pub fn new(
         default_plan: Option<String>,
@@ -262,12 +270,6 @@ impl PlanDocument {
         }
         for (i, plan) in plans.iter().enumerate() {
             check_id(&format!("plans[{i}].id"), &plan.id)?;
-            if plans[..i].iter().any(|p| p.id == plan.id) {
-                return Err(PlanError::new(
-                    format!("plans[{i}].id"),
-                    format!("duplicate plan id {:?}", plan.id),
-                ));
-            }
             if plan.limits.len() > LIMITS_PER_PLAN_MAX {
                 return Err(PlanError::new(
                     format!("plans[{i}].limits"),
@@ -275,8 +277,31 @@ impl PlanDocument {
                 ));
             }
             for (j, limit) in plan.limits.iter().enumerate() {
+                check_id(&format!("plans[{i}].limits[{j}].id"), &limit.id)?;
+            }
+        }
+        Self::from_stored(default_plan, anonymous_plan, unmatched_events, plans)
+    }
+
+    /// Builds a document read back from the store. It passed [`PlanDocument::new`] when it
+    /// was accepted, so only what decisions rely on is checked (unique plan and limit ids,
+    /// references to plans, multipliers of at least 1), never the input limits again: a later
+    /// version may tighten those, and a document accepted once must still load.
+    pub fn from_stored(
+        default_plan: Option<String>,
+        anonymous_plan: Option<String>,
+        unmatched_events: UnmatchedEvents,
+        plans: Vec<Plan>,
+    ) -> Result<Self, PlanError> {
+        for (i, plan) in plans.iter().enumerate() {
+            if plans[..i].iter().any(|p| p.id == plan.id) {
+                return Err(PlanError::new(
+                    format!("plans[{i}].id"),
+                    format!("duplicate plan id {:?}", plan.id),
+                ));
+            }
+            for (j, limit) in plan.limits.iter().enumerate() {
                 let path = format!("plans[{i}].limits[{j}]");
-                check_id(&format!("{path}.id"), &limit.id)?;
                 if plan.limits[..j].iter().any(|l| l.id == limit.id) {
                     return Err(PlanError::new(
                         format!("{path}.id"),
@@ -350,6 +375,37 @@ mod tests {
         assert!(p("a*b*c").matches("axxbyyc"));
         assert!(!p("a*b*c").matches("axxbyy"));
         assert!(EventPattern::parse("bad pattern*").is_err());
+    }
+
+    fn plan(id: &str) -> Plan {
+        Plan {
+            id: id.to_string(),
+            billing: BillingInterval {
+                unit: crate::window::IntervalUnit::Month,
+                count: 1,
+            },
+            seats: None,
+            limits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn stored_documents_skip_the_input_limits_only() {
+        let many: Vec<Plan> = (0..=PLANS_MAX).map(|i| plan(&format!("p{i}"))).collect();
+        let deny = UnmatchedEvents::Deny;
+        let e = PlanDocument::new(None, None, deny, many.clone()).unwrap_err();
+        assert_eq!(e.path, "plans");
+        let doc = PlanDocument::from_stored(Some("p0".into()), None, deny, many).unwrap();
+        assert_eq!(doc.plans.len(), PLANS_MAX + 1);
+        let odd_id = vec![plan("a plan id with spaces")];
+        assert!(PlanDocument::new(None, None, deny, odd_id.clone()).is_err());
+        assert!(PlanDocument::from_stored(None, None, deny, odd_id).is_ok());
+        // What decisions rely on still holds a stored document to account.
+        let twice = vec![plan("a"), plan("a")];
+        let e = PlanDocument::from_stored(None, None, deny, twice).unwrap_err();
+        assert_eq!(e.path, "plans[1].id");
+        let e = PlanDocument::from_stored(Some("b".into()), None, deny, vec![plan("a")]);
+        assert_eq!(e.unwrap_err().path, "defaultPlan");
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: ServerConfig) -> Self {
         Self {
             store,
-            plans: Arc::new(PlanCache::default()),
+            plans: Arc::new(PlanCache::new(metrics.clone())),
             keys: Arc::new(auth::AuthCache::default()),
             metrics,
             config: Arc::new(config),

@@ -2,7 +2,8 @@
 //!
 //! Every request is counted by method, route and status; every metering decision by operation,
 //! outcome and deny reason; every writer transaction by its size (the store reports it through
-//! [`StoreObserver`]). The writer's queue depth is read from the store at scrape time.
+//! [`StoreObserver`]). The writer's queue depth is read from the store at scrape time. Stored
+//! plan documents that do not load on this node are counted (once per version) and gauged.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +74,8 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     writer_batch_size: Histogram,
     writer_queue_depth: Gauge,
+    plan_load_failures: Counter,
+    plan_documents_not_loaded: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +125,19 @@ impl Metrics {
             "Commands waiting for the writer",
             writer_queue_depth.clone(),
         );
+        let plan_load_failures = Counter::default();
+        registry.register(
+            "tollgate_plan_load_failures",
+            "Stored plan document versions this node could not load (each counted once)",
+            plan_load_failures.clone(),
+        );
+        let plan_documents_not_loaded = Gauge::default();
+        registry.register(
+            "tollgate_plan_documents_not_loaded",
+            "Environments whose newest stored plan document does not load on this node, which \
+             serves an older version instead",
+            plan_documents_not_loaded.clone(),
+        );
         Self {
             registry,
             requests,
@@ -129,6 +145,8 @@ impl Metrics {
             decisions,
             writer_batch_size,
             writer_queue_depth,
+            plan_load_failures,
+            plan_documents_not_loaded,
         }
     }
 
@@ -160,6 +178,17 @@ impl Metrics {
             .inc();
     }
 
+    /// A stored plan document version did not load (called once per version).
+    pub fn plan_load_failed(&self) {
+        self.plan_load_failures.inc();
+    }
+
+    /// How many environments now serve an older plan document than their newest stored one.
+    pub fn set_plan_documents_not_loaded(&self, environments: usize) {
+        self.plan_documents_not_loaded
+            .set(i64::try_from(environments).unwrap_or(i64::MAX));
+    }
+
     /// The OpenMetrics text of every metric, with the queue depth as of now.
     pub fn encode(&self, writer_queue_depth: usize) -> String {
         self.writer_queue_depth
@@ -187,6 +216,8 @@ mod tests {
         m.observe_request("POST", "/v1/reserve", 200, Duration::from_millis(2));
         m.observe_decision(Operation::Reserve, false, &[DenyReason::LimitReached]);
         m.batch_committed(3);
+        m.plan_load_failed();
+        m.set_plan_documents_not_loaded(2);
         let text = m.encode(7);
         assert!(text.contains(
             r#"tollgate_http_requests_total{method="POST",route="/v1/reserve",status="200"} 1"#
@@ -197,5 +228,7 @@ mod tests {
         ));
         assert!(text.contains("tollgate_writer_batch_size_sum 3"));
         assert!(text.contains("tollgate_writer_queue_depth 7"));
+        assert!(text.contains("tollgate_plan_load_failures_total 1"));
+        assert!(text.contains("tollgate_plan_documents_not_loaded 2"));
     }
 }

@@ -260,36 +260,66 @@ impl Store for PgStore {
             .await
     }
 
-    async fn put_plans(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<i64> {
+    async fn put_plans(
+        &self,
+        env: EnvId,
+        document: String,
+        now: Timestamp,
+    ) -> StoreResult<PutPlansOutcome> {
         self.pool
             .run(move |tx| {
-                // One writer of an environment's plan versions at a time, across nodes.
+                // One writer of an environment's plan versions at a time, across nodes: the
+                // newest version read below is still the newest when the next is inserted.
                 tx.lock_subjects(env, &["plans"])?;
-                let r = tx.query_one(
-                    "INSERT INTO plan_documents (env_id, version, document, created_at_ms)
-                     VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM plan_documents
-                                  WHERE env_id = $1), $2, $3)
-                     RETURNING version",
-                    &[&env.0, &document, &ms(now)],
+                let newest = tx.query_opt(
+                    "SELECT version, document = $2 FROM plan_documents WHERE env_id = $1
+                     ORDER BY version DESC LIMIT 1",
+                    &[&env.0, &document],
                 )?;
-                Ok(r.get(0))
+                let newest: Option<(i64, bool)> = newest.map(|r| (r.get(0), r.get(1)));
+                if let Some((version, true)) = newest {
+                    return Ok(PutPlansOutcome {
+                        version,
+                        changed: false,
+                    });
+                }
+                let version = newest.map_or(0, |(v, _)| v) + 1;
+                tx.execute(
+                    "INSERT INTO plan_documents (env_id, version, document, created_at_ms)
+                     VALUES ($1, $2, $3, $4)",
+                    &[&env.0, &version, &document, &ms(now)],
+                )?;
+                Ok(PutPlansOutcome {
+                    version,
+                    changed: true,
+                })
             })
             .await
     }
 
     async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>> {
+        self.get_plans_before(env, i64::MAX).await
+    }
+
+    async fn get_plans_before(&self, env: EnvId, version: i64) -> StoreResult<Option<StoredPlans>> {
         self.pool
             .run(move |tx| {
-                Ok(tx
-                    .query_opt(
-                        "SELECT version, document FROM plan_documents WHERE env_id = $1
-                         ORDER BY version DESC LIMIT 1",
-                        &[&env.0],
-                    )?
-                    .map(|r| StoredPlans {
-                        version: r.get(0),
-                        document: r.get(1),
-                    }))
+                let Some(r) = tx.query_opt(
+                    "SELECT p.version, p.document, e.project_id, e.mode
+                     FROM plan_documents p JOIN environments e ON e.env_id = p.env_id
+                     WHERE p.env_id = $1 AND p.version < $2
+                     ORDER BY p.version DESC LIMIT 1",
+                    &[&env.0, &version],
+                )?
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(StoredPlans {
+                    version: r.get(0),
+                    document: r.get(1),
+                    project_id: r.get(2),
+                    mode: Mode::parse(r.get(3)).unwrap_or(Mode::Test),
+                }))
             })
             .await
     }

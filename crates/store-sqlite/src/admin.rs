@@ -316,33 +316,66 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn put_plans(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<i64> {
+    async fn put_plans(
+        &self,
+        env: EnvId,
+        document: String,
+        now: Timestamp,
+    ) -> StoreResult<PutPlansOutcome> {
+        // The single writer makes the comparison with the newest version and the insert one
+        // atomic step.
         self.writer
             .execute(move |c| {
-                c.query_row(
+                let newest: Option<(i64, bool)> = c
+                    .query_row(
+                        "SELECT version, document = ?2 FROM plan_documents WHERE env_id = ?1
+                         ORDER BY version DESC LIMIT 1",
+                        params![env.0, document],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(internal)?;
+                if let Some((version, true)) = newest {
+                    return Ok(PutPlansOutcome {
+                        version,
+                        changed: false,
+                    });
+                }
+                let version = newest.map_or(0, |(v, _)| v) + 1;
+                c.execute(
                     "INSERT INTO plan_documents (env_id, version, document, created_at_ms)
-                     VALUES (?1, (SELECT COALESCE(MAX(version), 0) + 1 FROM plan_documents
-                                  WHERE env_id = ?1), ?2, ?3)
-                     RETURNING version",
-                    params![env.0, document, ms(now)],
-                    |r| r.get(0),
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![env.0, version, document, ms(now)],
                 )
-                .map_err(internal)
+                .map_err(internal)?;
+                Ok(PutPlansOutcome {
+                    version,
+                    changed: true,
+                })
             })
             .await
     }
 
     async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>> {
+        self.get_plans_before(env, i64::MAX).await
+    }
+
+    async fn get_plans_before(&self, env: EnvId, version: i64) -> StoreResult<Option<StoredPlans>> {
         self.readers
             .read(move |c| {
                 c.query_row(
-                    "SELECT version, document FROM plan_documents WHERE env_id = ?1
-                     ORDER BY version DESC LIMIT 1",
-                    params![env.0],
+                    "SELECT p.version, p.document, e.project_id, e.mode
+                     FROM plan_documents p JOIN environments e ON e.env_id = p.env_id
+                     WHERE p.env_id = ?1 AND p.version < ?2
+                     ORDER BY p.version DESC LIMIT 1",
+                    params![env.0, version],
                     |r| {
+                        let mode: String = r.get(3)?;
                         Ok(StoredPlans {
                             version: r.get(0)?,
                             document: r.get(1)?,
+                            project_id: r.get(2)?,
+                            mode: Mode::parse(&mode).unwrap_or(Mode::Test),
                         })
                     },
                 )

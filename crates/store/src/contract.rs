@@ -33,7 +33,9 @@ macro_rules! store_contract_suite {
             subscriptions_upsert_cancel_and_history,
             track_enforce_records_nothing_when_denied,
             calendar_windows_reset_at_the_boundary,
-            subscription_writes_carry_usage_and_move_holds
+            subscription_writes_carry_usage_and_move_holds,
+            plan_documents_keep_every_version_and_skip_a_repeat,
+            concurrent_puts_of_one_plan_document_make_one_version
         );
     };
     (@each $make:path; $($name:ident),*) => {
@@ -529,7 +531,8 @@ pub async fn environments_are_isolated(store: Arc<dyn Store>) {
         store
             .put_plans(test, "{\"v\":2}".into(), now)
             .await
-            .expect("put"),
+            .expect("put")
+            .version,
         2
     );
     assert_eq!(store.plans_version(test).await.expect("version"), 2);
@@ -707,4 +710,73 @@ pub async fn calendar_windows_reset_at_the_boundary(store: Arc<dyn Store>) {
             .await
             .allowed
     );
+}
+
+pub async fn plan_documents_keep_every_version_and_skip_a_repeat(store: Arc<dyn Store>) {
+    let (test, live) = setup(&store).await;
+    let now = t0();
+    let put = |text: &str| {
+        let store = store.clone();
+        let text = text.to_string();
+        async move { store.put_plans(test, text, now).await.expect("put") }
+    };
+    let made = |version| PutPlansOutcome {
+        version,
+        changed: true,
+    };
+    assert_eq!(put("{\"a\":1}").await, made(1));
+    assert_eq!(
+        put("{\"a\":1}").await,
+        PutPlansOutcome {
+            version: 1,
+            changed: false
+        },
+        "the newest version's text again stores nothing"
+    );
+    assert_eq!(put("{\"b\":2}").await, made(2));
+    // A repeat of an older version is a change: it is not the document in force.
+    assert_eq!(put("{\"a\":1}").await, made(3));
+    assert_eq!(store.plans_version(test).await.expect("version"), 3);
+
+    let newest = store.get_plans(test).await.expect("get").expect("stored");
+    assert_eq!((newest.version, newest.document.as_str()), (3, "{\"a\":1}"));
+    assert_eq!(
+        (newest.project_id.as_str(), newest.mode),
+        ("prj_1", Mode::Test)
+    );
+    let before = |version| {
+        let store = store.clone();
+        async move {
+            store
+                .get_plans_before(test, version)
+                .await
+                .expect("get")
+                .map(|p| (p.version, p.document))
+        }
+    };
+    assert_eq!(before(3).await, Some((2, "{\"b\":2}".to_string())));
+    assert_eq!(before(2).await, Some((1, "{\"a\":1}".to_string())));
+    assert_eq!(before(1).await, None);
+    assert_eq!(
+        store.get_plans_before(live, 3).await.expect("get"),
+        None,
+        "another environment's versions are not its own"
+    );
+}
+
+pub async fn concurrent_puts_of_one_plan_document_make_one_version(store: Arc<dyn Store>) {
+    const PUTS: usize = 16;
+    let (env, _) = setup(&store).await;
+    let puts = (0..PUTS).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.put_plans(env, "{\"a\":1}".into(), t0()).await })
+    });
+    let mut changed = 0;
+    for put in puts {
+        let outcome = put.await.expect("task").expect("put");
+        assert_eq!(outcome.version, 1, "every put answers the one version");
+        changed += usize::from(outcome.changed);
+    }
+    assert_eq!(changed, 1, "exactly one put made the version");
+    assert_eq!(store.plans_version(env).await.expect("version"), 1);
 }

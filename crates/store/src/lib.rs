@@ -485,11 +485,23 @@ pub struct IdentifyOutcome {
     pub events_merged: u64,
 }
 
-/// A stored plan document: the JSON text as applied, and its version (1, 2, ...).
+/// A stored plan document: the JSON text as applied, its version (1, 2, ...), and the
+/// environment it belongs to (named in logs and `/readyz` when it does not load).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPlans {
     pub version: i64,
     pub document: String,
+    pub project_id: String,
+    pub mode: Mode,
+}
+
+/// What `put_plans` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutPlansOutcome {
+    /// The version made, or the newest version when nothing was made.
+    pub version: i64,
+    /// False when the document was the newest version's text already: nothing was stored.
+    pub changed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,9 +578,22 @@ pub trait Store: Send + Sync + 'static {
     async fn advance_clock(&self, env: EnvId, seconds: i64) -> StoreResult<i64>;
 
     // ---- plans
-    /// Stores a validated plan document; returns its version.
-    async fn put_plans(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<i64>;
+    /// Stores a plan document (judged and normalized by the caller) as the environment's next
+    /// version, unless it is the newest version's text already: then nothing is stored and
+    /// that version is answered with `changed: false`. Reading the newest version and storing
+    /// the next are one atomic step, so the same document applied at once through several
+    /// nodes makes one version.
+    async fn put_plans(
+        &self,
+        env: EnvId,
+        document: String,
+        now: Timestamp,
+    ) -> StoreResult<PutPlansOutcome>;
+    /// The newest stored plan document of an environment.
     async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>>;
+    /// The newest stored plan document older than `version`: where a node that cannot load
+    /// a version looks for the last one it can. Every version is kept.
+    async fn get_plans_before(&self, env: EnvId, version: i64) -> StoreResult<Option<StoredPlans>>;
     /// The newest plan document version of an environment (0 without one): a cheap check
     /// that lets a node notice a document another node applied.
     async fn plans_version(&self, env: EnvId) -> StoreResult<i64>;

@@ -29,13 +29,14 @@ fn visible_document(caller: &Caller, plans: &CachedPlans) -> Value {
     }
 }
 
-/// Replaces the environment's plan document, checked as a whole.
+/// Replaces the environment's plan document, checked as a whole in the form it is stored. The
+/// newest version's document again stores nothing and answers `changed: false`.
 #[utoipa::path(
     put, path = "/v1/plans", tag = "plans",
     request_body = wire::PlanDocument,
     responses(
-        (status = 200, description = "The stored document with its defaults filled in", body = wire::VersionedPlanDocument),
-        (status = 400, description = "`field` names the first bad field", body = wire::ErrorBody),
+        (status = 200, description = "The stored document with its defaults filled in, its version, and whether this call made that version", body = wire::AppliedPlanDocument),
+        (status = 400, description = "`field` names the first bad field; none when the document as stored is over the size limit", body = wire::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -44,22 +45,26 @@ pub async fn put_plans(
     SecretKey(caller): SecretKey,
     JsonText(text): JsonText,
 ) -> Result<Json<Value>, ApiError> {
-    let (json, document) = wire::plan_document_from_json(&text)?;
-    let version = state
+    let normalized = wire::plan_document_from_json(&text)?;
+    let outcome = state
         .store
-        .put_plans(caller.auth.env, json.to_string(), caller.now)
+        .put_plans(caller.auth.env, normalized.text, caller.now)
         .await?;
     tracing::info!(
-        version,
-        plans = document.plans.len(),
+        version = outcome.version,
+        changed = outcome.changed,
+        plans = normalized.document.plans.len(),
         "plan document applied"
     );
     let applied = CachedPlans {
-        version,
-        document: Arc::new(document),
-        json,
+        version: outcome.version,
+        document: Arc::new(normalized.document),
+        json: normalized.json,
     };
-    let body = versioned(&applied, applied.json.clone());
+    let mut body = versioned(&applied, applied.json.clone());
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("changed".to_string(), Value::Bool(outcome.changed));
+    }
     state.plans.install(caller.auth.env, applied);
     Ok(Json(body))
 }

@@ -19,18 +19,52 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 pub async fn healthz() -> Json<wire::HealthResponse> {
     Json(wire::HealthResponse {
         status: "ok".to_string(),
+        problems: Vec::new(),
     })
 }
 
-/// Storage is reachable and writable.
+/// Storage is reachable and writable. A plan document that does not load on this node is
+/// named in `problems` but leaves the node ready: it serves an older version, and every node
+/// of an environment going unready over one stored row would take the environment down.
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = wire::HealthResponse), (status = 503, body = wire::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<wire::HealthResponse>, ApiError> {
     if !state.store.ready().await {
         return Err(ApiError::Unavailable("store is not ready".into()));
     }
+    let problems: Vec<wire::ReadyProblem> = state
+        .plans
+        .problems()
+        .into_iter()
+        .map(|p| wire::ReadyProblem {
+            code: wire::PLAN_DOCUMENT_NOT_LOADED.to_string(),
+            message: match p.served_version {
+                0 => format!(
+                    "plan document version {} does not load on this node ({}) and no older \
+                     version does; requests that need plans answer 503 until a document is \
+                     applied",
+                    p.stored_version, p.reason
+                ),
+                served => format!(
+                    "plan document version {} does not load on this node ({}); version \
+                     {served} is in force instead until a newer version loads",
+                    p.stored_version, p.reason
+                ),
+            },
+            project_id: p.project_id,
+            environment: p.mode.as_str().to_string(),
+            stored_version: p.stored_version,
+            served_version: p.served_version,
+        })
+        .collect();
+    let status = if problems.is_empty() {
+        "ready"
+    } else {
+        "degraded"
+    };
     Ok(Json(wire::HealthResponse {
-        status: "ready".to_string(),
+        status: status.to_string(),
+        problems,
     }))
 }
 
