@@ -1,7 +1,7 @@
 //! Prometheus metrics of the server and the store's writer, served at `/metrics`.
 //!
-//! Every request is counted by method, route and status; every metering decision by operation,
-//! outcome and deny reason; every writer transaction by its size (the store reports it through
+//! Every request is counted by method, route and status; every error answer by its code
+//! (API.md §2); every metering decision by operation, outcome and deny reason; every writer transaction by its size (the store reports it through
 //! [`StoreObserver`]). The writer's queue depth is read from the store at scrape time.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+use tollgate_api::ErrorCode;
 use tollgate_core::decision::DenyReason;
 use tollgate_store::StoreObserver;
 
@@ -31,6 +32,11 @@ struct RequestLabels {
 struct RouteLabels {
     method: String,
     route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    code: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +77,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     decisions: Family<DecisionLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     writer_batch_size: Histogram,
     writer_queue_depth: Gauge,
 }
@@ -110,6 +117,12 @@ impl Metrics {
             "Metering decisions, by operation, outcome and deny reason",
             decisions.clone(),
         );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "tollgate_errors",
+            "Error answers, by error code",
+            errors.clone(),
+        );
         let writer_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
         registry.register(
             "tollgate_writer_batch_size",
@@ -127,6 +140,7 @@ impl Metrics {
             requests,
             durations,
             decisions,
+            errors,
             writer_batch_size,
             writer_queue_depth,
         }
@@ -160,6 +174,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one error answer under its code.
+    pub fn observe_error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
     /// The OpenMetrics text of every metric, with the queue depth as of now.
     pub fn encode(&self, writer_queue_depth: usize) -> String {
         self.writer_queue_depth
@@ -187,6 +210,7 @@ mod tests {
         m.observe_request("POST", "/v1/reserve", 200, Duration::from_millis(2));
         m.observe_decision(Operation::Reserve, false, &[DenyReason::LimitReached]);
         m.batch_committed(3);
+        m.observe_error(ErrorCode::OutcomeUnknown);
         let text = m.encode(7);
         assert!(text.contains(
             r#"tollgate_http_requests_total{method="POST",route="/v1/reserve",status="200"} 1"#
@@ -196,6 +220,7 @@ mod tests {
             r#"tollgate_decisions_total{operation="reserve",outcome="denied",reason="limit_reached"} 1"#
         ));
         assert!(text.contains("tollgate_writer_batch_size_sum 3"));
+        assert!(text.contains(r#"tollgate_errors_total{code="outcome_unknown"} 1"#));
         assert!(text.contains("tollgate_writer_queue_depth 7"));
     }
 }

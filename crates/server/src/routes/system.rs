@@ -22,13 +22,11 @@ pub async fn healthz() -> Json<wire::HealthResponse> {
     })
 }
 
-/// Storage is reachable and writable.
+/// Storage is reachable and takes writes; a `503` names why not.
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = wire::HealthResponse), (status = 503, body = wire::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<wire::HealthResponse>, ApiError> {
-    if !state.store.ready().await {
-        return Err(ApiError::Unavailable("store is not ready".into()));
-    }
+    state.store.ready().await.map_err(ApiError::NotReady)?;
     Ok(Json(wire::HealthResponse {
         status: "ready".to_string(),
     }))
