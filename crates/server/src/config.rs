@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// How often the sweeper expires overdue reservations, in milliseconds, by default.
 pub const SWEEP_INTERVAL_MS_DEFAULT: u64 = 1000;
-/// Longest a request may run before it answers `503 unavailable`, in milliseconds, by default.
+/// Longest a request may run before it answers `503` (`outcome_unknown` for a write), in
+/// milliseconds, by default.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,9 @@ use tollgate_store::{ReservationStatus, StoreError};
 
 /// Seconds a client should wait before retrying a `503` or `429`.
 pub const RETRY_AFTER_SECONDS: u32 = 1;
+/// How to settle a write whose outcome is unknown (API.md §2, `outcome_unknown`).
+const RETRY_SAME: &str = "retry it with the same idempotencyKey (or the same reservation id) \
+                          and it counts exactly once";
 
 /// The HTTP status of each public error code: the only place they are paired.
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -33,6 +36,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -77,9 +81,17 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
-    /// The detail is for the log only.
+    /// Nothing was applied. The detail is for the log only.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Storage is not ready (`/readyz`); the reason is a sentence for an operator, without
+    /// internals, and is shown.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// Storage failed after the write began: it may or may not have been applied. The detail
+    /// is for the log only.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The request ran past its deadline; unlike `Unavailable`, it may have been applied.
     #[error("request deadline passed")]
     DeadlinePassed,
@@ -123,7 +135,8 @@ impl ApiError {
             ApiError::SeatLimitReached(_) => ErrorCode::SeatLimitReached,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
-            ApiError::Unavailable(_) | ApiError::DeadlinePassed => ErrorCode::Unavailable,
+            ApiError::Unavailable(_) | ApiError::NotReady(_) => ErrorCode::Unavailable,
+            ApiError::OutcomeUnknown(_) | ApiError::DeadlinePassed => ErrorCode::OutcomeUnknown,
             ApiError::Internal(_) => ErrorCode::InternalError,
         }
     }
@@ -209,11 +222,14 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 "storage is unavailable or overloaded; nothing was applied, retry later".to_string()
             }
-            ApiError::DeadlinePassed => {
-                "the request took too long and may or may not have been applied; retry it with \
-                 the same idempotencyKey"
-                    .to_string()
-            }
+            ApiError::NotReady(reason) => reason.clone(),
+            ApiError::OutcomeUnknown(_) => format!(
+                "storage failed after the write began, so it may or may not have been applied; \
+                 {RETRY_SAME}"
+            ),
+            ApiError::DeadlinePassed => format!(
+                "the request took too long and may or may not have been applied; {RETRY_SAME}"
+            ),
             ApiError::Internal(_) => "internal error".to_string(),
         }
     }
@@ -224,6 +240,8 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(detail) => tracing::error!(detail, "internal error"),
             ApiError::Unavailable(detail) => tracing::warn!(detail, "unavailable"),
+            ApiError::NotReady(reason) => tracing::warn!(reason, "not ready"),
+            ApiError::OutcomeUnknown(detail) => tracing::warn!(detail, "outcome unknown"),
             ApiError::DeadlinePassed => tracing::warn!("request deadline passed"),
             other => tracing::debug!(code = other.code().as_str(), error = %other, "client error"),
         }
@@ -231,6 +249,8 @@ impl IntoResponse for ApiError {
         // Plain data of strings: encoding cannot fail.
         let body = serde_json::to_string(&self.body()).unwrap_or_default();
         let mut response = json_response(status, body);
+        // The metrics layer counts error answers by code (`tollgate_errors`).
+        response.extensions_mut().insert(self.code());
         if matches!(status.as_u16(), 429 | 503) {
             response
                 .headers_mut()
@@ -257,6 +277,7 @@ impl From<StoreError> for ApiError {
             StoreError::SeatLimitReached { max } => ApiError::SeatLimitReached(max),
             StoreError::Invalid { field, message } => ApiError::invalid(field, message),
             StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            StoreError::OutcomeUnknown(detail) => ApiError::OutcomeUnknown(detail),
             // Every id the server creates is fresh, so a clash is a bug.
             StoreError::AlreadyExists => ApiError::Internal("unexpected AlreadyExists".into()),
             StoreError::Internal(detail) => ApiError::Internal(detail),
@@ -322,6 +343,45 @@ mod tests {
             "this is not the admin token, and it looks like a Stripe webhook signing secret \
              (whsec_…); the admin token starts with tg_admin_"
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_of_unknown_outcome_answers_503_outcome_unknown_with_retry_after() {
+        for e in [
+            ApiError::from(StoreError::OutcomeUnknown("sqlite: fdatasync: EIO".into())),
+            ApiError::DeadlinePassed,
+        ] {
+            assert_eq!(e.code(), ErrorCode::OutcomeUnknown);
+            let body = e.body();
+            assert_eq!(body.error.code, "outcome_unknown");
+            assert!(!body.error.message.contains("sqlite"), "{body:?}");
+            assert!(
+                body.error
+                    .message
+                    .contains("may or may not have been applied")
+                    && body.error.message.contains("same idempotencyKey")
+                    && body.error.message.contains("reservation id"),
+                "{body:?}"
+            );
+            let response = e.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
+        // `unavailable` keeps its promise that nothing was applied.
+        let body = ApiError::from(StoreError::Unavailable("queue full".into())).body();
+        assert_eq!(body.error.code, "unavailable");
+        assert!(
+            body.error.message.contains("nothing was applied"),
+            "{body:?}"
+        );
+    }
+
+    #[test]
+    fn not_ready_names_its_cause() {
+        let reason = "a WAL sync failed; restart the server to recover from what is on disk";
+        let body = ApiError::NotReady(reason.into()).body();
+        assert_eq!(body.error.code, "unavailable");
+        assert_eq!(body.error.message, reason);
     }
 
     #[tokio::test]

@@ -1,9 +1,10 @@
 //! Prometheus metrics of the server and the store's writer, served at `/metrics`.
 //!
-//! Every request is counted by method, route and status; every metering decision by operation,
-//! outcome and deny reason; every writer transaction by its size (the store reports it through
-//! [`StoreObserver`]). The writer's queue depth is read from the store at scrape time. Stored
-//! plan documents that do not load on this node are counted (once per version) and gauged.
+//! Every request is counted by method, route and status; every error answer by its code;
+//! every metering decision by operation, outcome and deny reason; every writer transaction by
+//! its size (the store reports it through [`StoreObserver`]). The writer's queue depth is read
+//! from the store at scrape time. Stored plan documents that do not load on this node are
+//! counted (once per version) and gauged.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+use tollgate_api::ErrorCode;
 use tollgate_core::decision::DenyReason;
 use tollgate_store::StoreObserver;
 
@@ -32,6 +34,11 @@ struct RequestLabels {
 struct RouteLabels {
     method: String,
     route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    code: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +79,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     decisions: Family<DecisionLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     writer_batch_size: Histogram,
     writer_queue_depth: Gauge,
     plan_load_failures: Counter,
@@ -113,6 +121,12 @@ impl Metrics {
             "Metering decisions, by operation, outcome and deny reason",
             decisions.clone(),
         );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "tollgate_errors",
+            "Error answers, by error code",
+            errors.clone(),
+        );
         let writer_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
         registry.register(
             "tollgate_writer_batch_size",
@@ -143,6 +157,7 @@ impl Metrics {
             requests,
             durations,
             decisions,
+            errors,
             writer_batch_size,
             writer_queue_depth,
             plan_load_failures,
@@ -189,6 +204,15 @@ impl Metrics {
             .set(i64::try_from(environments).unwrap_or(i64::MAX));
     }
 
+    /// Counts one error answer under its code.
+    pub fn observe_error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
     /// The OpenMetrics text of every metric, with the queue depth as of now.
     pub fn encode(&self, writer_queue_depth: usize) -> String {
         self.writer_queue_depth
@@ -218,6 +242,7 @@ mod tests {
         m.batch_committed(3);
         m.plan_load_failed();
         m.set_plan_documents_not_loaded(2);
+        m.observe_error(ErrorCode::OutcomeUnknown);
         let text = m.encode(7);
         assert!(text.contains(
             r#"tollgate_http_requests_total{method="POST",route="/v1/reserve",status="200"} 1"#
@@ -227,6 +252,7 @@ mod tests {
             r#"tollgate_decisions_total{operation="reserve",outcome="denied",reason="limit_reached"} 1"#
         ));
         assert!(text.contains("tollgate_writer_batch_size_sum 3"));
+        assert!(text.contains(r#"tollgate_errors_total{code="outcome_unknown"} 1"#));
         assert!(text.contains("tollgate_writer_queue_depth 7"));
         assert!(text.contains("tollgate_plan_load_failures_total 1"));
         assert!(text.contains("tollgate_plan_documents_not_loaded 2"));

@@ -9,6 +9,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
+use tollgate_api::ErrorCode;
 use tracing::Instrument;
 
 /// The response header that carries the request id, for support requests and log searches.
@@ -34,15 +35,23 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         environment = tracing::field::Empty,
     );
     let deadline = state.config.request_timeout;
+    // A read past its deadline applied nothing; a write may still complete after the answer.
+    let read_only = req.method().is_safe();
     let mut response = async move {
         match tokio::time::timeout(deadline, next.run(req)).await {
             Ok(response) => response,
+            Err(_) if read_only => {
+                ApiError::Unavailable("request deadline passed".into()).into_response()
+            }
             Err(_) => ApiError::DeadlinePassed.into_response(),
         }
     }
     .instrument(span.clone())
     .await;
     let status = response.status().as_u16();
+    if let Some(code) = response.extensions().get::<ErrorCode>() {
+        state.metrics.observe_error(*code);
+    }
     let elapsed = started.elapsed();
     state
         .metrics

@@ -108,10 +108,12 @@ impl Entry {
         if let Some(plans) = &self.plans {
             return Ok(plans.clone());
         }
-        let reason = self.problem.as_ref().map_or("", |p| p.reason.as_str());
-        Err(ApiError::Unavailable(format!(
-            "no stored plan document of this environment loads on this node: {reason}"
-        )))
+        // The reason was logged when the version failed; the client gets what to do.
+        Err(ApiError::NotReady(
+            "no stored plan document of this environment loads on this server (GET /readyz \
+             names the problem); nothing was applied: apply the plan document again"
+                .into(),
+        ))
     }
 }
 
@@ -368,6 +370,6 @@ mod tests {
             problem: Some(problem(1, 0)),
             checked: Instant::now(),
         };
-        assert!(matches!(entry.served(), Err(ApiError::Unavailable(_))));
+        assert!(matches!(entry.served(), Err(ApiError::NotReady(_))));
     }
 }

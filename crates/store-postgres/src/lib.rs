@@ -495,11 +495,11 @@ impl Store for PgStore {
             .await
     }
 
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Result<(), String> {
         self.pool
             .run(|tx| tx.query_one("SELECT 1", &[]).map(|_| ()))
             .await
-            .is_ok()
+            .map_err(|_| "the database is unreachable".to_string())
     }
 
     fn queue_depth(&self) -> usize {

@@ -5,6 +5,15 @@
 //! worker reconnects lazily after its connection is lost, so a node recovers by itself when the
 //! database returns; while it is away, work answers `Unavailable` (HTTP 503) at once instead
 //! of piling up. The queue in front of the workers is bounded.
+//!
+//! `Unavailable` promises that nothing was applied, so it answers only failures known to come
+//! before the commit: no connection, BEGIN failed, a statement failed (the transaction is then
+//! rolled back, or dies with its connection), or the server refused the COMMIT itself
+//! (a serialization failure, a deferred constraint: SQLSTATE classes 40 and 23). Any other
+//! failure of a COMMIT that carries writes (the connection closed or reset, an I/O error, no
+//! SQLSTATE, `57P01` admin shutdown, ...) may have come after the server committed, so it
+//! answers `OutcomeUnknown`, and is never retried here: only the client's retry, with the same
+//! idempotency key or reservation id, settles it exactly once.
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
@@ -46,6 +55,19 @@ pub(crate) fn pg_error(e: &postgres::Error) -> StoreError {
     }
 }
 
+/// What a failed COMMIT means. The server answers a refused commit with the reason it rolled
+/// the transaction back (classes 40 and 23); any other failure can come after the commit is
+/// durable on the server, while its answer is on the way.
+fn commit_error(e: &postgres::Error, wrote: bool) -> StoreError {
+    let refused = e
+        .code()
+        .is_some_and(|c| c.code().starts_with("40") || c.code().starts_with("23"));
+    if refused || !wrote {
+        return pg_error(e);
+    }
+    StoreError::OutcomeUnknown(format!("database commit: {e}"))
+}
+
 fn retryable(e: &postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
@@ -70,6 +92,12 @@ impl Conn {
         }
     }
 
+    /// Forgets the connection (a new one is made for the next job).
+    fn reset(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
+
     fn connect(&mut self) -> StoreResult<()> {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
@@ -88,7 +116,13 @@ impl Conn {
         config.connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECONDS));
         config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
         config.application_name("tollgate");
-        match config.connect(NoTls) {
+        // The client builds a runtime per connection, and `unwrap`s that: out of file
+        // descriptors it panics instead of failing, which is a failed attempt like any other.
+        let connected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            config.connect(NoTls).map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("the database client panicked while connecting".into()));
+        match connected {
             Ok(client) => {
                 self.client = Some(client);
                 self.retry_after = None;
@@ -123,12 +157,13 @@ impl Conn {
             let tx = client.transaction().map_err(|e| pg_error(&e))?;
             let mut pg = crate::sql::PgTx::new(tx, statements);
             let result = f(&mut pg);
-            let (tx, failure) = pg.into_parts();
+            let (tx, failure, wrote) = pg.into_parts();
             match (result, failure) {
                 (Ok(value), None) => match tx.commit() {
                     Ok(()) => return Ok(value),
+                    // A lost race is refused before anything commits: safe to run again.
                     Err(e) if retryable(&e) && attempt < TRANSACTION_RETRIES_MAX => continue,
-                    Err(e) => return Err(pg_error(&e)),
+                    Err(e) => return Err(commit_error(&e, wrote)),
                 },
                 (_, Some(e)) if retryable(&e) && attempt < TRANSACTION_RETRIES_MAX => {
                     drop(tx);
@@ -136,10 +171,15 @@ impl Conn {
                 }
                 (Err(e), _) => {
                     // A domain refusal may keep what it wrote on purpose (a lazy expiry).
-                    if matches!(e, StoreError::Internal(_) | StoreError::Unavailable(_)) {
+                    if matches!(
+                        e,
+                        StoreError::Internal(_)
+                            | StoreError::Unavailable(_)
+                            | StoreError::OutcomeUnknown(_)
+                    ) {
                         drop(tx);
                     } else if let Err(c) = tx.commit() {
-                        return Err(pg_error(&c));
+                        return Err(commit_error(&c, wrote));
                     }
                     return Err(e);
                 }
@@ -181,7 +221,15 @@ impl Pool {
                     };
                     let Some(job) = job else { break };
                     depth.fetch_sub(1, Ordering::Relaxed);
-                    job(&mut conn);
+                    // A job that panics is a bug; its caller hears `OutcomeUnknown` (its reply
+                    // is dropped), and the worker lives on with a new connection, so the pool
+                    // never shrinks.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)))
+                        .is_err()
+                    {
+                        tracing::error!(worker = i, "a database job panicked");
+                        conn.reset();
+                    }
                 })?;
         }
         Ok(Pool {
@@ -214,9 +262,11 @@ impl Pool {
                 mpsc::error::TrySendError::Closed(_) => "the store has stopped".into(),
             }));
         }
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the database worker stopped".into()))?
+        // The worker dropped the reply without answering only by panicking, possibly after
+        // its COMMIT: "unknown" is the answer that cannot be wrong.
+        answer.await.map_err(|_| {
+            StoreError::OutcomeUnknown("the database worker stopped before answering".into())
+        })?
     }
 
     pub(crate) fn queue_depth(&self) -> usize {

@@ -49,6 +49,9 @@ pub struct PgTx<'c, 's> {
     statements: &'s mut HashMap<&'static str, Statement>,
     /// The first database error, kept so the pool can tell a retryable one.
     failure: Option<postgres::Error>,
+    /// Whether a statement other than a `SELECT` ran: a failed COMMIT of such a transaction
+    /// may have applied something, one of a transaction that only read applied nothing.
+    wrote: bool,
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -62,14 +65,23 @@ impl<'c, 's> PgTx<'c, 's> {
             tx,
             statements,
             failure: None,
+            wrote: false,
         }
     }
 
-    pub(crate) fn into_parts(self) -> (Transaction<'c>, Option<postgres::Error>) {
-        (self.tx, self.failure)
+    /// The transaction, its first database error, and whether it wrote.
+    pub(crate) fn into_parts(self) -> (Transaction<'c>, Option<postgres::Error>, bool) {
+        (self.tx, self.failure, self.wrote)
     }
 
     fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
+        // A `SELECT` here writes nothing (advisory locks are not data), so a statement
+        // counts as a write unless it starts with one.
+        let reads = sql
+            .trim_start()
+            .get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("SELECT"));
+        self.wrote |= !reads;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }

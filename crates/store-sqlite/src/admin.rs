@@ -3,6 +3,7 @@
 
 use crate::checkpointer::Checkpointer;
 use crate::sql::SqliteTx;
+use crate::sync::Fence;
 use crate::writer::Writer;
 use crate::{internal, ms, open_writer, ts, Readers, DATABASE_FILE, LOCK_FILE};
 use async_trait::async_trait;
@@ -40,10 +41,11 @@ impl SqliteStore {
         let path = data_dir.join(DATABASE_FILE);
         let conn = open_writer(&path).map_err(internal)?;
         let restart = Arc::new(AtomicBool::new(false));
+        let fence = Arc::new(Fence::default());
         let wal = data_dir.join(format!("{DATABASE_FILE}-wal"));
-        let writer = Writer::start(conn, wal, observer, restart.clone())
+        let writer = Writer::start(conn, &wal, observer, restart.clone(), fence.clone())
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
-        let checkpointer = Checkpointer::start(&path, restart)?;
+        let checkpointer = Checkpointer::start(&path, restart, fence)?;
         Ok(SqliteStore {
             writer,
             checkpointer: Arc::new(checkpointer),
@@ -593,15 +595,22 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Result<(), String> {
+        if let Some(reason) = self.writer.fenced() {
+            return Err(reason);
+        }
         self.readers
             .read(|c| {
                 c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                     .map_err(internal)
             })
             .await
-            .is_ok()
-            && self.writer.execute(|_| Ok(())).await.is_ok()
+            .map_err(|_| "the database cannot be read".to_string())?;
+        self.writer.execute(|_| Ok(())).await.map_err(|_| {
+            self.writer
+                .fenced()
+                .unwrap_or_else(|| "the database writer does not answer".to_string())
+        })
     }
 
     fn queue_depth(&self) -> usize {

@@ -13,7 +13,12 @@
 //! writer, after answering its current batch, checkpoints the few frames written since (its
 //! own PASSIVE checkpoint, a fraction of a millisecond) and its next transaction restarts the
 //! WAL. The file then stays the same size, so a commit's fdatasync writes no inode.
+//!
+//! Once the store is fenced after a failed sync (see [`crate::sync`]) no checkpoint runs: it
+//! would copy WAL pages of unknown content into the database file. A checkpoint that fails
+//! with an I/O error fences the store itself, since it syncs the WAL and the database file.
 
+use crate::sync::Fence;
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,15 +37,20 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread; it raises `restart` when the writer should finish a checkpoint.
-    pub(crate) fn start(path: &Path, restart: Arc<AtomicBool>) -> StoreResult<Self> {
+    /// Starts the thread; it raises `restart` when the writer should finish a checkpoint, and
+    /// stops checkpointing once `fence` is raised.
+    pub(crate) fn start(
+        path: &Path,
+        restart: Arc<AtomicBool>,
+        fence: Arc<Fence>,
+    ) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(crate::internal)?;
         crate::configure(&conn).map_err(crate::internal)?;
         let stopped = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = stopped.clone();
         std::thread::Builder::new()
             .name("tollgate-sqlite-checkpoint".into())
-            .spawn(move || run(&conn, &flag, &restart))
+            .spawn(move || run(&conn, &flag, &restart, &fence))
             .map_err(|e| {
                 StoreError::Internal(format!("cannot start the checkpoint thread: {e}"))
             })?;
@@ -61,7 +71,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, stopped: &(Mutex<bool>, Condvar), restart: &AtomicBool) {
+fn run(conn: &Connection, stopped: &(Mutex<bool>, Condvar), restart: &AtomicBool, fence: &Fence) {
     let (lock, wake) = stopped;
     loop {
         let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -76,6 +86,9 @@ fn run(conn: &Connection, stopped: &(Mutex<bool>, Condvar), restart: &AtomicBool
             break;
         }
         drop(guard);
+        if fence.is_raised() {
+            continue;
+        }
         let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         });
@@ -86,6 +99,10 @@ fn run(conn: &Connection, stopped: &(Mutex<bool>, Condvar), restart: &AtomicBool
                     restart.store(true, Ordering::Relaxed);
                 }
             }
+            Err(e) if crate::sync::checkpoint_fences(&e) => fence.raise(format!(
+                "a WAL checkpoint failed ({e}); restart the server to recover from what is on \
+                 disk"
+            )),
             Err(e) => tracing::warn!(error = %e, "checkpoint failed; the next one retries"),
         }
     }

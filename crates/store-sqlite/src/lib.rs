@@ -4,12 +4,14 @@
 //! group-committing [`writer`]; reads run on a small pool of read-only connections that WAL mode
 //! lets proceed while the writer commits; a [`checkpointer`] thread copies the WAL back into the
 //! database file without holding up the writer. Every SQLite call runs off the async runtime.
+//! A failed sync of the WAL fences the store until a restart ([`sync`]).
 
 mod admin;
 mod checkpointer;
 mod schema;
 mod seed;
 mod sql;
+mod sync;
 mod writer;
 
 use jiff::Timestamp;

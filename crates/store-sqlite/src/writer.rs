@@ -15,53 +15,113 @@
 //!
 //! Durability is pipelined: the connection runs with `synchronous=NORMAL`, so COMMIT appends
 //! the batch to the WAL without waiting for the disk, and the batch's answers go to the
-//! [`syncer`] thread, which calls `fdatasync` on the WAL and only then answers them. While the
-//! disk syncs one batch the writer already runs the next; one `fdatasync` covers every batch
-//! appended before it, so under load the syncs group batches as batches group commands.
-//! When nothing else waits (no queued command, no batch at the syncer) the writer syncs the
-//! batch itself, which spares a lone caller one thread hop. No caller hears "done" before its
-//! write is on disk, and a later batch is never durable
-//! without the earlier ones (the WAL is one file, synced in order). Other requests can read a
-//! committed batch during the fraction of a millisecond before its sync ends, as Redis clients
-//! can read a script's writes before `appendfsync always` syncs them; a power cut in that
-//! window loses the batch and every later one, none of which was answered.
+//! syncer thread ([`crate::sync`]), which calls `fdatasync` on the WAL and only then answers
+//! them. While the disk syncs one batch the writer already runs the next; one `fdatasync`
+//! covers every batch appended before it, so under load the syncs group batches as batches
+//! group commands. When nothing else waits (no queued command, no batch at the syncer) the
+//! writer syncs the batch itself, which spares a lone caller one thread hop. No caller hears
+//! "done" before its write is on disk, and a later batch is never durable without the earlier
+//! ones (the WAL is one file, synced in order). Other requests can read a committed batch
+//! during the fraction of a millisecond before its sync ends, as Redis clients can read a
+//! script's writes before `appendfsync always` syncs them; a power cut in that window loses the
+//! batch and every later one, none of which was answered.
+//!
+//! **What a failure answers.** `Unavailable` promises that nothing was applied, so it is
+//! answered only where the batch is known not to be: the queue is full or the writer is gone
+//! (the command never ran); BEGIN, a command's savepoint or the redo's ROLLBACK failed, or
+//! SQLite rolled the transaction back by itself mid-batch (the batch is rolled back, nothing
+//! of it committed); COMMIT failed while the transaction is still open (SQLite refuses a
+//! commit that way only before writing anything: a busy lock, a deferred constraint), which is
+//! then rolled back. Where the batch may have reached the WAL, the answer is `OutcomeUnknown`:
+//! COMMIT failed after SQLite began writing the WAL (it then ends the transaction itself, and
+//! a commit frame may already be in the file, which a restart would replay); or the batch
+//! committed and its WAL sync failed, or never ran because the syncer is gone. A failed sync
+//! also fences the store for the rest of the process (see [`crate::sync`]): every later write
+//! answers `Unavailable` without running, and a restart recovers from what is on disk.
 
+use crate::sync::{fdatasync, syncer, Committed, Durability, Fence, WalSync};
 use rusqlite::Connection;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_store::{StoreError, StoreObserver, StoreResult, WRITER_BATCH_MAX, WRITER_QUEUE_MAX};
 
 /// An answer waiting for its batch to become durable.
-trait Pending: Send {
+pub(crate) trait Pending: Send {
+    /// Answers the caller: the command's own answer if the batch is durable, else `durable`'s
+    /// error.
     fn complete(self: Box<Self>, durable: Result<(), StoreError>);
 }
 
 struct Reply<T> {
-    tx: oneshot::Sender<StoreResult<T>>,
-    value: StoreResult<T>,
+    /// `None` once answered.
+    tx: Option<oneshot::Sender<StoreResult<T>>>,
+    /// The answer of the command's latest run.
+    value: Option<StoreResult<T>>,
+    /// Whether the batch holding the command has committed: from then on, an answer lost on
+    /// the way (a thread gone) means the outcome is unknown, not that nothing was applied.
+    committed: bool,
+}
+
+impl<T> Reply<T> {
+    fn new(tx: oneshot::Sender<StoreResult<T>>) -> Self {
+        Self {
+            tx: Some(tx),
+            value: None,
+            committed: false,
+        }
+    }
+
+    fn send(&mut self, value: StoreResult<T>) {
+        if let Some(tx) = self.tx.take() {
+            // The caller may have gone away (request cancelled); the write stands regardless.
+            let _ = tx.send(value);
+        }
+    }
 }
 
 impl<T: Send> Pending for Reply<T> {
-    fn complete(self: Box<Self>, durable: Result<(), StoreError>) {
+    fn complete(mut self: Box<Self>, durable: Result<(), StoreError>) {
         let value = match durable {
-            Ok(()) => self.value,
+            Ok(()) => self.value.take().unwrap_or_else(|| {
+                Err(StoreError::Internal(
+                    "a committed command has no answer".into(),
+                ))
+            }),
             Err(e) => Err(e),
         };
-        // The caller may have gone away (request cancelled); the write stands regardless.
-        let _ = self.tx.send(value);
+        self.send(value);
+    }
+}
+
+/// Whoever drops an unanswered reply (a batch abandoned, a thread unwinding, the queue
+/// dropped at shutdown) answers it with what is known at that point.
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        let lost = if self.committed {
+            StoreError::OutcomeUnknown("the writer stopped before its batch was durable".into())
+        } else {
+            StoreError::Unavailable("the writer stopped before running the command".into())
+        };
+        self.send(Err(lost));
     }
 }
 
 /// One queued command: its closure, whom to answer, and the answer of its latest run.
 trait Job: Send {
-    /// Runs the command in the open transaction, alone in a savepoint if `isolated`. Returns
-    /// true if it failed in a way that must undo its writes (which, outside a savepoint, only
-    /// rolling the whole transaction back can do).
-    fn run(&mut self, conn: &Connection, isolated: bool) -> bool;
+    /// Runs the command in the open transaction, alone in a savepoint if `isolated`. `Ok(true)`
+    /// if it failed in a way that must undo its writes (which, outside a savepoint, only
+    /// rolling the whole transaction back can do); `Err` if the transaction can no longer be
+    /// trusted to hold exactly the batch's writes (SQLite ended it, or the savepoint failed),
+    /// so the whole batch must be rolled back.
+    fn run(&mut self, conn: &Connection, isolated: bool) -> StoreResult<bool>;
+    /// Answers the caller at once, with an error: the command will not be committed.
+    fn refuse(self: Box<Self>, e: StoreError);
     /// The answer of the last run, to be sent once the batch is durable.
     fn into_reply(self: Box<Self>) -> Box<dyn Pending>;
+    /// Marks the command's batch committed.
+    fn committed(&mut self);
 }
 
 struct Command<T, F> {
@@ -74,17 +134,35 @@ where
     T: Send + 'static,
     F: FnMut(&Connection) -> StoreResult<T> + Send,
 {
-    fn run(&mut self, conn: &Connection, isolated: bool) -> bool {
-        self.reply.value = if isolated {
-            in_savepoint(conn, &mut self.f)
+    fn run(&mut self, conn: &Connection, isolated: bool) -> StoreResult<bool> {
+        let value = if isolated {
+            in_savepoint(conn, &mut self.f)?
         } else {
             (self.f)(conn)
         };
-        matches!(&self.reply.value, Err(e) if must_roll_back(e))
+        let undo = matches!(&value, Err(e) if must_roll_back(e));
+        self.reply.value = Some(value);
+        if conn.is_autocommit() {
+            // SQLite rolls a transaction back by itself after some errors (I/O, a full disk);
+            // the batch's later commands would then each commit on their own.
+            return Err(StoreError::Unavailable(
+                "SQLite rolled the batch's transaction back".into(),
+            ));
+        }
+        Ok(undo)
+    }
+
+    fn refuse(mut self: Box<Self>, e: StoreError) {
+        self.reply.send(Err(e));
     }
 
     fn into_reply(self: Box<Self>) -> Box<dyn Pending> {
-        Box::new(self.reply)
+        let Command { reply, .. } = *self;
+        Box::new(reply)
+    }
+
+    fn committed(&mut self) {
+        self.reply.committed = true;
     }
 }
 
@@ -97,35 +175,49 @@ enum Msg {
 /// Errors that mean the savepoint's writes must be undone. Domain refusals (not found, not
 /// pending, conflicts) keep the writes made on purpose before them, such as a lazy expiry.
 fn must_roll_back(e: &StoreError) -> bool {
-    matches!(e, StoreError::Internal(_) | StoreError::Unavailable(_))
+    matches!(
+        e,
+        StoreError::Internal(_) | StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_)
+    )
 }
 
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Msg>,
     depth: Arc<AtomicUsize>,
+    fence: Arc<Fence>,
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
+    /// Starts the writer thread on `conn`, and the syncer thread that `fdatasync`s `wal`, the
+    /// connection's WAL file.
     /// `restart` is raised by the checkpointer when the writer should finish a checkpoint so
     /// that its next transaction starts the WAL over (see `checkpointer`).
-    /// `wal` is the path of the connection's WAL file, which the syncer makes durable.
+    /// `fence` is shared with the checkpointer: a failed sync raises it (see [`crate::sync`]).
     pub fn start(
         conn: Connection,
-        wal: PathBuf,
+        wal: &Path,
         observer: Arc<dyn StoreObserver>,
         restart: Arc<AtomicBool>,
+        fence: Arc<Fence>,
+    ) -> std::io::Result<Writer> {
+        Writer::start_syncing_with(conn, wal, observer, restart, fence, fdatasync())
+    }
+
+    /// [`Writer::start`] with the function that syncs the WAL given.
+    pub(crate) fn start_syncing_with(
+        conn: Connection,
+        wal: &Path,
+        observer: Arc<dyn StoreObserver>,
+        restart: Arc<AtomicBool>,
+        fence: Arc<Fence>,
+        sync: WalSync,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Msg>(WRITER_QUEUE_MAX);
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
         let (to_sync, synced) = std::sync::mpsc::channel::<Committed>();
-        let sync = Arc::new(Durability {
-            wal,
-            observer,
-            queued: AtomicUsize::new(0),
-        });
+        let sync = Arc::new(Durability::open(wal, sync, fence.clone(), observer)?);
         let syncer_sync = sync.clone();
         let syncer = std::thread::Builder::new()
             .name("tollgate-sqlite-sync".into())
@@ -133,14 +225,22 @@ impl Writer {
         std::thread::Builder::new()
             .name("tollgate-sqlite-writer".into())
             .spawn(move || {
-                let stopped = run(conn, rx, thread_depth, (&sync, to_sync), &restart);
+                let stopped = run(&conn, rx, thread_depth, (&sync, to_sync), &restart);
                 // Every committed batch is answered before the store reports it stopped.
                 let _ = syncer.join();
+                if sync.fence.is_raised() {
+                    // Closing the last connection checkpoints the WAL into the database file,
+                    // copying pages whose content is unknown after the failed sync. Keeping
+                    // this connection (and its shared lock) open until the process ends means
+                    // no connection of this process is ever the last: the restart recovers
+                    // from the disk instead.
+                    std::mem::forget(conn);
+                }
                 if let Some(done) = stopped {
                     let _ = done.send(());
                 }
             })?;
-        Ok(Writer { tx, depth })
+        Ok(Writer { tx, depth, fence })
     }
 
     /// Runs `f` in the writer's next transaction and answers once that transaction is durable.
@@ -151,32 +251,36 @@ impl Writer {
         T: Send + 'static,
         F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        if self.fence.is_raised() {
+            return Err(Fence::refusal());
+        }
         let (tx, rx) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Command {
             f,
-            reply: Reply {
-                tx,
-                value: Err(StoreError::Unavailable("the command did not run".into())),
-            },
+            reply: Reply::new(tx),
         });
         self.depth.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.tx.try_send(Msg::Job(job)) {
             self.depth.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    StoreError::Unavailable("writer queue is full".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::Unavailable("writer has stopped".into())
-                }
-            });
+            return Err(StoreError::Unavailable(match e {
+                mpsc::error::TrySendError::Full(_) => "writer queue is full".into(),
+                mpsc::error::TrySendError::Closed(_) => "writer has stopped".into(),
+            }));
         }
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer stopped before answering".into()))?
+        // Every reply answers, if need be from its `Drop`; a reply lost anyway is a bug, and
+        // "unknown" is the only answer that cannot be wrong then.
+        rx.await.map_err(|_| {
+            StoreError::OutcomeUnknown("the writer dropped a command's answer".into())
+        })?
     }
 
     pub fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Why the store takes no writes, if a failed sync fenced it (see [`crate::sync`]).
+    pub fn fenced(&self) -> Option<String> {
+        self.fence.reason().map(str::to_string)
     }
 
     /// Lets the writer finish everything queued before this call, then stops it.
@@ -188,17 +292,19 @@ impl Writer {
     }
 }
 
+/// Runs `f` in its own savepoint. The outer `Err`: the savepoint itself failed, so what the
+/// transaction holds of `f` is unknown and the batch must be rolled back.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> StoreResult<T>,
-) -> StoreResult<T> {
+) -> StoreResult<StoreResult<T>> {
     statement(conn, "SAVEPOINT job")?;
     let result = f(conn);
     if matches!(&result, Err(e) if must_roll_back(e)) {
         statement(conn, "ROLLBACK TO job")?;
     }
     statement(conn, "RELEASE job")?;
-    result
+    Ok(result)
 }
 
 /// Runs one of the writer's fixed statements, parsed once per connection.
@@ -209,48 +315,10 @@ fn statement(conn: &Connection, sql: &str) -> StoreResult<()> {
         .map_err(crate::internal)
 }
 
-/// A committed batch's answers, waiting for the sync that makes the batch durable.
-struct Committed {
-    answers: Vec<Box<dyn Pending>>,
-}
-
-/// What the writer and the syncer share to make batches durable.
-struct Durability {
-    /// The WAL file of the writer's connection.
-    wal: PathBuf,
-    observer: Arc<dyn StoreObserver>,
-    /// Batches handed to the syncer and not yet answered.
-    queued: AtomicUsize,
-}
-
-impl Durability {
-    /// Syncs the WAL once and answers every batch in `ready` (all committed before the call).
-    fn make_durable(&self, ready: &mut Vec<Committed>) {
-        // fdatasync flushes the file, whichever descriptor names it; opening it by path each
-        // time follows the WAL if SQLite ever replaces the file.
-        let durable = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.wal)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot sync the WAL; its batches are not durable");
-                StoreError::Unavailable("the database could not be synced to disk".into())
-            });
-        for batch in ready.drain(..) {
-            if durable.is_ok() {
-                self.observer.batch_committed(batch.answers.len());
-            }
-            for p in batch.answers {
-                p.complete(durable.clone());
-            }
-        }
-    }
-}
-
 /// Applies batches until told to stop (returning whom to tell once all is durable) or until
 /// every sender is gone. Dropping `to_sync` on return lets the syncer finish and end.
 fn run(
-    conn: Connection,
+    conn: &Connection,
     mut rx: mpsc::Receiver<Msg>,
     depth: Arc<AtomicUsize>,
     (sync, to_sync): (&Durability, std::sync::mpsc::Sender<Committed>),
@@ -273,8 +341,13 @@ fn run(
             }
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
-        if !batch.is_empty() {
-            if let Some(committed) = write_batch(&conn, &mut batch) {
+        if sync.fence.is_raised() {
+            // Commands queued before the fence went up: none runs.
+            for job in batch.drain(..) {
+                job.refuse(Fence::refusal());
+            }
+        } else if !batch.is_empty() {
+            if let Some(committed) = write_batch(conn, &mut batch) {
                 if rx.is_empty() && sync.queued.load(Ordering::Acquire) == 0 {
                     // Nothing else to do meanwhile: sync here, and spare the caller the hop to
                     // the syncer thread.
@@ -282,22 +355,26 @@ fn run(
                 } else {
                     sync.queued.fetch_add(1, Ordering::AcqRel);
                     if let Err(lost) = to_sync.send(committed) {
-                        // The syncer is gone (it cannot be, short of a panic): nothing is
-                        // known to be durable, so nobody hears success.
-                        for p in lost.0.answers {
-                            p.complete(Err(StoreError::Unavailable(
-                                "the WAL syncer stopped".into(),
-                            )));
-                        }
+                        // The syncer is gone (it cannot be, short of a panic): this batch and
+                        // every later one would never be synced.
+                        sync.queued.fetch_sub(1, Ordering::AcqRel);
+                        sync.abandon(lost.0, "the WAL syncer stopped");
                     }
                 }
             }
         }
-        if restart.swap(false, Ordering::Relaxed) {
+        if restart.swap(false, Ordering::Relaxed) && !sync.fence.is_raised() {
             // Every caller of the batch has its answer; the checkpointer copied all but the
             // last few frames, so this is short, and the next BEGIN starts the WAL over.
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "writer checkpoint failed");
+                if crate::sync::checkpoint_fences(&e) {
+                    sync.fence.raise(format!(
+                        "a WAL checkpoint failed ({e}); restart the server to recover from \
+                         what is on disk"
+                    ));
+                } else {
+                    tracing::warn!(error = %e, "writer checkpoint failed");
+                }
             }
         }
         if stop.is_some() {
@@ -311,9 +388,18 @@ fn run(
 
 /// Runs every command of the batch in the open transaction: all together first; if one must
 /// be undone, the transaction is rolled back and begun again and every command runs once more
-/// in its own savepoint. `Err` if the transaction could not be rolled back or begun again.
+/// in its own savepoint. `Err` if the transaction cannot be trusted to hold exactly the
+/// batch's writes (it could not be rolled back or begun again, a savepoint failed, or SQLite
+/// ended it); the caller then rolls it back.
 fn apply(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
-    if !batch.iter_mut().any(|job| job.run(conn, false)) {
+    let mut undo = false;
+    for job in batch.iter_mut() {
+        if job.run(conn, false)? {
+            undo = true;
+            break;
+        }
+    }
+    if !undo {
         return Ok(());
     }
     tracing::warn!(
@@ -323,7 +409,7 @@ fn apply(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     statement(conn, "ROLLBACK")?;
     statement(conn, "BEGIN IMMEDIATE")?;
     for job in batch.iter_mut() {
-        job.run(conn, true);
+        job.run(conn, true)?;
     }
     Ok(())
 }
@@ -331,40 +417,56 @@ fn apply(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
 /// One transaction for the whole batch. A committed batch's answers are returned for the
 /// syncer; a failed one's callers are answered here, with the error.
 fn write_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) -> Option<Committed> {
-    let begun = statement(conn, "BEGIN IMMEDIATE").and_then(|()| apply(conn, batch));
-    if let Err(e) = begun {
+    let applied = statement(conn, "BEGIN IMMEDIATE").and_then(|()| apply(conn, batch));
+    if let Err(e) = applied {
         tracing::error!(error = %e, "writer could not run a batch; nothing of it applied");
-        let _ = conn.execute_batch("ROLLBACK");
-        // Dropping a job drops its reply: its caller sees `Unavailable`, nothing applied.
-        batch.clear();
+        if !conn.is_autocommit() {
+            // Should this fail too, the transaction stays open and the next BEGIN fails in
+            // turn: nothing reaches COMMIT until a ROLLBACK succeeds.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for job in batch.drain(..) {
+            job.refuse(StoreError::Unavailable(
+                "the batch could not be applied".into(),
+            ));
+        }
         return None;
     }
-    let answers: Vec<Box<dyn Pending>> = batch.drain(..).map(|job| job.into_reply()).collect();
     match statement(conn, "COMMIT") {
-        Ok(()) => Some(Committed { answers }),
-        Err(e) => {
-            tracing::error!(error = %e, "writer commit failed; the batch is rolled back");
+        Ok(()) => {
+            let answers = batch
+                .drain(..)
+                .map(|mut job| {
+                    job.committed();
+                    job.into_reply()
+                })
+                .collect();
+            Some(Committed { answers })
+        }
+        Err(e) if !conn.is_autocommit() => {
+            // SQLite keeps the transaction open after a failed COMMIT only when it refused
+            // before writing anything (a busy lock, a deferred constraint).
+            tracing::error!(error = %e, "writer commit refused; the batch is rolled back");
             let _ = conn.execute_batch("ROLLBACK");
-            for p in answers {
-                p.complete(Err(StoreError::Unavailable(
-                    "database commit failed".into(),
-                )));
+            for job in batch.drain(..) {
+                job.refuse(StoreError::Unavailable("database commit failed".into()));
             }
             None
         }
-    }
-}
-
-/// Makes committed batches durable in order and answers their callers: takes every batch
-/// waiting, syncs the WAL once for all of them, answers them all. Ends when the writer does.
-fn syncer(sync: &Durability, committed: &std::sync::mpsc::Receiver<Committed>) {
-    let mut ready: Vec<Committed> = Vec::new();
-    while let Ok(first) = committed.recv() {
-        ready.push(first);
-        ready.extend(committed.try_iter());
-        let taken = ready.len();
-        sync.make_durable(&mut ready);
-        sync.queued.fetch_sub(taken, Ordering::AcqRel);
+        Err(e) => {
+            // SQLite began writing the batch to the WAL and rolled back in memory; a commit
+            // frame may already be in the file, and a restart would replay it.
+            tracing::error!(
+                error = %e,
+                "writer commit failed after it began writing; the batch may or may not be applied"
+            );
+            for job in batch.drain(..) {
+                job.refuse(StoreError::OutcomeUnknown(
+                    "database commit failed after it began".into(),
+                ));
+            }
+            None
+        }
     }
 }
 
@@ -382,16 +484,22 @@ mod tests {
     }
 
     fn start(dir: &std::path::Path) -> (Writer, Arc<Batches>) {
+        start_syncing_with(dir, fdatasync())
+    }
+
+    fn start_syncing_with(dir: &std::path::Path, sync: WalSync) -> (Writer, Arc<Batches>) {
         let path = dir.join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        conn.execute_batch("CREATE TABLE t (name TEXT PRIMARY KEY)")
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (name TEXT PRIMARY KEY)")
             .unwrap();
         let batches = Arc::new(Batches(Mutex::new(Vec::new())));
         let wal = dir.join("w.db-wal");
         let restart = Arc::new(AtomicBool::new(false));
-        let w = Writer::start(conn, wal, batches.clone(), restart).unwrap();
+        let fence = Arc::new(Fence::default());
+        let w =
+            Writer::start_syncing_with(conn, &wal, batches.clone(), restart, fence, sync).unwrap();
         (w, batches)
     }
 
@@ -410,7 +518,12 @@ mod tests {
 
     /// Holds the writer inside a command until the returned sender is dropped, so that the
     /// commands sent meanwhile queue up and form the next batch together.
-    async fn hold_writer(w: &Writer) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+    async fn hold_writer(
+        w: &Writer,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<StoreResult<()>>,
+    ) {
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (entered, inside) = oneshot::channel::<()>();
         let wait = Mutex::new(wait);
@@ -425,7 +538,6 @@ mod tests {
                 Ok(())
             })
             .await
-            .unwrap();
         });
         inside.await.unwrap();
         (release, held)
@@ -471,7 +583,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         drop(release);
-        held.await.unwrap();
+        held.await.unwrap().unwrap();
         let mut answers = Vec::new();
         for s in sent {
             answers.push(s.await.unwrap());
@@ -506,5 +618,156 @@ mod tests {
         assert_eq!(o.stored, ["a", "b"]);
         assert_eq!(o.runs, 2);
         assert_eq!(o.batches, [1, 2]);
+    }
+
+    /// `EIO`, as `fdatasync` answers when the disk failed to write back the file's pages.
+    fn eio() -> std::io::Error {
+        std::io::Error::from_raw_os_error(5)
+    }
+
+    async fn insert_via(w: &Writer, name: &'static str) -> StoreResult<&'static str> {
+        w.execute(move |c| insert(c, name).map(|()| name)).await
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_answers_outcome_unknown_and_fences_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        // The first sync succeeds, the second fails as fdatasync does on a disk error, and any
+        // later one would succeed: which proves nothing about the pages the failed one lost.
+        let sync: WalSync =
+            Arc::new(
+                move |wal: &std::fs::File| match counted.fetch_add(1, Ordering::SeqCst) {
+                    1 => Err(eio()),
+                    _ => wal.sync_data(),
+                },
+            );
+        let (w, batches) = start_syncing_with(dir.path(), sync);
+        assert_eq!(insert_via(&w, "a").await, Ok("a"));
+        assert!(w.fenced().is_none());
+
+        // b committed, and its sync failed: applied in the database, durability unknown.
+        let b = insert_via(&w, "b").await;
+        assert!(matches!(b, Err(StoreError::OutcomeUnknown(_))), "{b:?}");
+        let reason = w.fenced().expect("a failed sync fences the store");
+        assert!(reason.contains("a WAL sync failed"), "{reason}");
+        assert!(reason.contains("restart the server"), "{reason}");
+
+        // From then on every write is refused before it runs, and no sync is tried again.
+        for name in ["c", "d"] {
+            let r = insert_via(&w, name).await;
+            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        w.stop().await;
+        assert_eq!(names_in(dir.path()), ["a", "b"]);
+        assert_eq!(
+            *batches.0.lock().unwrap(),
+            [1],
+            "only a's batch was durable"
+        );
+
+        // A restart takes writes again, on what the database holds.
+        let (w, _) = start(dir.path());
+        assert_eq!(insert_via(&w, "e").await, Ok("e"));
+        w.stop().await;
+        assert_eq!(names_in(dir.path()), ["a", "b", "e"]);
+    }
+
+    #[tokio::test]
+    async fn batches_committed_while_a_failing_sync_runs_answer_outcome_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let (fail, failing) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, failing) = (Mutex::new(entered_tx), Mutex::new(failing));
+        let counted = calls.clone();
+        // Every sync waits until the test lets it fail.
+        let sync: WalSync = Arc::new(move |_: &std::fs::File| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = entered_tx.lock().unwrap().send(());
+            let _ = failing.lock().unwrap().recv();
+            Err(eio())
+        });
+        let (w, batches) = start_syncing_with(dir.path(), sync);
+
+        // The held command's batch commits with b1 and b2 queued behind it, so it goes to the
+        // syncer thread, whose sync then waits; meanwhile the writer commits b1 and b2.
+        let (release, held) = hold_writer(&w).await;
+        let sent: Vec<_> = ["b1", "b2"]
+            .into_iter()
+            .map(|name| {
+                let w = w.clone();
+                tokio::spawn(async move { insert_via(&w, name).await })
+            })
+            .collect();
+        while w.queue_depth() < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(release);
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        while names_in(dir.path()) != ["b1", "b2"] {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(fail);
+
+        let held = held.await.unwrap();
+        assert!(
+            matches!(held, Err(StoreError::OutcomeUnknown(_))),
+            "{held:?}"
+        );
+        for s in sent {
+            let r = s.await.unwrap();
+            assert!(matches!(r, Err(StoreError::OutcomeUnknown(_))), "{r:?}");
+        }
+        let c = insert_via(&w, "c").await;
+        assert!(matches!(c, Err(StoreError::Unavailable(_))), "{c:?}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "no sync after the failed one"
+        );
+        w.stop().await;
+        assert_eq!(names_in(dir.path()), ["b1", "b2"]);
+        assert!(batches.0.lock().unwrap().is_empty(), "no batch was durable");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_sqlite_ends_mid_batch_applies_nothing_of_the_batch() {
+        // SQLite rolls the transaction back by itself after an I/O error or a full disk; the
+        // command's own ROLLBACK leaves the connection in the same state. The commands after
+        // it would otherwise commit one statement at a time, outside any batch.
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = start(dir.path());
+        let (release, held) = hold_writer(&w).await;
+        let mut sent = Vec::new();
+        for name in ["a", "b", "c"] {
+            let w = w.clone();
+            sent.push(tokio::spawn(async move {
+                w.execute(move |c| {
+                    insert(c, name)?;
+                    if name == "b" {
+                        c.execute_batch("ROLLBACK").map_err(crate::internal)?;
+                    }
+                    Ok(name)
+                })
+                .await
+            }));
+        }
+        while w.queue_depth() < 3 {
+            tokio::task::yield_now().await;
+        }
+        drop(release);
+        held.await.unwrap().unwrap();
+        for s in sent {
+            let r = s.await.unwrap();
+            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        }
+        assert_eq!(insert_via(&w, "d").await, Ok("d"));
+        w.stop().await;
+        assert_eq!(names_in(dir.path()), ["d"]);
     }
 }

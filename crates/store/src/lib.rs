@@ -540,6 +540,11 @@ pub enum StoreError {
     /// Storage unreachable or overloaded; nothing was applied, retry later.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Storage failed after the write's commit began (a failed COMMIT, a lost connection, a
+    /// failed sync): the write may or may not have been applied. Only a retry with the same
+    /// idempotency key or reservation id settles it, and counts it once.
+    #[error("storage outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// A bug or corrupt state; the message is for logs, never for clients.
     #[error("storage failure: {0}")]
     Internal(String),
@@ -680,8 +685,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<AccountView>;
 
     // ---- system
-    /// Storage reachable and writable.
-    async fn ready(&self) -> bool;
+    /// `Ok` when storage is reachable and takes writes; otherwise a sentence for an operator
+    /// naming why (shown by `/readyz`; it never carries paths, URLs or other internals).
+    async fn ready(&self) -> Result<(), String>;
     /// Commands waiting for the writer now.
     fn queue_depth(&self) -> usize;
     /// Finishes queued writes and stops the writer.

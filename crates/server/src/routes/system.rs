@@ -23,15 +23,13 @@ pub async fn healthz() -> Json<wire::HealthResponse> {
     })
 }
 
-/// Storage is reachable and writable. A plan document that does not load on this node is
+/// Storage is reachable and takes writes (a `503` names why not). A plan document that does not load on this node is
 /// named in `problems` but leaves the node ready: it serves an older version, and every node
 /// of an environment going unready over one stored row would take the environment down.
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = wire::HealthResponse), (status = 503, body = wire::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<wire::HealthResponse>, ApiError> {
-    if !state.store.ready().await {
-        return Err(ApiError::Unavailable("store is not ready".into()));
-    }
+    state.store.ready().await.map_err(ApiError::NotReady)?;
     let problems: Vec<wire::ReadyProblem> = state
         .plans
         .problems()
