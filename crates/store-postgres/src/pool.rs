@@ -102,8 +102,7 @@ impl Conn {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
-        self.client = None;
-        self.statements.clear();
+        self.reset();
         if self.retry_after.is_some_and(|t| Instant::now() < t) {
             return Err(StoreError::Unavailable(
                 "the database is unreachable".into(),
