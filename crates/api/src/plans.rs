@@ -468,18 +468,45 @@ fn normalize(doc: &mut PlanDocument, judge: Judge) -> Result<core::PlanDocument,
     }
     judge.rule(|| check_credit_packs(&doc.credit_packs))?;
     judge.rule(|| check_costs(&doc.costs))?;
+    let credit_packs = doc.credit_packs.iter().map(|pack| credit_pack(pack, judge));
+    let credit_packs = credit_packs.collect::<Result<Vec<_>, _>>()?;
     let unmatched = match doc.unmatched_events {
         UnmatchedEvents::Deny => core::UnmatchedEvents::Deny,
         UnmatchedEvents::Allow => core::UnmatchedEvents::Allow,
     };
     let (default_plan, anonymous_plan) = (doc.default_plan.clone(), doc.anonymous_plan.clone());
-    match judge {
+    let mut core_doc = match judge {
         Judge::Input => core::PlanDocument::new(default_plan, anonymous_plan, unmatched, plans),
         Judge::Stored => {
             core::PlanDocument::from_stored(default_plan, anonymous_plan, unmatched, plans)
         }
     }
-    .map_err(plan_error)
+    .map_err(plan_error)?;
+    core_doc.credit_packs = credit_packs;
+    Ok(core_doc)
+}
+
+/// A credit pack as grants are made from it (its input rules were checked with the document's).
+fn credit_pack(pack: &CreditPack, judge: Judge) -> Result<core::CreditPack, FieldError> {
+    let mut items = Vec::with_capacity(pack.items.len());
+    for item in &pack.items {
+        let rules = match judge {
+            Judge::Input => match_rules("creditPacks", &item.rules)?,
+            Judge::Stored => item.rules.iter().map(stored_match_rule).collect(),
+        };
+        items.push(core::CreditItem {
+            id: item.id.clone(),
+            unit: item.unit.clone(),
+            quantity: item.quantity,
+            rules,
+        });
+    }
+    Ok(core::CreditPack {
+        id: pack.id.clone(),
+        priority: pack.priority,
+        expires_after_days: pack.expires_after_days,
+        items,
+    })
 }
 
 fn normalize_plan(path: &str, plan: &mut Plan, judge: Judge) -> Result<core::Plan, FieldError> {
@@ -643,7 +670,23 @@ fn normalize_limit(path: &str, limit: &mut Limit, judge: Judge) -> Result<core::
         Judge::Input => match_rules(&rules_path, &limit.rules)?,
         Judge::Stored => limit.rules.iter().map(stored_match_rule).collect(),
     };
+    // Unused quota rolls over from a window that ends into the next one: a calendar or
+    // subscription window of a consumable limit. A stored limit that declares it elsewhere
+    // loads, and its rollover never happens.
+    let rolls = limit.kind == LimitKind::Consumable
+        && matches!(
+            window,
+            core::WindowSpec::Calendar { .. } | core::WindowSpec::Subscription
+        );
+    judge.rule(|| match &limit.rollover {
+        Some(_) if !rolls => Err(FieldError::new(
+            field_path(path, "rollover"),
+            "needs a consumable limit with a calendar or subscription window",
+        )),
+        _ => Ok(()),
+    })?;
     Ok(core::Limit {
+        rollover: limit.rollover.as_ref().filter(|_| rolls).map(|r| r.max_quantity),
         id: limit.id.clone(),
         label,
         unit: limit.unit.clone(),

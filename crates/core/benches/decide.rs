@@ -186,6 +186,7 @@ fn limits(count: usize, window: &WindowSpec) -> Vec<Limit> {
             multiplier: 1,
             window: window.clone(),
             rules: Vec::new(),
+            rollover: None,
         })
         .collect()
 }

@@ -232,6 +232,7 @@ mod tests {
                 event: EventPattern::parse("*").unwrap(),
                 metadata: vec![],
             }],
+            rollover: None,
         }
     }
 

@@ -168,6 +168,9 @@ pub struct Limit {
     pub multiplier: u64,
     pub window: WindowSpec,
     pub rules: Vec<MatchRule>,
+    /// `rollover.maxQuantity`: at most this much of a window's unused quota becomes a credit
+    /// grant that expires at the end of the next window.
+    pub rollover: Option<u64>,
 }
 
 impl Limit {
@@ -215,6 +218,28 @@ pub struct PlanDocument {
     pub anonymous_plan: Option<String>,
     pub unmatched_events: UnmatchedEvents,
     pub plans: Vec<Plan>,
+    /// The credit packs grants are made from (API.md §8); set after the plans are checked.
+    pub credit_packs: Vec<CreditPack>,
+}
+
+/// A credit pack: what one purchase (or promotion, or refund) of it grants.
+#[derive(Debug, Clone)]
+pub struct CreditPack {
+    pub id: String,
+    /// Higher is spent first.
+    pub priority: i32,
+    /// Days from the grant to its expiry; `None`: never.
+    pub expires_after_days: Option<u32>,
+    pub items: Vec<CreditItem>,
+}
+
+/// One item of a pack: `quantity` units of `unit` for the events its rules match.
+#[derive(Debug, Clone)]
+pub struct CreditItem {
+    pub id: String,
+    pub unit: String,
+    pub quantity: u64,
+    pub rules: Vec<MatchRule>,
 }
 
 /// A plan document that does not hold together; `path` names the first bad field
@@ -331,6 +356,7 @@ impl PlanDocument {
             anonymous_plan,
             unmatched_events,
             plans,
+            credit_packs: Vec::new(),
         })
     }
 
@@ -341,11 +367,16 @@ impl PlanDocument {
             anonymous_plan: None,
             unmatched_events: UnmatchedEvents::Deny,
             plans: Vec::new(),
+            credit_packs: Vec::new(),
         }
     }
 
     pub fn plan(&self, id: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.id == id)
+    }
+
+    pub fn credit_pack(&self, id: &str) -> Option<&CreditPack> {
+        self.credit_packs.iter().find(|p| p.id == id)
     }
 
     /// The plan of a user without an active subscription: the anonymous plan for `anon_` ids

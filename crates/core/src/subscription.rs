@@ -482,6 +482,7 @@ mod tests {
                 seats: None,
                 limits: Vec::new(),
             }],
+            credit_packs: Vec::new(),
         };
         let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
         let at = ts("2026-01-10T16:00:00Z");

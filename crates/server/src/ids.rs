@@ -26,6 +26,15 @@ pub const KEY_ID_PREFIX: &str = "key_";
 pub const PROJECT_PREFIX: &str = "prj_";
 pub const REQUEST_PREFIX: &str = "req_";
 
+pub const GRANT_PREFIX: &str = "grt_";
+pub const LEDGER_PREFIX: &str = "led_";
+
+/// The seed of the ids one command makes several of (ledger entries, rollover grants): the
+/// time in base 62 and random characters; each id adds four hex digits of its number.
+pub fn new_seed() -> tollgate_store::IdSeed {
+    tollgate_store::IdSeed(new_id("")[..ID_RANDOM_CHARS - 4].to_string())
+}
+
 /// `prefix`, the time in base 62, then random alphanumeric characters (about 95 bits).
 pub fn new_id(prefix: &str) -> String {
     let millis = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);

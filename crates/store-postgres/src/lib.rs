@@ -385,9 +385,33 @@ impl Store for PgStore {
         self.pool.run(move |tx| procedure::usage(tx, &query)).await
     }
 
-    async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize> {
+    async fn expire_due(&self, real_now: Timestamp, ids: IdSeed) -> StoreResult<usize> {
         self.pool
-            .run(move |tx| procedure::expire_due(tx, real_now))
+            .run(move |tx| procedure::expire_due(tx, real_now, &ids))
+            .await
+    }
+
+    async fn grant_credits(&self, cmd: GrantCommand) -> StoreResult<GrantOutcome> {
+        self.pool
+            .run(move |tx| procedure::credits::grant(tx, &cmd))
+            .await
+    }
+
+    async fn revoke_credits(&self, cmd: RevokeCommand) -> StoreResult<RevokeOutcome> {
+        self.pool
+            .run(move |tx| procedure::credits::revoke(tx, &cmd))
+            .await
+    }
+
+    async fn credits(&self, query: CreditsQuery) -> StoreResult<CreditsOutcome> {
+        self.pool
+            .run(move |tx| procedure::credits::credits(tx, &query))
+            .await
+    }
+
+    async fn credit_ledger(&self, query: LedgerQuery) -> StoreResult<Vec<LedgerEntry>> {
+        self.pool
+            .run(move |tx| procedure::credits::ledger(tx, &query))
             .await
     }
 

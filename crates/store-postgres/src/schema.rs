@@ -210,6 +210,77 @@ CREATE INDEX account_members_account ON account_members (env_id, account_id, use
 -- the late commit's usage event.
 ALTER TABLE reservations ADD COLUMN late BOOLEAN NOT NULL DEFAULT false;
 "#,
+    r#"
+-- 6: credits. A grant says what was granted and never changes; its balance is its ledger:
+-- append-only entries, each with the balance after it. Holds say which grants a pending
+-- reservation draws on; `rollovers` which windows rolled over already.
+CREATE TABLE credit_grants (
+    env_id BIGINT NOT NULL,
+    grant_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    pack_id TEXT,
+    item_id TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    priority INTEGER NOT NULL,
+    rules TEXT NOT NULL,
+    expires_at_ms BIGINT,
+    source TEXT NOT NULL,
+    external_ref TEXT,
+    note TEXT,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, grant_id)
+);
+CREATE INDEX credit_grants_subject ON credit_grants (env_id, subject);
+CREATE INDEX credit_grants_ref ON credit_grants (env_id, external_ref)
+    WHERE external_ref IS NOT NULL;
+CREATE INDEX credit_grants_expiry ON credit_grants (expires_at_ms)
+    WHERE expires_at_ms IS NOT NULL;
+
+CREATE TABLE credit_ledger (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    env_id BIGINT NOT NULL,
+    entry_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id TEXT,
+    quantity BIGINT NOT NULL,
+    remaining_after BIGINT NOT NULL,
+    held_after BIGINT NOT NULL,
+    reservation_id TEXT,
+    event_id TEXT,
+    external_ref TEXT,
+    reason TEXT NOT NULL,
+    UNIQUE (env_id, entry_id)
+);
+CREATE INDEX credit_ledger_grant ON credit_ledger (env_id, grant_id, seq);
+CREATE INDEX credit_ledger_subject ON credit_ledger (env_id, subject, seq);
+CREATE INDEX credit_ledger_user ON credit_ledger (env_id, user_id, seq)
+    WHERE user_id IS NOT NULL;
+
+CREATE TABLE credit_holds (
+    env_id BIGINT NOT NULL,
+    reservation_id TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    held BIGINT NOT NULL,
+    PRIMARY KEY (env_id, reservation_id, grant_id)
+);
+CREATE INDEX credit_holds_grant ON credit_holds (env_id, grant_id) WHERE held > 0;
+
+CREATE TABLE rollovers (
+    env_id BIGINT NOT NULL,
+    limit_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    window_key BIGINT NOT NULL,
+    grant_id TEXT,
+    PRIMARY KEY (env_id, limit_id, subject, window_key)
+);
+
+ALTER TABLE events ADD COLUMN credits_used BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

@@ -586,9 +586,9 @@ impl MeteringTx for PgTx<'_, '_> {
         self.execute(
             "INSERT INTO events (env_id, event_id, occurred_at_ms, user_id, event, quantity,
                  metadata, cost_micros, status, plan_id, reservation_id, reasons, overage,
-                 prompt, response, truncated, release_reason, release_error_code)
+                 prompt, response, truncated, release_reason, release_error_code, credits_used)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18)",
+                 $18, $19)",
             &[
                 &env.0,
                 &e.event_id,
@@ -608,6 +608,7 @@ impl MeteringTx for PgTx<'_, '_> {
                 &truncated,
                 &e.release_reason,
                 &e.release_error_code,
+                &(e.credits_used as i64),
             ],
         )
         .map(|_| ())
@@ -833,14 +834,14 @@ impl MeteringTx for PgTx<'_, '_> {
 /// per shape, so that each uses its index.
 pub(crate) fn list_events(tx: &mut PgTx<'_, '_>, q: &EventsQuery) -> StoreResult<Vec<StoredEvent>> {
     let by_user = "SELECT event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
-            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage
+            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used
          FROM events
          WHERE env_id = $1 AND user_id = $2 AND ($3::text IS NULL OR status = $3)
            AND ($4::bigint IS NULL OR occurred_at_ms < $4
                 OR (occurred_at_ms = $4 AND event_id < $5))
          ORDER BY occurred_at_ms DESC, event_id DESC LIMIT $6";
     let all = "SELECT event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
-            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage
+            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used
          FROM events
          WHERE env_id = $1 AND $2::text IS NULL AND ($3::text IS NULL OR status = $3)
            AND ($4::bigint IS NULL OR occurred_at_ms < $4
@@ -880,6 +881,7 @@ pub(crate) fn list_events(tx: &mut PgTx<'_, '_>, q: &EventsQuery) -> StoreResult
                 reservation_id: r.get(10),
                 reasons: serde_json::from_value(reasons).map_err(|_| corrupt("reasons", &shown))?,
                 overage: r.get::<_, i64>(12) as u64,
+                credits_used: r.get::<_, i64>(13) as u64,
             })
         })
         .collect()

@@ -465,9 +465,33 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize> {
+    async fn expire_due(&self, real_now: Timestamp, ids: IdSeed) -> StoreResult<usize> {
         self.writer
-            .execute(move |c| procedure::expire_due(&mut SqliteTx(c), real_now))
+            .execute(move |c| procedure::expire_due(&mut SqliteTx(c), real_now, &ids))
+            .await
+    }
+
+    async fn grant_credits(&self, cmd: GrantCommand) -> StoreResult<GrantOutcome> {
+        self.writer
+            .execute(move |c| procedure::credits::grant(&mut SqliteTx(c), &cmd))
+            .await
+    }
+
+    async fn revoke_credits(&self, cmd: RevokeCommand) -> StoreResult<RevokeOutcome> {
+        self.writer
+            .execute(move |c| procedure::credits::revoke(&mut SqliteTx(c), &cmd))
+            .await
+    }
+
+    async fn credits(&self, query: CreditsQuery) -> StoreResult<CreditsOutcome> {
+        self.readers
+            .read(move |c| procedure::credits::credits(&mut SqliteTx(c), &query))
+            .await
+    }
+
+    async fn credit_ledger(&self, query: LedgerQuery) -> StoreResult<Vec<LedgerEntry>> {
+        self.readers
+            .read(move |c| procedure::credits::ledger(&mut SqliteTx(c), &query))
             .await
     }
 

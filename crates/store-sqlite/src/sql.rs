@@ -591,9 +591,10 @@ impl MeteringTx for SqliteTx<'_> {
             .prepare_cached(
                 "INSERT INTO events (env_id, event_id, occurred_at_ms, user_id, event, quantity,
                      metadata, cost_micros, status, plan_id, reservation_id, reasons, overage,
-                     prompt, response, truncated, release_reason, release_error_code)
+                     prompt, response, truncated, release_reason, release_error_code,
+                     credits_used)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17, ?18)",
+                     ?17, ?18, ?19)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -615,6 +616,7 @@ impl MeteringTx for SqliteTx<'_> {
                     truncated,
                     e.release_reason,
                     e.release_error_code,
+                    e.credits_used as i64,
                 ])
             })
             .map(|_| ())
@@ -877,7 +879,7 @@ impl MeteringTx for SqliteTx<'_> {
 /// `GET /v1/events`: newest first, by time then event id (the cursor's order).
 pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec<StoredEvent>> {
     const COLUMNS: &str = "event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
-        metadata, cost_micros, status, plan_id, reservation_id, reasons, overage";
+        metadata, cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used";
     // One statement per shape, so that each uses its index: (env_id, user_id, occurred_at_ms)
     // with a user, (env_id, occurred_at_ms) without.
     let user_filter = if q.user_id.is_some() {
@@ -924,6 +926,7 @@ pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec
                         r.get::<_, Option<String>>(10)?,
                         r.get::<_, String>(11)?,
                         r.get::<_, i64>(12)?,
+                        r.get::<_, i64>(13)?,
                     ),
                 ))
             },
@@ -933,7 +936,7 @@ pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec
     for row in rows {
         let ((event_id, at, user_id, anonymous_id, event, quantity), rest) =
             row.map_err(internal)?;
-        let (metadata, cost, status, plan_id, reservation_id, reasons, overage) = rest;
+        let (metadata, cost, status, plan_id, reservation_id, reasons, overage, credits_used) = rest;
         out.push(StoredEvent {
             event_id,
             occurred_at: ts(at),
@@ -948,6 +951,7 @@ pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec
             reservation_id,
             reasons: serde_json::from_str(&reasons).map_err(|_| corrupt("reasons", &reasons))?,
             overage: overage as u64,
+            credits_used: credits_used as u64,
         });
     }
     Ok(out)

@@ -68,6 +68,7 @@ fn limit(id: &str, quota: u64, window: WindowSpec, rule: MatchRule) -> Limit {
         multiplier: 1,
         window,
         rules: vec![rule],
+        rollover: None,
     }
 }
 
@@ -170,6 +171,7 @@ fn reserve_cmd(
         prompt: None,
         record_denials: true,
         idempotency: None,
+        ids: IdSeed(format!("r{n}_")),
     }
 }
 
@@ -200,6 +202,7 @@ fn commit_cmd(
         response: None,
         if_expired: IfExpired::Reject,
         late_event_id: format!("evt_late_{id}"),
+        ids: IdSeed(format!("c_{id}_")),
     }
 }
 
@@ -212,6 +215,7 @@ fn release_cmd(env: EnvId, plans: &Arc<PlanDocument>, id: &str, now: Timestamp) 
         reason: None,
         error_code: None,
         response: None,
+        ids: IdSeed(format!("x_{id}_")),
     }
 }
 
@@ -460,9 +464,9 @@ pub async fn the_sweeper_expires_each_environment_by_its_own_clock(store: Arc<dy
     let real = Timestamp::now();
     let a = reserve(&store, reserve_cmd(test, &plans, "u1", 1, real)).await;
     let b = reserve(&store, reserve_cmd(live, &plans, "u1", 1, real)).await;
-    assert_eq!(store.expire_due(real).await.expect("sweep"), 0);
+    assert_eq!(store.expire_due(real, IdSeed(format!("sweep{}", real.as_millisecond()))).await.expect("sweep"), 0);
     store.advance_clock(test, 120).await.expect("advance");
-    assert_eq!(store.expire_due(real).await.expect("sweep"), 1);
+    assert_eq!(store.expire_due(real, IdSeed(format!("sweep{}", real.as_millisecond()))).await.expect("sweep"), 1);
     let va = store
         .get_reservation(test, &a.reservation_id.expect("id"), real)
         .await
@@ -657,6 +661,7 @@ pub async fn track_enforce_records_nothing_when_denied(store: Arc<dyn Store>) {
         enforce,
         record_denials: true,
         idempotency: None,
+        ids: IdSeed(format!("t{id}_")),
     };
     let fresh = |r: StoreResult<Idempotent<TrackOutcome>>| match r.expect("track") {
         Idempotent::Fresh(o) => o,

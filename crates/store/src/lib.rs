@@ -13,7 +13,7 @@ use tollgate_core::decision::DenyReason;
 use tollgate_core::input::{
     AccountId, EventName, IdempotencyKey, Metadata, Quantity, StoredText, TtlSeconds, UserId,
 };
-use tollgate_core::plan::{Enforcement, LimitKind, PlanDocument, Scope};
+use tollgate_core::plan::{Enforcement, LimitKind, MatchRule, PlanDocument, Scope};
 use tollgate_core::subscription::{
     CancelAt, HistoryEntry, Subscription, UpsertOutcome, UpsertRequest,
 };
@@ -216,6 +216,8 @@ pub struct ReserveCommand {
     pub prompt: Option<StoredText>,
     pub record_denials: bool,
     pub idempotency: Option<Idempotency<ReserveOutcome>>,
+    /// Ids of the ledger entries (and rollover grants) the command may write.
+    pub ids: IdSeed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +229,8 @@ pub struct ReserveOutcome {
     pub reasons: Vec<DenyReason>,
     pub denied_by: Vec<String>,
     pub limits: Vec<LimitState>,
+    /// Credits held for the part no plan quota covers.
+    pub credits: CreditsDrawn,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +251,8 @@ pub struct CheckOutcome {
     pub reasons: Vec<DenyReason>,
     pub denied_by: Vec<String>,
     pub limits: Vec<LimitState>,
+    /// The credits a reserve would hold now.
+    pub credits: CreditsDrawn,
 }
 
 /// What a commit does with a reservation that expired before it (`ifExpired`).
@@ -275,6 +281,7 @@ pub struct CommitCommand {
     /// The id of the usage event a late commit records: the reservation's own event id went
     /// to its `expired` event.
     pub late_event_id: String,
+    pub ids: IdSeed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +293,8 @@ pub struct CommitOutcome {
     /// Committed after the reservation had expired (`ifExpired: record`).
     pub late: bool,
     pub limits: Vec<LimitState>,
+    /// Units of the final quantity paid for with credits.
+    pub credits_used: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +306,7 @@ pub struct ReleaseCommand {
     pub reason: Option<String>,
     pub error_code: Option<String>,
     pub response: Option<StoredText>,
+    pub ids: IdSeed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +363,7 @@ pub struct TrackCommand {
     pub enforce: bool,
     pub record_denials: bool,
     pub idempotency: Option<Idempotency<TrackOutcome>>,
+    pub ids: IdSeed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +376,8 @@ pub struct TrackOutcome {
     pub overage: u64,
     pub plan_id: Option<String>,
     pub limits: Vec<LimitState>,
+    /// Units paid for with credits.
+    pub credits_used: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +398,8 @@ pub struct UsageOutcome {
     pub plan_id: Option<String>,
     pub subscription: Option<Subscription>,
     pub limits: Vec<LimitState>,
+    /// The user's credit balances per pack item (their own grants and their account's).
+    pub credits: Vec<PackBalance>,
 }
 
 /// `GET /v1/events`: usage events newest first, optionally of one user and one status,
@@ -417,6 +432,7 @@ pub struct StoredEvent {
     pub reservation_id: Option<String>,
     pub reasons: Vec<String>,
     pub overage: u64,
+    pub credits_used: u64,
 }
 
 /// Whose subscription: a user's or an account's.
@@ -508,6 +524,273 @@ pub struct PutPlansOutcome {
 pub struct StoredSubscription {
     pub user_id: String,
     pub subscription: Subscription,
+}
+
+/// Where a command's own ids come from when it may need several (ledger entries, rollover
+/// grants): a random seed the server makes, to which the command appends a counter. A command
+/// that runs twice (a redone batch) makes the same ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdSeed(pub String);
+
+impl IdSeed {
+    /// The `n`-th ledger entry id of the command.
+    pub fn ledger(&self, n: usize) -> String {
+        format!("led_{}{n:04x}", self.0)
+    }
+    /// The `n`-th grant id of the command.
+    pub fn grant(&self, n: usize) -> String {
+        format!("grt_{}{n:04x}", self.0)
+    }
+}
+
+/// Why credits were granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantSource {
+    Purchase,
+    Grant,
+    Refund,
+    Manual,
+    /// Made by a limit's rollover from a window's unused quota.
+    Rollover,
+}
+
+impl GrantSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Purchase => "purchase",
+            Self::Grant => "grant",
+            Self::Refund => "refund",
+            Self::Manual => "manual",
+            Self::Rollover => "rollover",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Purchase,
+            Self::Grant,
+            Self::Refund,
+            Self::Manual,
+            Self::Rollover,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A credit grant as stored: what it is, never how much is left (that is its ledger's sum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRow {
+    pub grant_id: String,
+    /// Whose credits: `u:…` (a user) or `w:…` (an account, spent by its members).
+    pub subject: String,
+    /// The pack it came from; none for a rollover grant.
+    pub pack_id: Option<String>,
+    /// The pack item, or the limit id of a rollover grant.
+    pub item_id: String,
+    pub unit: String,
+    /// Units granted.
+    pub quantity: u64,
+    /// Higher is spent first.
+    pub priority: i32,
+    /// The events it pays for, as granted (a later plan document does not change them).
+    pub rules: Vec<MatchRule>,
+    /// None: never.
+    pub expires_at: Option<Timestamp>,
+    pub source: GrantSource,
+    pub external_ref: Option<String>,
+    pub note: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// What a grant's ledger sums to: units left (held ones included) and units held by pending
+/// reservations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Balance {
+    pub remaining: u64,
+    pub held: u64,
+}
+
+/// A grant and its balance, as answers show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub row: GrantRow,
+    pub balance: Balance,
+}
+
+/// The kinds of ledger entry (API.md §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerKind {
+    /// +remaining.
+    Grant,
+    /// +held.
+    Hold,
+    /// −held.
+    Release,
+    /// −remaining, and −held for the part that was held.
+    Burn,
+    /// +remaining.
+    Refund,
+    /// −remaining.
+    Expire,
+    /// −remaining.
+    Revoke,
+    /// +remaining (a rollover grant's first entry).
+    Rollover,
+}
+
+impl LedgerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Hold => "hold",
+            Self::Release => "release",
+            Self::Burn => "burn",
+            Self::Refund => "refund",
+            Self::Expire => "expire",
+            Self::Revoke => "revoke",
+            Self::Rollover => "rollover",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Grant,
+            Self::Hold,
+            Self::Release,
+            Self::Burn,
+            Self::Refund,
+            Self::Expire,
+            Self::Revoke,
+            Self::Rollover,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One ledger entry: one change to one grant, with the balance after it and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Its place in the environment's ledger (the newest is the largest); the cursor.
+    pub seq: i64,
+    pub entry_id: String,
+    pub at: Timestamp,
+    pub kind: LedgerKind,
+    pub grant_id: String,
+    /// The grant's owner (`u:…` or `w:…`).
+    pub subject: String,
+    /// The user whose request made it (hold, release, burn, refund), if any.
+    pub user_id: Option<String>,
+    /// Always > 0.
+    pub quantity: u64,
+    pub after: Balance,
+    pub reservation_id: Option<String>,
+    pub event_id: Option<String>,
+    pub external_ref: Option<String>,
+    /// A sentence for a person.
+    pub reason: String,
+}
+
+/// Credits a reserve holds (or a check would): the total and each grant's part, in spend order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreditsDrawn {
+    pub held: u64,
+    pub grants: Vec<(String, u64)>,
+}
+
+/// A subject's credits of one pack item (or one limit's rollovers), over unexpired grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackBalance {
+    pub pack_id: Option<String>,
+    pub item_id: String,
+    pub unit: String,
+    /// `remaining − held`.
+    pub available: u64,
+    pub held: u64,
+}
+
+/// One grant to make: one per item of the pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGrant {
+    pub grant_id: String,
+    pub item_id: String,
+    pub unit: String,
+    pub quantity: u64,
+    pub rules: Vec<MatchRule>,
+}
+
+/// `POST /v1/credits/grants`: `packs` of pack `pack_id` for a user or an account.
+#[derive(Debug, Clone)]
+pub struct GrantCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub owner: Owner,
+    pub pack_id: String,
+    pub priority: i32,
+    /// How many packs; each item grants `item.quantity × packs`.
+    pub packs: u64,
+    pub items: Vec<NewGrant>,
+    pub expires_at: Option<Timestamp>,
+    pub source: GrantSource,
+    /// A second grant with the same reference grants nothing and answers the first.
+    pub external_ref: Option<String>,
+    pub note: Option<String>,
+    pub ids: IdSeed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantOutcome {
+    /// False when the reference had been granted already: nothing was granted.
+    pub created: bool,
+    pub grants: Vec<Grant>,
+}
+
+/// What `POST /v1/credits/revoke` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    Grant(String),
+    ExternalRef(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RevokeCommand {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub target: RevokeTarget,
+    pub reason: Option<String>,
+    pub ids: IdSeed,
+}
+
+/// Units removed from each grant (0 when nothing was left to remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeOutcome {
+    pub revoked: Vec<(String, u64)>,
+}
+
+/// `GET /v1/users/{id}/credits`, `GET /v1/accounts/{id}/credits`.
+#[derive(Debug, Clone)]
+pub struct CreditsQuery {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub owner: Owner,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditsOutcome {
+    /// Unexpired grants with something left, soonest expiry first (a user's own and their
+    /// account's).
+    pub grants: Vec<Grant>,
+    pub packs: Vec<PackBalance>,
+}
+
+/// `GET /v1/users/{id}/credits/ledger`: newest first, strictly before a cursor.
+#[derive(Debug, Clone)]
+pub struct LedgerQuery {
+    pub env: EnvId,
+    pub owner: Owner,
+    /// Rows wanted (the caller asks one more to know whether a next page exists).
+    pub limit: usize,
+    /// Only entries with a smaller `seq`.
+    pub before: Option<i64>,
 }
 
 /// What the server learns about the writer, for `/metrics`.
@@ -622,9 +905,21 @@ pub trait Store: Send + Sync + 'static {
     /// user, and the anonymous id stands for the user from then on. Idempotent.
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome>;
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome>;
-    /// Expires pending reservations past their expiry, in every environment (each by its own
-    /// clock: `real_now` plus its offset), at most [`SWEEP_BATCH_MAX`]; returns how many.
-    async fn expire_due(&self, real_now: Timestamp) -> StoreResult<usize>;
+    /// Expires pending reservations past their expiry and credit grants past theirs, in every
+    /// environment (each by its own clock: `real_now` plus its offset), at most
+    /// [`SWEEP_BATCH_MAX`] of each; returns how many.
+    async fn expire_due(&self, real_now: Timestamp, ids: IdSeed) -> StoreResult<usize>;
+
+    // ---- credits
+    /// Grants a pack, idempotently on `external_ref` (the same reference for another owner or
+    /// pack is an `IdempotencyConflict`).
+    async fn grant_credits(&self, cmd: GrantCommand) -> StoreResult<GrantOutcome>;
+    /// Removes what is left of a grant, or of every grant made with a reference; `NotFound`
+    /// if there is none.
+    async fn revoke_credits(&self, cmd: RevokeCommand) -> StoreResult<RevokeOutcome>;
+    async fn credits(&self, query: CreditsQuery) -> StoreResult<CreditsOutcome>;
+    /// Ledger entries newest first (see [`LedgerQuery`]).
+    async fn credit_ledger(&self, query: LedgerQuery) -> StoreResult<Vec<LedgerEntry>>;
 
     // ---- subscriptions
     /// Upserts a user's or an account's subscription (the plan was checked to exist in

@@ -12,6 +12,8 @@
 //! no-op; a backend with concurrent writers (several nodes) takes row locks there, and because
 //! every procedure locks subjects first and in one global order, none can deadlock another.
 
+pub mod credits;
+
 use crate::*;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
@@ -219,6 +221,8 @@ pub struct EventRow<'a> {
     pub release_reason: Option<&'a str>,
     pub release_error_code: Option<&'a str>,
     pub overage: u64,
+    /// Units of `quantity` paid for with credits.
+    pub credits_used: u64,
     pub prompt: Option<&'a StoredText>,
     pub response: Option<&'a StoredText>,
 }
@@ -1006,6 +1010,7 @@ pub fn reserve(
                     release_reason: None,
                     release_error_code: None,
                     overage: 0,
+                    credits_used: 0,
                     prompt: cmd.prompt.as_ref(),
                     response: None,
                 },
@@ -1024,6 +1029,7 @@ fn denied(plan_id: Option<String>, reason: DenyReason) -> ReserveOutcome {
         reasons: vec![reason],
         denied_by: Vec::new(),
         limits: Vec::new(),
+        credits: CreditsDrawn::default(),
     }
 }
 
@@ -1057,6 +1063,7 @@ fn decide_and_hold(
                 .map(|&i| counters[i].0.key.limit_id.clone())
                 .collect(),
             limits: counters.iter().map(|(c, l)| render(c, *l, now)).collect(),
+            credits: CreditsDrawn::default(),
         });
     }
     let expires_at = now
@@ -1102,6 +1109,7 @@ fn decide_and_hold(
         reasons: Vec::new(),
         denied_by: Vec::new(),
         limits,
+        credits: CreditsDrawn::default(),
     })
 }
 
@@ -1240,6 +1248,7 @@ fn reservation_event<'a>(r: &'a ReservationRow, status: &'a str) -> EventRow<'a>
         release_reason: None,
         release_error_code: None,
         overage: 0,
+        credits_used: 0,
         prompt: r.prompt.as_ref(),
         response: None,
     }
@@ -1345,6 +1354,7 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
             late: r.late,
             limits: render_held(tx, env, &held, r.created_at, now)?,
             event_id: r.event_id,
+            credits_used: 0,
         });
     }
     let late = commit_is_late(tx, env, &r, (cmd.if_expired, now))?;
@@ -1409,6 +1419,7 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         late,
         limits,
         event_id: event_id.to_string(),
+        credits_used: 0,
     })
 }
 
@@ -1478,7 +1489,11 @@ pub fn get_reservation(
 
 /// Expires due reservations in every environment, each by its own clock; forgets idempotency
 /// records past twice their retention.
-pub fn expire_due(tx: &mut impl MeteringTx, real_now: Timestamp) -> StoreResult<usize> {
+pub fn expire_due(
+    tx: &mut impl MeteringTx,
+    real_now: Timestamp,
+    _ids: &IdSeed,
+) -> StoreResult<usize> {
     let due = tx.due_reservations(real_now, SWEEP_BATCH_MAX)?;
     let mut expired = 0;
     for (env, id, _) in &due {
@@ -1552,6 +1567,7 @@ fn track_decide(
         release_reason: None,
         release_error_code: None,
         overage,
+        credits_used: 0,
         prompt: cmd.prompt.as_ref(),
         response: cmd.response.as_ref(),
     };
@@ -1569,6 +1585,7 @@ fn track_decide(
             overage: 0,
             plan_id,
             limits,
+            credits_used: 0,
         });
     }
     let mut inputs = Vec::with_capacity(counters.len());
@@ -1610,6 +1627,7 @@ fn track_decide(
         overage: settlement.overage,
         plan_id,
         limits,
+        credits_used: 0,
     })
 }
 
@@ -1627,6 +1645,7 @@ pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckO
             reasons: vec![DenyReason::NoSubscription],
             denied_by: Vec::new(),
             limits: Vec::new(),
+            credits: CreditsDrawn::default(),
         });
     };
     let plan_id = Some(resolved.plan.id.clone());
@@ -1639,6 +1658,7 @@ pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckO
             reasons: vec![DenyReason::UnmatchedEvent],
             denied_by: Vec::new(),
             limits: Vec::new(),
+            credits: CreditsDrawn::default(),
         });
     }
     let d = decide(resolved, event, metadata, &counters, cmd.quantity.get())?;
@@ -1652,6 +1672,7 @@ pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckO
             .map(|&i| counters[i].0.key.limit_id.clone())
             .collect(),
         limits: counters.iter().map(|(c, l)| render(c, *l, now)).collect(),
+        credits: CreditsDrawn::default(),
     })
 }
 
@@ -1674,6 +1695,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
             plan_id: None,
             subscription: own,
             limits: Vec::new(),
+            credits: Vec::new(),
         });
     };
     let mut limits = Vec::new();
@@ -1694,6 +1716,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
         plan_id,
         subscription: own,
         limits,
+        credits: Vec::new(),
     })
 }
 

@@ -90,6 +90,7 @@ pub async fn reserve(
             ttl: input.ttl,
             prompt: logged(input.prompt),
             record_denials: RECORD_DENIALS,
+            ids: crate::ids::new_seed(),
             idempotency,
         })
         .await?;
@@ -141,6 +142,7 @@ pub async fn commit(
                 wire::IfExpired::Record => IfExpired::Record,
             },
             late_event_id: new_id(EVENT_PREFIX),
+            ids: crate::ids::new_seed(),
         })
         .await
         .map_err(store_error(RESERVATION))?;
@@ -177,6 +179,7 @@ pub async fn release(
             reservation_id: id,
             reason: input.reason,
             error_code: input.error_code,
+            ids: crate::ids::new_seed(),
             response: logged(input.response),
         })
         .await
@@ -281,6 +284,7 @@ pub async fn track(
             response: logged(input.response),
             enforce: input.enforce,
             record_denials: RECORD_DENIALS,
+            ids: crate::ids::new_seed(),
             idempotency,
         })
         .await?;

@@ -171,6 +171,7 @@ pub async fn subscription_writes_carry_usage_and_move_holds(store: Arc<dyn Store
                 enforce: false,
                 record_denials: true,
                 idempotency: None,
+                ids: IdSeed(format!("t{u}_")),
             };
             store.track(track).await.expect("track");
             let held = reserve(&store, reserve_cmd(env, &plans, &u, 6, now)).await;
@@ -200,7 +201,7 @@ pub async fn subscription_writes_carry_usage_and_move_holds(store: Arc<dyn Store
                 }
                 End::Expire => {
                     let later = now + SignedDuration::from_secs(61);
-                    store.expire_due(later).await.expect("sweep");
+                    store.expire_due(later, IdSeed(format!("sweep{}", later.as_millisecond()))).await.expect("sweep");
                     assert_eq!(
                         store
                             .commit(commit_cmd(env, &plans, &id, None, later))
