@@ -212,8 +212,9 @@ ALTER TABLE reservations ADD COLUMN late BOOLEAN NOT NULL DEFAULT false;
 "#,
     r#"
 -- 6: credits. A grant says what was granted and never changes; its balance is its ledger:
--- append-only entries, each with the balance after it. Holds say which grants a pending
--- reservation draws on; `rollovers` which windows rolled over already.
+-- append-only entries, each with the balance after it. Holds say which grants a reservation
+-- drew on (`active` while pending); `credit_revocations` which grants were revoked (a part
+-- held then is revoked when it returns); `rollovers` which windows rolled over already.
 CREATE TABLE credit_grants (
     env_id BIGINT NOT NULL,
     grant_id TEXT NOT NULL,
@@ -259,16 +260,28 @@ CREATE INDEX credit_ledger_grant ON credit_ledger (env_id, grant_id, seq);
 CREATE INDEX credit_ledger_subject ON credit_ledger (env_id, subject, seq);
 CREATE INDEX credit_ledger_user ON credit_ledger (env_id, user_id, seq)
     WHERE user_id IS NOT NULL;
+CREATE INDEX credit_ledger_reservation ON credit_ledger (env_id, reservation_id)
+    WHERE reservation_id IS NOT NULL;
 
 CREATE TABLE credit_holds (
     env_id BIGINT NOT NULL,
     reservation_id TEXT NOT NULL,
     grant_id TEXT NOT NULL,
     subject TEXT NOT NULL,
+    user_id TEXT NOT NULL,
     held BIGINT NOT NULL,
+    active BOOLEAN NOT NULL DEFAULT true,
     PRIMARY KEY (env_id, reservation_id, grant_id)
 );
-CREATE INDEX credit_holds_grant ON credit_holds (env_id, grant_id) WHERE held > 0;
+CREATE INDEX credit_holds_grant ON credit_holds (env_id, grant_id) WHERE active;
+CREATE INDEX credit_holds_user ON credit_holds (env_id, user_id) WHERE active;
+
+CREATE TABLE credit_revocations (
+    env_id BIGINT NOT NULL,
+    grant_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, grant_id)
+);
 
 CREATE TABLE rollovers (
     env_id BIGINT NOT NULL,

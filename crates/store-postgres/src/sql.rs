@@ -16,7 +16,8 @@ use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
 use tollgate_store::{
-    EnvId, EventsQuery, Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
+    codec, Balance, EnvId, EventsQuery, Grant, GrantRow, GrantSource, LedgerEntry, LedgerKind,
+    Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
 };
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
@@ -163,6 +164,63 @@ fn reservation_row(r: &Row) -> StoreResult<ReservationRow> {
             truncated: r.get("prompt_truncated"),
         }),
         late: r.get("late"),
+    })
+}
+
+/// The columns of a grant row, in the order [`grant_row`] reads them.
+macro_rules! grant_columns {
+    () => {
+        "g.grant_id, g.subject, g.pack_id, g.item_id, g.unit, g.quantity, g.priority, g.rules,
+         g.expires_at_ms, g.source, g.external_ref, g.note, g.created_at_ms"
+    };
+}
+
+fn grant_row(r: &Row) -> StoreResult<GrantRow> {
+    let rules: String = r.get(7);
+    let source: String = r.get(9);
+    Ok(GrantRow {
+        grant_id: r.get(0),
+        subject: r.get(1),
+        pack_id: r.get(2),
+        item_id: r.get(3),
+        unit: r.get(4),
+        quantity: r.get::<_, i64>(5) as u64,
+        priority: r.get(6),
+        rules: codec::parse_rules(&rules).ok_or_else(|| corrupt("grant rules", &rules))?,
+        expires_at: r.get::<_, Option<i64>>(8).map(ts),
+        source: GrantSource::parse(&source).ok_or_else(|| corrupt("grant source", &source))?,
+        external_ref: r.get(10),
+        note: r.get(11),
+        created_at: ts(r.get(12)),
+    })
+}
+
+macro_rules! ledger_columns {
+    () => {
+        "seq, entry_id, at_ms, kind, grant_id, subject, user_id, quantity, remaining_after,
+         held_after, reservation_id, event_id, external_ref, reason"
+    };
+}
+
+fn ledger_entry(r: &Row) -> StoreResult<LedgerEntry> {
+    let kind: String = r.get(3);
+    Ok(LedgerEntry {
+        seq: r.get(0),
+        entry_id: r.get(1),
+        at: ts(r.get(2)),
+        kind: LedgerKind::parse(&kind).ok_or_else(|| corrupt("ledger kind", &kind))?,
+        grant_id: r.get(4),
+        subject: r.get(5),
+        user_id: r.get(6),
+        quantity: r.get::<_, i64>(7) as u64,
+        after: Balance {
+            remaining: r.get::<_, i64>(8) as u64,
+            held: r.get::<_, i64>(9) as u64,
+        },
+        reservation_id: r.get(10),
+        event_id: r.get(11),
+        external_ref: r.get(12),
+        reason: r.get(13),
     })
 }
 
@@ -827,6 +885,307 @@ impl MeteringTx for PgTx<'_, '_> {
             .iter()
             .map(|r| (EnvId(r.get(0)), r.get(1), r.get(2)))
             .collect())
+    }
+
+    fn insert_grant(&mut self, env: EnvId, g: &GrantRow) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO credit_grants (env_id, grant_id, subject, pack_id, item_id, unit,
+                 quantity, priority, rules, expires_at_ms, source, external_ref, note,
+                 created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                &env.0,
+                &g.grant_id,
+                &g.subject,
+                &g.pack_id,
+                &g.item_id,
+                &g.unit,
+                &(g.quantity as i64),
+                &g.priority,
+                &codec::rules_json(&g.rules),
+                &g.expires_at.map(ms),
+                &g.source.as_str(),
+                &g.external_ref,
+                &g.note,
+                &ms(g.created_at),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn grant(&mut self, env: EnvId, grant_id: &str) -> StoreResult<Option<GrantRow>> {
+        let row = self.query_opt(
+            concat!(
+                "SELECT ",
+                grant_columns!(),
+                " FROM credit_grants g WHERE env_id = $1 AND grant_id = $2"
+            ),
+            &[&env.0, &grant_id],
+        )?;
+        row.as_ref().map(grant_row).transpose()
+    }
+
+    fn grants_by_ref(&mut self, env: EnvId, external_ref: &str) -> StoreResult<Vec<GrantRow>> {
+        let rows = self.query(
+            concat!(
+                "SELECT ",
+                grant_columns!(),
+                " FROM credit_grants g WHERE env_id = $1 AND external_ref = $2
+                 ORDER BY created_at_ms, grant_id"
+            ),
+            &[&env.0, &external_ref],
+        )?;
+        rows.iter().map(grant_row).collect()
+    }
+
+    fn live_grants(&mut self, env: EnvId, subjects: &[&str]) -> StoreResult<Vec<Grant>> {
+        let subjects: Vec<&str> = subjects.to_vec();
+        let rows = self.query(
+            concat!(
+                "SELECT ",
+                grant_columns!(),
+                ", l.remaining_after, l.held_after FROM credit_grants g
+                 CROSS JOIN LATERAL (SELECT remaining_after, held_after FROM credit_ledger m
+                     WHERE m.env_id = g.env_id AND m.grant_id = g.grant_id
+                     ORDER BY seq DESC LIMIT 1) l
+                 WHERE g.env_id = $1 AND g.subject = ANY($2) AND l.remaining_after > 0"
+            ),
+            &[&env.0, &subjects],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(Grant {
+                    row: grant_row(r)?,
+                    balance: Balance {
+                        remaining: r.get::<_, i64>(13) as u64,
+                        held: r.get::<_, i64>(14) as u64,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn balance(&mut self, env: EnvId, grant_id: &str) -> StoreResult<Balance> {
+        let row = self.query_opt(
+            "SELECT remaining_after, held_after FROM credit_ledger
+             WHERE env_id = $1 AND grant_id = $2 ORDER BY seq DESC LIMIT 1",
+            &[&env.0, &grant_id],
+        )?;
+        Ok(row.map_or_else(Balance::default, |r| Balance {
+            remaining: r.get::<_, i64>(0) as u64,
+            held: r.get::<_, i64>(1) as u64,
+        }))
+    }
+
+    fn append_ledger(&mut self, env: EnvId, e: &LedgerEntry) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO credit_ledger (env_id, entry_id, at_ms, kind, grant_id, subject,
+                 user_id, quantity, remaining_after, held_after, reservation_id, event_id,
+                 external_ref, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                &env.0,
+                &e.entry_id,
+                &ms(e.at),
+                &e.kind.as_str(),
+                &e.grant_id,
+                &e.subject,
+                &e.user_id,
+                &(e.quantity as i64),
+                &(e.after.remaining as i64),
+                &(e.after.held as i64),
+                &e.reservation_id,
+                &e.event_id,
+                &e.external_ref,
+                &e.reason,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn insert_credit_hold(
+        &mut self,
+        env: EnvId,
+        (reservation_id, user_id): (&str, &str),
+        h: &CreditHold,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO credit_holds (env_id, reservation_id, grant_id, subject, user_id, held,
+                 active)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &env.0,
+                &reservation_id,
+                &h.grant_id,
+                &h.subject,
+                &user_id,
+                &(h.units as i64),
+                &h.active,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn credit_holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<Vec<CreditHold>> {
+        // Drawn in spend order, which the grant ids of one reservation do not keep: the
+        // holds' own insertion order does (ctid is not stable), so the procedure's order is
+        // kept by the hold's place in the ledger.
+        let rows = self.query(
+            "SELECT h.grant_id, h.subject, h.held, h.active FROM credit_holds h
+             LEFT JOIN credit_ledger l ON l.env_id = h.env_id AND l.reservation_id = h.reservation_id
+                 AND l.grant_id = h.grant_id AND l.kind = 'hold'
+             WHERE h.env_id = $1 AND h.reservation_id = $2
+             ORDER BY l.seq",
+            &[&env.0, &reservation_id],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| CreditHold {
+                grant_id: r.get(0),
+                subject: r.get(1),
+                units: r.get::<_, i64>(2) as u64,
+                active: r.get(3),
+            })
+            .collect())
+    }
+
+    fn end_credit_holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<()> {
+        self.execute(
+            "UPDATE credit_holds SET active = false WHERE env_id = $1 AND reservation_id = $2",
+            &[&env.0, &reservation_id],
+        )
+        .map(|_| ())
+    }
+
+    fn overdue_held(&mut self, env: EnvId, grant_id: &str, now: Timestamp) -> StoreResult<u64> {
+        let row = self.query_one(
+            "SELECT COALESCE(SUM(h.held), 0)::BIGINT FROM credit_holds h
+             JOIN reservations r ON r.env_id = h.env_id AND r.reservation_id = h.reservation_id
+             WHERE h.env_id = $1 AND h.grant_id = $2 AND h.active
+               AND r.status = 'pending' AND r.expires_at_ms <= $3",
+            &[&env.0, &grant_id, &ms(now)],
+        )?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn overdue_credit_reservations(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<String>> {
+        let rows = self.query(
+            "SELECT DISTINCT h.reservation_id FROM credit_holds h
+             JOIN reservations r ON r.env_id = h.env_id AND r.reservation_id = h.reservation_id
+             WHERE h.env_id = $1 AND h.user_id = $2 AND h.active
+               AND r.status = 'pending' AND r.expires_at_ms <= $3",
+            &[&env.0, &user_id, &ms(now)],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn credits_used_by(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<u64> {
+        let row = self.query_one(
+            "SELECT COALESCE(SUM(CASE kind WHEN 'burn' THEN quantity
+                 WHEN 'refund' THEN -quantity ELSE 0 END), 0)::BIGINT
+             FROM credit_ledger WHERE env_id = $1 AND reservation_id = $2",
+            &[&env.0, &reservation_id],
+        )?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    fn revoke_mark(&mut self, env: EnvId, grant_id: &str, at: Timestamp) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO credit_revocations (env_id, grant_id, at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&env.0, &grant_id, &ms(at)],
+        )
+        .map(|_| ())
+    }
+
+    fn is_revoked(&mut self, env: EnvId, grant_id: &str) -> StoreResult<bool> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM credit_revocations WHERE env_id = $1 AND grant_id = $2",
+                &[&env.0, &grant_id],
+            )?
+            .is_some())
+    }
+
+    fn ledger_page(
+        &mut self,
+        env: EnvId,
+        (subject, user): (&str, Option<&str>),
+        limit: usize,
+        before: Option<i64>,
+    ) -> StoreResult<Vec<LedgerEntry>> {
+        let rows = self.query(
+            concat!(
+                "SELECT ",
+                ledger_columns!(),
+                " FROM credit_ledger WHERE env_id = $1 AND subject = $2 AND seq < $4
+                 UNION
+                 SELECT ",
+                ledger_columns!(),
+                " FROM credit_ledger WHERE env_id = $1 AND user_id = $3 AND seq < $4
+                 ORDER BY seq DESC LIMIT $5"
+            ),
+            &[
+                &env.0,
+                &subject,
+                &user,
+                &before.unwrap_or(i64::MAX),
+                &(limit as i64),
+            ],
+        )?;
+        rows.iter().map(ledger_entry).collect()
+    }
+
+    fn expired_grants(
+        &mut self,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(EnvId, String, String)>> {
+        let rows = self.query(
+            "SELECT g.env_id, g.grant_id, g.subject FROM credit_grants g
+             JOIN environments e ON e.env_id = g.env_id
+             CROSS JOIN LATERAL (SELECT remaining_after, held_after FROM credit_ledger m
+                 WHERE m.env_id = g.env_id AND m.grant_id = g.grant_id
+                 ORDER BY seq DESC LIMIT 1) l
+             WHERE g.expires_at_ms IS NOT NULL
+               AND g.expires_at_ms <= $1 + e.clock_offset_s * 1000
+               AND l.remaining_after > l.held_after
+             LIMIT $2",
+            &[&ms(real_now), &(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| (EnvId(r.get(0)), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    fn rolled_over(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<bool> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM rollovers
+                 WHERE env_id = $1 AND limit_id = $2 AND subject = $3 AND window_key = $4",
+                &[&env.0, &key.limit_id, &key.subject, &key.window_key],
+            )?
+            .is_some())
+    }
+
+    fn mark_rollover(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        grant_id: Option<&str>,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO rollovers (env_id, limit_id, subject, window_key, grant_id)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&env.0, &key.limit_id, &key.subject, &key.window_key, &grant_id],
+        )
+        .map(|_| ())
     }
 }
 

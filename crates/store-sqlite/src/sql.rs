@@ -13,7 +13,8 @@ use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
 use tollgate_store::{
-    EnvId, EventsQuery, Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
+    codec, Balance, EnvId, EventsQuery, Grant, GrantRow, GrantSource, LedgerEntry, LedgerKind,
+    Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
 };
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
@@ -874,6 +875,450 @@ impl MeteringTx for SqliteTx<'_> {
             .map_err(internal)?;
         rows.collect::<Result<_, _>>().map_err(internal)
     }
+
+    fn insert_grant(&mut self, env: EnvId, g: &GrantRow) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO credit_grants (env_id, grant_id, subject, pack_id, item_id, unit,
+                     quantity, priority, rules, expires_at_ms, source, external_ref, note,
+                     created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    g.grant_id,
+                    g.subject,
+                    g.pack_id,
+                    g.item_id,
+                    g.unit,
+                    g.quantity as i64,
+                    g.priority,
+                    codec::rules_json(&g.rules),
+                    g.expires_at.map(ms),
+                    g.source.as_str(),
+                    g.external_ref,
+                    g.note,
+                    ms(g.created_at),
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn grant(&mut self, env: EnvId, grant_id: &str) -> StoreResult<Option<GrantRow>> {
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM credit_grants g WHERE env_id = ?1 AND grant_id = ?2");
+        let row = self
+            .0
+            .prepare_cached(&sql)
+            .and_then(|mut st| st.query_row(params![env.0, grant_id], grant_text).optional())
+            .map_err(internal)?;
+        row.map(grant_row).transpose()
+    }
+
+    fn grants_by_ref(&mut self, env: EnvId, external_ref: &str) -> StoreResult<Vec<GrantRow>> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM credit_grants g WHERE env_id = ?1 AND external_ref = ?2
+             ORDER BY created_at_ms, grant_id"
+        );
+        let mut st = self.0.prepare_cached(&sql).map_err(internal)?;
+        let rows = st
+            .query_map(params![env.0, external_ref], grant_text)
+            .map_err(internal)?;
+        rows.map(|r| grant_row(r.map_err(internal)?)).collect()
+    }
+
+    fn live_grants(&mut self, env: EnvId, subjects: &[&str]) -> StoreResult<Vec<Grant>> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS}, l.remaining_after, l.held_after FROM credit_grants g
+             JOIN credit_ledger l ON l.seq = (SELECT max(seq) FROM credit_ledger m
+                 WHERE m.env_id = g.env_id AND m.grant_id = g.grant_id)
+             WHERE g.env_id = ?1 AND g.subject = ?2 AND l.remaining_after > 0"
+        );
+        let mut st = self.0.prepare_cached(&sql).map_err(internal)?;
+        let mut out = Vec::new();
+        for subject in subjects {
+            let rows = st
+                .query_map(params![env.0, subject], |r| {
+                    Ok((
+                        grant_text(r)?,
+                        r.get::<_, i64>(13)? as u64,
+                        r.get::<_, i64>(14)? as u64,
+                    ))
+                })
+                .map_err(internal)?;
+            for row in rows {
+                let (text, remaining, held) = row.map_err(internal)?;
+                out.push(Grant {
+                    row: grant_row(text)?,
+                    balance: Balance { remaining, held },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn balance(&mut self, env: EnvId, grant_id: &str) -> StoreResult<Balance> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT remaining_after, held_after FROM credit_ledger
+                 WHERE env_id = ?1 AND grant_id = ?2 ORDER BY seq DESC LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![env.0, grant_id], |r| {
+                    Ok(Balance {
+                        remaining: r.get::<_, i64>(0)? as u64,
+                        held: r.get::<_, i64>(1)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)?;
+        Ok(row.unwrap_or_default())
+    }
+
+    fn append_ledger(&mut self, env: EnvId, e: &LedgerEntry) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO credit_ledger (env_id, entry_id, at_ms, kind, grant_id, subject,
+                     user_id, quantity, remaining_after, held_after, reservation_id, event_id,
+                     external_ref, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    e.entry_id,
+                    ms(e.at),
+                    e.kind.as_str(),
+                    e.grant_id,
+                    e.subject,
+                    e.user_id,
+                    e.quantity as i64,
+                    e.after.remaining as i64,
+                    e.after.held as i64,
+                    e.reservation_id,
+                    e.event_id,
+                    e.external_ref,
+                    e.reason,
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn insert_credit_hold(
+        &mut self,
+        env: EnvId,
+        (reservation_id, user_id): (&str, &str),
+        h: &CreditHold,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO credit_holds (env_id, reservation_id, grant_id, subject, user_id,
+                     held, active)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    reservation_id,
+                    h.grant_id,
+                    h.subject,
+                    user_id,
+                    h.units as i64,
+                    h.active,
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn credit_holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<Vec<CreditHold>> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT grant_id, subject, held, active FROM credit_holds
+                 WHERE env_id = ?1 AND reservation_id = ?2 ORDER BY rowid",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![env.0, reservation_id], |r| {
+                Ok(CreditHold {
+                    grant_id: r.get(0)?,
+                    subject: r.get(1)?,
+                    units: r.get::<_, i64>(2)? as u64,
+                    active: r.get(3)?,
+                })
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn end_credit_holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE credit_holds SET active = 0 WHERE env_id = ?1 AND reservation_id = ?2",
+            )
+            .and_then(|mut st| st.execute(params![env.0, reservation_id]))
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn overdue_held(&mut self, env: EnvId, grant_id: &str, now: Timestamp) -> StoreResult<u64> {
+        self.0
+            .prepare_cached(
+                "SELECT COALESCE(SUM(h.held), 0) FROM credit_holds h
+                 JOIN reservations r ON r.env_id = h.env_id AND r.reservation_id = h.reservation_id
+                 WHERE h.env_id = ?1 AND h.grant_id = ?2 AND h.active = 1
+                   AND r.status = 'pending' AND r.expires_at_ms <= ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![env.0, grant_id, ms(now)], |r| r.get::<_, i64>(0))
+            })
+            .map(|n| n as u64)
+            .map_err(internal)
+    }
+
+    fn overdue_credit_reservations(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<String>> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT DISTINCT h.reservation_id FROM credit_holds h
+                 JOIN reservations r ON r.env_id = h.env_id AND r.reservation_id = h.reservation_id
+                 WHERE h.env_id = ?1 AND h.user_id = ?2 AND h.active = 1
+                   AND r.status = 'pending' AND r.expires_at_ms <= ?3",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![env.0, user_id, ms(now)], |r| r.get(0))
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn credits_used_by(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<u64> {
+        self.0
+            .prepare_cached(
+                "SELECT COALESCE(SUM(CASE kind WHEN 'burn' THEN quantity
+                     WHEN 'refund' THEN -quantity ELSE 0 END), 0)
+                 FROM credit_ledger WHERE env_id = ?1 AND reservation_id = ?2",
+            )
+            .and_then(|mut st| st.query_row(params![env.0, reservation_id], |r| r.get::<_, i64>(0)))
+            .map(|n| n.max(0) as u64)
+            .map_err(internal)
+    }
+
+    fn revoke_mark(&mut self, env: EnvId, grant_id: &str, at: Timestamp) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO credit_revocations (env_id, grant_id, at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut st| st.execute(params![env.0, grant_id, ms(at)]))
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn is_revoked(&mut self, env: EnvId, grant_id: &str) -> StoreResult<bool> {
+        self.0
+            .prepare_cached("SELECT 1 FROM credit_revocations WHERE env_id = ?1 AND grant_id = ?2")
+            .and_then(|mut st| st.exists(params![env.0, grant_id]))
+            .map_err(internal)
+    }
+
+    fn ledger_page(
+        &mut self,
+        env: EnvId,
+        (subject, user): (&str, Option<&str>),
+        limit: usize,
+        before: Option<i64>,
+    ) -> StoreResult<Vec<LedgerEntry>> {
+        // One indexed walk per side (the owner's grants, the user's requests), merged.
+        let sql = format!(
+            "SELECT {LEDGER_COLUMNS} FROM credit_ledger
+             WHERE env_id = ?1 AND subject = ?2 AND seq < ?4
+             UNION
+             SELECT {LEDGER_COLUMNS} FROM credit_ledger
+             WHERE env_id = ?1 AND user_id = ?3 AND seq < ?4
+             ORDER BY seq DESC LIMIT ?5"
+        );
+        let mut st = self.0.prepare_cached(&sql).map_err(internal)?;
+        let rows = st
+            .query_map(
+                params![env.0, subject, user, before.unwrap_or(i64::MAX), limit as i64],
+                ledger_text,
+            )
+            .map_err(internal)?;
+        rows.map(|r| ledger_entry(r.map_err(internal)?)).collect()
+    }
+
+    fn expired_grants(
+        &mut self,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(EnvId, String, String)>> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT g.env_id, g.grant_id, g.subject FROM credit_grants g
+                 JOIN environments e ON e.env_id = g.env_id
+                 JOIN credit_ledger l ON l.seq = (SELECT max(seq) FROM credit_ledger m
+                     WHERE m.env_id = g.env_id AND m.grant_id = g.grant_id)
+                 WHERE g.expires_at_ms IS NOT NULL
+                   AND g.expires_at_ms <= ?1 + e.clock_offset_s * 1000
+                   AND l.remaining_after > l.held_after
+                 LIMIT ?2",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![ms(real_now), limit as i64], |r| {
+                Ok((EnvId(r.get(0)?), r.get(1)?, r.get(2)?))
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn rolled_over(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<bool> {
+        self.0
+            .prepare_cached(
+                "SELECT 1 FROM rollovers
+                 WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND window_key = ?4",
+            )
+            .and_then(|mut st| {
+                st.exists(params![env.0, key.limit_id, key.subject, key.window_key])
+            })
+            .map_err(internal)
+    }
+
+    fn mark_rollover(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        grant_id: Option<&str>,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO rollovers (env_id, limit_id, subject, window_key, grant_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![env.0, key.limit_id, key.subject, key.window_key, grant_id])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+}
+
+/// The columns of a grant row, in the order [`grant_text`] reads them.
+const GRANT_COLUMNS: &str = "g.grant_id, g.subject, g.pack_id, g.item_id, g.unit, g.quantity,
+    g.priority, g.rules, g.expires_at_ms, g.source, g.external_ref, g.note, g.created_at_ms";
+
+/// A grant row as stored, before its text columns are parsed.
+type GrantText = (
+    (String, String, Option<String>, String, String, i64, i32),
+    (String, Option<i64>, String, Option<String>, Option<String>, i64),
+);
+
+fn grant_text(r: &Row<'_>) -> rusqlite::Result<GrantText> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ),
+        (
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+        ),
+    ))
+}
+
+fn grant_row(text: GrantText) -> StoreResult<GrantRow> {
+    let ((grant_id, subject, pack_id, item_id, unit, quantity, priority), rest) = text;
+    let (rules, expires_at, source, external_ref, note, created_at) = rest;
+    Ok(GrantRow {
+        rules: codec::parse_rules(&rules).ok_or_else(|| corrupt("grant rules", &rules))?,
+        source: GrantSource::parse(&source).ok_or_else(|| corrupt("grant source", &source))?,
+        grant_id,
+        subject,
+        pack_id,
+        item_id,
+        unit,
+        quantity: quantity as u64,
+        priority,
+        expires_at: expires_at.map(ts),
+        external_ref,
+        note,
+        created_at: ts(created_at),
+    })
+}
+
+const LEDGER_COLUMNS: &str = "seq, entry_id, at_ms, kind, grant_id, subject, user_id, quantity,
+    remaining_after, held_after, reservation_id, event_id, external_ref, reason";
+
+type LedgerText = (
+    (i64, String, i64, String, String, String, Option<String>),
+    (i64, i64, i64, Option<String>, Option<String>, Option<String>, String),
+);
+
+fn ledger_text(r: &Row<'_>) -> rusqlite::Result<LedgerText> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ),
+        (
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+        ),
+    ))
+}
+
+fn ledger_entry(text: LedgerText) -> StoreResult<LedgerEntry> {
+    let ((seq, entry_id, at, kind, grant_id, subject, user_id), rest) = text;
+    let (quantity, remaining, held, reservation_id, event_id, external_ref, reason) = rest;
+    Ok(LedgerEntry {
+        kind: LedgerKind::parse(&kind).ok_or_else(|| corrupt("ledger kind", &kind))?,
+        seq,
+        entry_id,
+        at: ts(at),
+        grant_id,
+        subject,
+        user_id,
+        quantity: quantity as u64,
+        after: Balance {
+            remaining: remaining as u64,
+            held: held as u64,
+        },
+        reservation_id,
+        event_id,
+        external_ref,
+        reason,
+    })
 }
 
 /// `GET /v1/events`: newest first, by time then event id (the cursor's order).

@@ -991,4 +991,5 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod codec;
 pub mod procedure;

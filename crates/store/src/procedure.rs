@@ -421,6 +421,80 @@ pub trait MeteringTx {
         real_now: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<(EnvId, String, String)>>;
+
+    // ---- credits (see `credits`): grants never change; balances are ledger entries.
+    /// `AlreadyExists` if the id is taken.
+    fn insert_grant(&mut self, env: EnvId, g: &GrantRow) -> StoreResult<()>;
+    fn grant(&mut self, env: EnvId, grant_id: &str) -> StoreResult<Option<GrantRow>>;
+    /// The grants made with a reference, oldest first.
+    fn grants_by_ref(&mut self, env: EnvId, external_ref: &str) -> StoreResult<Vec<GrantRow>>;
+    /// The grants of these subjects with something left (`remaining > 0`), with their balances.
+    fn live_grants(&mut self, env: EnvId, subjects: &[&str]) -> StoreResult<Vec<Grant>>;
+    /// A grant's balance: the after-values of its newest ledger entry.
+    fn balance(&mut self, env: EnvId, grant_id: &str) -> StoreResult<Balance>;
+    /// Appends one entry (its `seq` is given by the store).
+    fn append_ledger(&mut self, env: EnvId, e: &LedgerEntry) -> StoreResult<()>;
+    /// Records that reservation `(id, user)` holds units of a grant.
+    fn insert_credit_hold(
+        &mut self,
+        env: EnvId,
+        reservation: (&str, &str),
+        h: &CreditHold,
+    ) -> StoreResult<()>;
+    /// The grants a reservation drew on, in the order drawn, active or not.
+    fn credit_holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<Vec<CreditHold>>;
+    /// Marks every credit hold of a reservation ended.
+    fn end_credit_holds(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<()>;
+    /// Units of a grant held by pending reservations whose expiry is at or before `now`
+    /// (expired, not yet swept).
+    fn overdue_held(&mut self, env: EnvId, grant_id: &str, now: Timestamp) -> StoreResult<u64>;
+    /// A user's pending reservations past their expiry at `now` that hold credits.
+    fn overdue_credit_reservations(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<String>>;
+    /// Credits a committed reservation used: its burns less its refunds.
+    fn credits_used_by(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<u64>;
+    fn revoke_mark(&mut self, env: EnvId, grant_id: &str, at: Timestamp) -> StoreResult<()>;
+    fn is_revoked(&mut self, env: EnvId, grant_id: &str) -> StoreResult<bool>;
+    /// Ledger entries newest first with `seq < before`: those of grants owned by `subject`,
+    /// and, with `user`, those that user's requests made.
+    fn ledger_page(
+        &mut self,
+        env: EnvId,
+        owner: (&str, Option<&str>),
+        limit: usize,
+        before: Option<i64>,
+    ) -> StoreResult<Vec<LedgerEntry>>;
+    /// Grants past their expiry at `real_now` (each environment by its own clock) whose
+    /// ledger still has unheld units, at most `limit`, as (environment, grant id, subject).
+    fn expired_grants(
+        &mut self,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(EnvId, String, String)>>;
+    /// Whether a counter's window was rolled over already.
+    fn rolled_over(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<bool>;
+    /// Records that a counter's window rolled over (into `grant_id`, if it made a grant).
+    fn mark_rollover(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        grant_id: Option<&str>,
+    ) -> StoreResult<()>;
+}
+
+/// A reservation's draw on one grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditHold {
+    pub grant_id: String,
+    /// The grant's owner, locked with the reservation's subjects.
+    pub subject: String,
+    pub units: u64,
+    /// Still held (the reservation is pending).
+    pub active: bool,
 }
 
 fn secs(n: i64) -> SignedDuration {
@@ -1020,17 +1094,19 @@ pub fn reserve(
     })
 }
 
-fn denied(plan_id: Option<String>, reason: DenyReason) -> ReserveOutcome {
-    ReserveOutcome {
-        allowed: false,
-        reservation_id: None,
-        expires_at: None,
-        plan_id,
-        reasons: vec![reason],
-        denied_by: Vec::new(),
-        limits: Vec::new(),
-        credits: CreditsDrawn::default(),
-    }
+/// The limits of the resolved plan that count an event, in plan order (the order of the
+/// counters `matching` loads).
+fn matching_limits<'p>(
+    resolved: Option<Resolved<'p>>,
+    (event, metadata): (&EventName, &Metadata),
+) -> Vec<&'p Limit> {
+    resolved.map_or_else(Vec::new, |r| {
+        r.plan
+            .limits
+            .iter()
+            .filter(|l| l.matches(event, metadata))
+            .collect()
+    })
 }
 
 fn decide_and_hold(
@@ -1040,56 +1116,80 @@ fn decide_and_hold(
 ) -> StoreResult<ReserveOutcome> {
     let (env, now) = (cmd.env, cmd.now);
     let user = cmd.user_id.as_str();
-    let Some(resolved) = subscription::resolve(&cmd.plans, st.sub.as_ref(), user, now) else {
-        return Ok(denied(None, DenyReason::NoSubscription));
-    };
-    let plan_id = Some(resolved.plan.id.clone());
+    let resolved = subscription::resolve(&cmd.plans, st.sub.as_ref(), user, now);
+    let plan_id = resolved.map(|r| r.plan.id.clone());
     let (event, metadata) = (&cmd.event, &cmd.metadata);
-    let counters = matching(tx, env, resolved, &st.subjects, (event, metadata), now, now)?;
-    if counters.is_empty() && cmd.plans.unmatched_events == UnmatchedEvents::Deny {
-        return Ok(denied(plan_id, DenyReason::UnmatchedEvent));
+    let mut posting = credits::Posting::new(&cmd.ids, now);
+    let counters = match resolved {
+        Some(r) => matching(tx, env, r, &st.subjects, (event, metadata), now, now)?,
+        None => Vec::new(),
+    };
+    if let Some(r) = resolved {
+        let limits = matching_limits(resolved, (event, metadata));
+        credits::roll_over(tx, env, &mut posting, (r, &limits), &counters)?;
     }
-    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get())?;
-    if !d.allowed {
-        return Ok(ReserveOutcome {
-            allowed: false,
-            reservation_id: None,
-            expires_at: None,
-            plan_id,
-            reasons: d.reasons,
-            denied_by: d
-                .denied_by
-                .iter()
-                .map(|&i| counters[i].0.key.limit_id.clone())
-                .collect(),
-            limits: counters.iter().map(|(c, l)| render(c, *l, now)).collect(),
-            credits: CreditsDrawn::default(),
-        });
-    }
+    let ask = credits::Ask {
+        env,
+        subjects: &st.subjects,
+        user,
+        event: (event, metadata),
+        now,
+    };
+    let funded = credits::fund(
+        tx,
+        &ask,
+        (resolved, &cmd.plans),
+        &counters,
+        (cmd.quantity.get(), Some(&mut posting)),
+    )?;
+    let funding = match funded {
+        Ok(f) => f,
+        Err(reasons) => {
+            let d = match resolved {
+                Some(r) if !counters.is_empty() => {
+                    Some(decide(r, event, metadata, &counters, cmd.quantity.get())?)
+                }
+                _ => None,
+            };
+            return Ok(ReserveOutcome {
+                allowed: false,
+                reservation_id: None,
+                expires_at: None,
+                plan_id,
+                reasons,
+                denied_by: d.map_or_else(Vec::new, |d| {
+                    d.denied_by
+                        .iter()
+                        .map(|&i| counters[i].0.key.limit_id.clone())
+                        .collect()
+                }),
+                limits: counters.iter().map(|(c, l)| render(c, *l, now)).collect(),
+                credits: CreditsDrawn::default(),
+            });
+        }
+    };
     let expires_at = now
         .checked_add(secs(i64::from(cmd.ttl.get())))
         .map_err(overflow)?;
-    tx.insert_reservation(
-        env,
-        &ReservationRow {
-            reservation_id: cmd.reservation_id.clone(),
-            user_id: cmd.user_id.as_str().to_string(),
-            event: cmd.event.as_str().to_string(),
-            quantity: cmd.quantity.get(),
-            metadata: cmd.metadata.clone(),
-            plan_id: plan_id.clone(),
-            status: ReservationStatus::Pending,
-            created_at: now,
-            expires_at,
-            event_id: cmd.event_id.clone(),
-            final_quantity: None,
-            overage: None,
-            prompt: cmd.prompt.clone(),
-            late: false,
-        },
-    )?;
+    let row = ReservationRow {
+        reservation_id: cmd.reservation_id.clone(),
+        user_id: cmd.user_id.as_str().to_string(),
+        event: cmd.event.as_str().to_string(),
+        quantity: cmd.quantity.get(),
+        metadata: cmd.metadata.clone(),
+        plan_id: plan_id.clone(),
+        status: ReservationStatus::Pending,
+        created_at: now,
+        expires_at,
+        event_id: cmd.event_id.clone(),
+        final_quantity: None,
+        overage: None,
+        prompt: cmd.prompt.clone(),
+        late: false,
+    };
+    tx.insert_reservation(env, &row)?;
     let mut limits = Vec::with_capacity(counters.len());
-    for ((c, l), &hold) in counters.iter().zip(&d.holds) {
+    for ((c, l), &hold) in counters.iter().zip(&funding.decision.holds) {
         tx.insert_hold(env, &cmd.reservation_id, &c.hold_row(hold), expires_at)?;
         if let CounterWindow::Fixed {
             end, opening: true, ..
@@ -1101,6 +1201,7 @@ fn decide_and_hold(
         after.state.reserved += hold;
         limits.push(render(&c.opened(), after, now));
     }
+    credits::hold(tx, env, &mut posting, &funding, &row)?;
     Ok(ReserveOutcome {
         allowed: true,
         reservation_id: Some(cmd.reservation_id.clone()),
@@ -1109,7 +1210,7 @@ fn decide_and_hold(
         reasons: Vec::new(),
         denied_by: Vec::new(),
         limits,
-        credits: CreditsDrawn::default(),
+        credits: funding.drawn(),
     })
 }
 
@@ -1197,6 +1298,12 @@ fn lock_reservation(
     loop {
         let mut want = vec![user_subject(&r.user_id)];
         want.extend(holds.iter().map(|h| h.key.subject.clone()));
+        // Credits it drew, and its user's account's, which a commit of more may draw on.
+        let (_, drawn) = credits::drawn_by(tx, env, id)?;
+        want.extend(drawn.into_iter().map(|h| h.subject));
+        want.extend(tx.membership(env, &r.user_id)?.map(|(a, _)| account_subject(&a)));
+        want.sort_unstable();
+        want.dedup();
         want.retain(|w| !locked.contains(w));
         if want.is_empty() {
             return Ok((r, holds));
@@ -1256,6 +1363,7 @@ fn reservation_event<'a>(r: &'a ReservationRow, status: &'a str) -> EventRow<'a>
 
 /// Expires one pending reservation: its holds end and an `expired` usage event is written.
 fn expire(tx: &mut impl MeteringTx, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
+    credits::on_expiry(tx, env, r)?;
     tx.finish_reservation(
         env,
         &r.reservation_id,
@@ -1353,8 +1461,8 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
             overage: r.overage.unwrap_or(0),
             late: r.late,
             limits: render_held(tx, env, &held, r.created_at, now)?,
+            credits_used: tx.credits_used_by(env, id)?,
             event_id: r.event_id,
-            credits_used: 0,
         });
     }
     let late = commit_is_late(tx, env, &r, (cmd.if_expired, now))?;
@@ -1367,29 +1475,72 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         None => r.metadata.clone(),
     };
     // An expired reservation's holds no longer count in `reserved`: a late commit is charged
-    // like a commit of more than was held, with nothing of its own to return.
+    // like a commit of more than was held, with nothing of its own to return. Its credit holds
+    // went back at the expiry too.
     let own_of = |own: u64| if late { 0 } else { own };
-    let mut inputs = Vec::with_capacity(held.len());
-    let mut loaded = Vec::with_capacity(held.len());
-    for (c, own) in &held {
-        let l = load(tx, env, c, r.created_at, now)?;
-        inputs.push(settle_input(tx, env, (c, &l, own_of(*own)), r.created_at)?);
-        loaded.push(l);
+    let (drawn, credit_holds) = credits::drawn_by(tx, env, id)?;
+    let (plan_held, credits_held) = match late {
+        true => (0, 0),
+        false => (r.quantity.saturating_sub(drawn), drawn),
+    };
+    let split = tollgate_core::credits::split_commit(plan_held, credits_held, quantity);
+    let mut counters = Vec::with_capacity(held.len());
+    for (c, _) in &held {
+        counters.push((c.clone(), load(tx, env, c, r.created_at, now)?));
     }
-    let settlement = decision::settle(&inputs, quantity)
+    // A reservation the plan paid nothing of (no plan, or no limit and only credits) has no
+    // room on the plan for more.
+    let plan_pays = r.plan_id.is_some() && !(holds.is_empty() && drawn == r.quantity);
+    let fit = credits::plan_room(&counters, split.extra, plan_pays);
+    let event_id = match late {
+        true => cmd.late_event_id.as_str(),
+        false => r.event_id.as_str(),
+    };
+    let mut posting = credits::Posting::new(&cmd.ids, now);
+    let refs = credits::refs(&r.user_id, Some(id), Some(event_id));
+    credits::settle_holds(
+        tx,
+        env,
+        &mut posting,
+        (&r, &credit_holds),
+        (split.refunded, quantity, event_id),
+    )?;
+    let beyond = split.extra - fit;
+    let burned = match EventName::parse(r.event.clone()) {
+        Ok(event) if beyond > 0 => {
+            let subjects = subjects_of(tx, env, &r.user_id)?;
+            let ask = credits::Ask {
+                env,
+                subjects: &subjects,
+                user: &r.user_id,
+                event: (&event, &metadata),
+                now,
+            };
+            let why = format!(
+                "reservation {id} committed with {quantity}, {} more than reserved",
+                split.extra
+            );
+            credits::burn_unheld(tx, &ask, &mut posting, beyond, (refs, &why))?
+        }
+        _ => 0,
+    };
+    let credits_used = split.credits_used() + burned;
+    let plan_quantity = split.plan + fit + (beyond - burned);
+    let mut inputs = Vec::with_capacity(held.len());
+    for ((c, own), (_, l)) in held.iter().zip(&counters) {
+        inputs.push(settle_input(tx, env, (c, l, own_of(*own)), r.created_at)?);
+    }
+    let settlement = decision::settle(&inputs, plan_quantity)
         .map_err(|OutOfRange { check }| out_of_range(&held[check].0))?;
     for ((c, _), &units) in held.iter().zip(&settlement.charged) {
         charge(tx, env, c, units, r.created_at)?;
     }
-    let event_id = if late {
-        let event_id = cmd.late_event_id.as_str();
+    if late {
         tx.commit_late(env, id, event_id, quantity, settlement.overage)?;
-        event_id
     } else {
         let (status, overage) = (ReservationStatus::Committed, Some(settlement.overage));
         tx.finish_reservation(env, id, status, Some(quantity), overage)?;
-        r.event_id.as_str()
-    };
+    }
     tx.insert_event(
         env,
         &EventRow {
@@ -1398,6 +1549,7 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
             metadata: &metadata,
             cost_micros: cmd.cost_micros,
             overage: settlement.overage,
+            credits_used,
             response: cmd.response.as_ref(),
             ..reservation_event(&r, "committed")
         },
@@ -1405,9 +1557,9 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
     quotas_in_force(tx, env, (&r.user_id, &cmd.plans), &mut held, now)?;
     let limits = held
         .iter()
-        .zip(loaded)
+        .zip(counters)
         .zip(&settlement.charged)
-        .map(|(((c, own), l), &units)| {
+        .map(|(((c, own), (_, l)), &units)| {
             let after = settled(c, l, own_of(*own), units, r.created_at);
             render(c, after, r.created_at.max(now))
         })
@@ -1419,7 +1571,7 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         late,
         limits,
         event_id: event_id.to_string(),
-        credits_used: 0,
+        credits_used,
     })
 }
 
@@ -1429,6 +1581,8 @@ pub fn release(tx: &mut impl MeteringTx, cmd: &ReleaseCommand) -> StoreResult<Re
     let (created_at, user_id) = (r.created_at, r.user_id.clone());
     if r.status != ReservationStatus::Released {
         still_pending(tx, env, &r, now)?;
+        let mut posting = credits::Posting::new(&cmd.ids, now);
+        credits::release_holds(tx, env, &mut posting, &r, "released")?;
         tx.finish_reservation(env, id, ReservationStatus::Released, None, None)?;
         tx.insert_event(
             env,
@@ -1492,7 +1646,7 @@ pub fn get_reservation(
 pub fn expire_due(
     tx: &mut impl MeteringTx,
     real_now: Timestamp,
-    _ids: &IdSeed,
+    ids: &IdSeed,
 ) -> StoreResult<usize> {
     let due = tx.due_reservations(real_now, SWEEP_BATCH_MAX)?;
     let mut expired = 0;
@@ -1508,7 +1662,7 @@ pub fn expire_due(
         .checked_sub(secs(2 * IDEMPOTENCY_RETENTION_SECONDS))
         .map_err(overflow)?;
     tx.purge_idempotency(before)?;
-    Ok(expired)
+    Ok(expired + credits::expire_grants(tx, real_now, ids)?)
 }
 
 pub fn track(
@@ -1541,23 +1695,52 @@ fn track_decide(
         (Some(_), true) => MatchStatus::Unmatched,
         (Some(_), false) => MatchStatus::Matched,
     };
-    let reasons = match (cmd.enforce, match_status, resolved) {
-        (false, _, _) => Vec::new(),
-        (true, MatchStatus::NoSubscription, _) => vec![DenyReason::NoSubscription],
-        (true, MatchStatus::Unmatched, _)
-            if cmd.plans.unmatched_events == UnmatchedEvents::Deny =>
-        {
-            vec![DenyReason::UnmatchedEvent]
-        }
-        (true, _, Some(r)) => decide(r, event, metadata, &counters, cmd.quantity.get())?.reasons,
-        (true, _, None) => Vec::new(),
+    let mut posting = credits::Posting::new(&cmd.ids, now);
+    if let (Some(r), true) = (resolved, at == now) {
+        let limits = matching_limits(resolved, (event, metadata));
+        credits::roll_over(tx, env, &mut posting, (r, &limits), &counters)?;
+    }
+    let ask = credits::Ask {
+        env,
+        subjects: &st.subjects,
+        user: cmd.user_id.as_str(),
+        event: (event, metadata),
+        now,
     };
-    let row = |status, reasons, overage| EventRow {
+    let quantity = cmd.quantity.get();
+    let refs = credits::refs(cmd.user_id.as_str(), None, Some(&cmd.event_id));
+    let why = format!("tracked usage {} ({} × {quantity})", cmd.event_id, event);
+    // With `enforce`, the plan's share and credits for the rest, or a denial; without it,
+    // the plan's room, then credits, then overage on the plan.
+    let (plan_quantity, credits_used, reasons) = if cmd.enforce {
+        let funded = credits::fund(
+            tx,
+            &ask,
+            (resolved, &cmd.plans),
+            &counters,
+            (quantity, Some(&mut posting)),
+        )?;
+        match funded {
+            Ok(f) => {
+                let used = credits::burn_drawn(tx, env, &mut posting, &f, (refs, &why))?;
+                (f.plan, used, Vec::new())
+            }
+            Err(reasons) => (0, 0, reasons),
+        }
+    } else {
+        let plan_pays = resolved.is_some()
+            && (!counters.is_empty() || cmd.plans.unmatched_events == UnmatchedEvents::Allow);
+        let fit = credits::plan_room(&counters, quantity, plan_pays);
+        let burned =
+            credits::burn_unheld(tx, &ask, &mut posting, quantity - fit, (refs, &why))?;
+        (quantity - burned, burned, Vec::new())
+    };
+    let row = |status, reasons, overage, credits_used| EventRow {
         event_id: &cmd.event_id,
         occurred_at: at,
         user_id: cmd.user_id.as_str(),
         event: cmd.event.as_str(),
-        quantity: cmd.quantity.get(),
+        quantity,
         metadata: &cmd.metadata,
         cost_micros: cmd.cost_micros,
         status,
@@ -1567,13 +1750,13 @@ fn track_decide(
         release_reason: None,
         release_error_code: None,
         overage,
-        credits_used: 0,
+        credits_used,
         prompt: cmd.prompt.as_ref(),
         response: cmd.response.as_ref(),
     };
     if !reasons.is_empty() {
         if cmd.record_denials {
-            tx.insert_event(env, &row("denied", &reasons, 0))?;
+            tx.insert_event(env, &row("denied", &reasons, 0, 0))?;
         }
         let limits = counters.iter().map(|(c, l)| render(c, *l, at)).collect();
         return Ok(TrackOutcome {
@@ -1592,7 +1775,7 @@ fn track_decide(
     for (c, l) in &counters {
         inputs.push(settle_input(tx, env, (c, l, 0), at)?);
     }
-    let settlement = decision::settle(&inputs, cmd.quantity.get())
+    let settlement = decision::settle(&inputs, plan_quantity)
         .map_err(|OutOfRange { check }| out_of_range(&counters[check].0))?;
     let mut limits = Vec::with_capacity(counters.len());
     for ((c, l), &units) in counters.iter().zip(&settlement.charged) {
@@ -1617,7 +1800,7 @@ fn track_decide(
         };
         limits.push(render(&c.opened(), after, at));
     }
-    tx.insert_event(env, &row("tracked", &[], settlement.overage))?;
+    tx.insert_event(env, &row("tracked", &[], settlement.overage, credits_used))?;
     Ok(TrackOutcome {
         event_id: Some(cmd.event_id.clone()),
         recorded: true,
@@ -1627,7 +1810,7 @@ fn track_decide(
         overage: settlement.overage,
         plan_id,
         limits,
-        credits_used: 0,
+        credits_used,
     })
 }
 
@@ -1635,44 +1818,53 @@ fn track_decide(
 pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckOutcome> {
     let cmd = &*resolved_read(tx, cmd.env, cmd, &cmd.user_id)?;
     let (env, now) = (cmd.env, cmd.now);
-    let subjects = subjects_of(tx, env, cmd.user_id.as_str())?;
+    let user = cmd.user_id.as_str();
+    let subjects = subjects_of(tx, env, user)?;
     let st = standing(tx, env, subjects, now)?;
-    let (subjects, sub) = (&st.subjects, st.sub.as_ref());
-    let Some(resolved) = subscription::resolve(&cmd.plans, sub, cmd.user_id.as_str(), now) else {
-        return Ok(CheckOutcome {
-            allowed: false,
-            plan_id: None,
-            reasons: vec![DenyReason::NoSubscription],
-            denied_by: Vec::new(),
-            limits: Vec::new(),
-            credits: CreditsDrawn::default(),
-        });
-    };
-    let plan_id = Some(resolved.plan.id.clone());
+    let resolved = subscription::resolve(&cmd.plans, st.sub.as_ref(), user, now);
+    let plan_id = resolved.map(|r| r.plan.id.clone());
     let (event, metadata) = (&cmd.event, &cmd.metadata);
-    let counters = matching(tx, env, resolved, subjects, (event, metadata), now, now)?;
-    if counters.is_empty() && cmd.plans.unmatched_events == UnmatchedEvents::Deny {
-        return Ok(CheckOutcome {
-            allowed: false,
+    let counters = match resolved {
+        Some(r) => matching(tx, env, r, &st.subjects, (event, metadata), now, now)?,
+        None => Vec::new(),
+    };
+    let ask = credits::Ask {
+        env,
+        subjects: &st.subjects,
+        user,
+        event: (event, metadata),
+        now,
+    };
+    let quantity = cmd.quantity.get();
+    let funded = credits::fund(tx, &ask, (resolved, &cmd.plans), &counters, (quantity, None))?;
+    let limits = counters.iter().map(|(c, l)| render(c, *l, now)).collect();
+    Ok(match funded {
+        Ok(f) => CheckOutcome {
+            allowed: true,
             plan_id,
-            reasons: vec![DenyReason::UnmatchedEvent],
+            reasons: Vec::new(),
             denied_by: Vec::new(),
-            limits: Vec::new(),
-            credits: CreditsDrawn::default(),
-        });
-    }
-    let d = decide(resolved, event, metadata, &counters, cmd.quantity.get())?;
-    Ok(CheckOutcome {
-        allowed: d.allowed,
-        plan_id,
-        reasons: d.reasons,
-        denied_by: d
-            .denied_by
-            .iter()
-            .map(|&i| counters[i].0.key.limit_id.clone())
-            .collect(),
-        limits: counters.iter().map(|(c, l)| render(c, *l, now)).collect(),
-        credits: CreditsDrawn::default(),
+            limits,
+            credits: f.drawn(),
+        },
+        Err(reasons) => {
+            let denied_by = match resolved {
+                Some(r) if !counters.is_empty() => decide(r, event, metadata, &counters, quantity)?
+                    .denied_by
+                    .iter()
+                    .map(|&i| counters[i].0.key.limit_id.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            CheckOutcome {
+                allowed: false,
+                plan_id,
+                reasons,
+                denied_by,
+                limits,
+                credits: CreditsDrawn::default(),
+            }
+        }
     })
 }
 
@@ -1688,6 +1880,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
         true => tx.subscription(env, &st.subjects.user)?,
         false => st.sub.clone(),
     };
+    let credits = credits::pack_balances(tx, env, &st.subjects, now)?;
     let Some(resolved) = subscription::resolve(&q.plans, st.sub.as_ref(), q.user_id.as_str(), now)
     else {
         return Ok(UsageOutcome {
@@ -1695,7 +1888,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
             plan_id: None,
             subscription: own,
             limits: Vec::new(),
-            credits: Vec::new(),
+            credits,
         });
     };
     let mut limits = Vec::new();
@@ -1716,7 +1909,7 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
         plan_id,
         subscription: own,
         limits,
-        credits: Vec::new(),
+        credits,
     })
 }
 
