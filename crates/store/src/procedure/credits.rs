@@ -536,6 +536,9 @@ pub(super) fn settle_holds(
     (r, holds): (&ReservationRow, &[CreditHold]),
     (refunded, final_quantity, event_id): (u64, u64, &str),
 ) -> StoreResult<()> {
+    if !holds.iter().any(|h| h.active) {
+        return Ok(());
+    }
     let refs = Refs {
         user_id: Some(&r.user_id),
         reservation_id: Some(&r.reservation_id),
