@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod convert;
+pub mod credits;
 pub mod error;
 pub mod field;
 pub mod metering;
@@ -17,6 +18,7 @@ pub mod subscriptions;
 pub mod time;
 
 pub use admin::*;
+pub use credits::*;
 pub use error::*;
 pub use field::{from_json_str, from_json_value, FieldError};
 pub use metering::*;

@@ -125,10 +125,23 @@ pub struct LimitState {
     pub resets_at: Option<String>,
 }
 
-/// Credits held by a reserve or check (always 0 until credits exist, API.md §8).
+/// Credits a reserve holds (or a check would hold now) for the part of the request no plan
+/// quota covers (API.md §8).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreditsHeld {
     pub held: u64,
+    /// Each grant's part of `held`, in spend order; `[]` when nothing is held.
+    #[serde(default)]
+    pub grants: Vec<CreditDraw>,
+}
+
+/// Units held on one credit grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreditDraw {
+    #[schema(example = "grt_0VcKUIUad8dj2x")]
+    pub grant_id: String,
+    pub quantity: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -298,6 +311,9 @@ pub struct CommitResponse {
     /// Committed after the reservation had expired (`"ifExpired": "record"`).
     pub late: bool,
     pub limits: Vec<LimitState>,
+    /// Units of the final quantity paid for with credits.
+    #[serde(default)]
+    pub credits_used: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -493,6 +509,9 @@ pub struct TrackResponse {
     pub overage: u64,
     pub plan_id: Option<String>,
     pub limits: Vec<LimitState>,
+    /// Units paid for with credits.
+    #[serde(default)]
+    pub credits_used: u64,
 }
 
 // ---------------------------------------------------------------- check
@@ -555,14 +574,17 @@ pub fn parse_event_filter(s: Option<String>) -> Result<Option<EventName>, FieldE
     s.map(|s| convert::event_name("event", s)).transpose()
 }
 
-/// A pack's balance for one user (empty until credits exist).
+/// A subject's credits of one pack item (or one limit's rollovers), over unexpired grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreditBalance {
-    pub pack_id: String,
+    /// Null for rollover grants (`itemId` is then the limit id).
+    pub pack_id: Option<String>,
     pub item_id: String,
     pub unit: String,
+    /// `remaining − held`.
     pub available: u64,
+    /// Held by pending reservations.
     pub held: u64,
 }
 
@@ -747,7 +769,7 @@ pub struct UsageEvent {
     pub reservation_id: Option<String>,
     pub reasons: Vec<String>,
     pub overage: u64,
-    /// Always 0 until credits exist.
+    /// Units paid for with credits.
     pub credits_used: u64,
 }
 

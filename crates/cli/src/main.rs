@@ -1,10 +1,11 @@
 //! `tollgate`, the one binary: it creates an install (`init`), runs the server (`serve`), and
-//! talks to a running server for everyday chores (`plans`, `keys`, `usage`).
+//! talks to a running server for everyday chores (`plans`, `keys`, `usage`, `credits`).
 //!
 //! Local commands open the store directly; remote ones are thin HTTP clients of the API, so
 //! they work against any server and need only a key.
 
 mod bench;
+mod credits;
 mod local;
 mod plans;
 mod redis_ref;
@@ -44,6 +45,9 @@ enum Command {
     Keys(KeysCommand),
     /// Show a user's limits and what is left of them.
     Usage(UsageArgs),
+    /// Grant, show, revoke credits and read their ledger.
+    #[command(subcommand)]
+    Credits(credits::CreditsCommand),
     /// Load a server (or one started on a temp dir) and check that quotas stayed exact.
     Bench(bench::BenchArgs),
 }
@@ -218,6 +222,7 @@ async fn main() -> ExitCode {
         Command::Plans(command) => plans::run(command).await,
         Command::Keys(command) => remote::keys(command).await,
         Command::Usage(args) => remote::usage(args).await,
+        Command::Credits(command) => credits::run(command).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {

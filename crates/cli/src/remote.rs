@@ -1,5 +1,6 @@
 //! The commands that talk to a running server over its HTTP API: the client they share, and
-//! `keys` and `usage`. An API error prints its code and message and fails the command.
+//! `keys` and `usage` (`credits` has its own module). An API error prints its code and message
+//! and fails the command.
 
 use crate::table::Table;
 use crate::{AdminArgs, Environment, KeyKind, KeysCommand, RemoteArgs, UsageArgs};
@@ -190,7 +191,7 @@ pub async fn keys(command: KeysCommand) -> Result<()> {
 }
 
 /// The wire name of a serde enum value (`live`, `secret`).
-fn enum_name<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn enum_name<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -233,8 +234,28 @@ pub async fn usage(args: UsageArgs) -> Result<()> {
     }
     if usage.limits.is_empty() {
         println!("No limits.");
-        return Ok(());
+    } else {
+        println!();
+        limits_table(usage.limits).print();
     }
+    if !usage.credits.is_empty() {
+        let mut table = Table::new(&["CREDITS PACK", "ITEM", "UNIT", "AVAILABLE", "HELD"]);
+        for c in usage.credits {
+            table.row(vec![
+                c.pack_id.unwrap_or_else(|| "(rollover)".into()),
+                c.item_id,
+                c.unit,
+                c.available.to_string(),
+                c.held.to_string(),
+            ]);
+        }
+        println!();
+        table.print();
+    }
+    Ok(())
+}
+
+fn limits_table(limits: Vec<tollgate_api::LimitState>) -> Table {
     let mut table = Table::new(&[
         "LIMIT",
         "USED",
@@ -244,7 +265,7 @@ pub async fn usage(args: UsageArgs) -> Result<()> {
         "UNIT",
         "RESETS AT",
     ]);
-    for l in usage.limits {
+    for l in limits {
         table.row(vec![
             l.limit_id,
             l.used.to_string(),
@@ -255,7 +276,5 @@ pub async fn usage(args: UsageArgs) -> Result<()> {
             l.resets_at.unwrap_or_else(|| "never".into()),
         ]);
     }
-    println!();
-    table.print();
-    Ok(())
+    table
 }

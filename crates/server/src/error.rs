@@ -69,6 +69,10 @@ pub enum ApiError {
     ReservationNotPending(ReservationStatus),
     #[error("idempotency key reused with a different request")]
     IdempotencyConflict,
+    /// A credit grant's `externalRef` already granted another pack or another owner
+    /// (`idempotency_conflict`).
+    #[error("externalRef reused for another pack or owner")]
+    ExternalRefConflict,
     #[error("subscription has already ended")]
     AlreadyCanceled,
     /// The user the anonymous id already stands for.
@@ -129,7 +133,9 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::ReservationNotPending(_) => ErrorCode::ReservationNotPending,
-            ApiError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            ApiError::IdempotencyConflict | ApiError::ExternalRefConflict => {
+                ErrorCode::IdempotencyConflict
+            }
             ApiError::AlreadyCanceled => ErrorCode::AlreadyCanceled,
             ApiError::AlreadyIdentified(_) => ErrorCode::AlreadyIdentified,
             ApiError::SeatLimitReached(_) => ErrorCode::SeatLimitReached,
@@ -202,6 +208,11 @@ impl ApiError {
             }
             ApiError::IdempotencyConflict => {
                 "this idempotencyKey was already used with a different request".to_string()
+            }
+            ApiError::ExternalRefConflict => {
+                "this externalRef already granted another pack or to another owner; a \
+                 reference grants once"
+                    .to_string()
             }
             ApiError::AlreadyCanceled => "the subscription has already ended".to_string(),
             ApiError::AlreadyIdentified(user) => format!(

@@ -1,7 +1,7 @@
 //! The OpenAPI document of the API, generated from the handlers' `#[utoipa::path]` attributes
 //! and the wire types' schemas, served at `/openapi.json`.
 
-use crate::routes::{accounts, admin, metering, plans, subscriptions, system};
+use crate::routes::{accounts, admin, credits, metering, plans, subscriptions, system};
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -32,7 +32,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(
         title = "Tollgate",
-        description = "Metering and limits for AI apps: reserve, commit, track, plans, subscriptions."
+        description = "Metering and limits for AI apps: reserve, commit, track, plans, subscriptions, credits."
     ),
     paths(
         metering::reserve,
@@ -45,6 +45,12 @@ impl Modify for BearerAuth {
         metering::identify,
         metering::events,
         metering::usage,
+        credits::grant,
+        credits::revoke,
+        credits::user_credits,
+        credits::account_credits,
+        credits::user_ledger,
+        credits::account_ledger,
         plans::put_plans,
         plans::get_plans,
         plans::get_plan,
@@ -96,6 +102,12 @@ mod tests {
             "/v1/track",
             "/v1/check",
             "/v1/users/{userId}/usage",
+            "/v1/credits/grants",
+            "/v1/credits/revoke",
+            "/v1/users/{userId}/credits",
+            "/v1/users/{userId}/credits/ledger",
+            "/v1/accounts/{accountId}/credits",
+            "/v1/accounts/{accountId}/credits/ledger",
             "/v1/plans",
             "/v1/plans/{planId}",
             "/v1/subscriptions",
@@ -116,5 +128,7 @@ mod tests {
         }
         assert!(doc["components"]["schemas"]["ReserveRequest"].is_object());
         assert!(doc["components"]["schemas"]["PlanDocument"].is_object());
+        assert!(doc["components"]["schemas"]["GrantRequest"].is_object());
+        assert!(doc["components"]["schemas"]["LedgerEntry"].is_object());
     }
 }

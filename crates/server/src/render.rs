@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use tollgate_api as wire;
 use tollgate_api::format_timestamp;
 use tollgate_store::{
-    CheckOutcome, CommitOutcome, ExtendOutcome, LimitState, MatchStatus, ReleaseOutcome,
-    ReservationStatus, ReservationView, ReserveOutcome, TrackOutcome,
+    CheckOutcome, CommitOutcome, CreditsDrawn, ExtendOutcome, LimitState, MatchStatus, PackBalance,
+    ReleaseOutcome, ReservationStatus, ReservationView, ReserveOutcome, TrackOutcome,
 };
 
 /// A response whose body is already JSON text.
@@ -49,6 +49,35 @@ pub fn limit_states(limits: &[LimitState]) -> Vec<wire::LimitState> {
     limits.iter().map(limit_state).collect()
 }
 
+/// The credits a reserve holds (or a check would), each grant's part in spend order.
+pub fn credits_held(c: &CreditsDrawn) -> wire::CreditsHeld {
+    wire::CreditsHeld {
+        held: c.held,
+        grants: c
+            .grants
+            .iter()
+            .map(|(grant_id, quantity)| wire::CreditDraw {
+                grant_id: grant_id.clone(),
+                quantity: *quantity,
+            })
+            .collect(),
+    }
+}
+
+/// Balances per pack item, as usage and credits answers show them.
+pub fn pack_balances(packs: &[PackBalance]) -> Vec<wire::CreditBalance> {
+    packs
+        .iter()
+        .map(|p| wire::CreditBalance {
+            pack_id: p.pack_id.clone(),
+            item_id: p.item_id.clone(),
+            unit: p.unit.clone(),
+            available: p.available,
+            held: p.held,
+        })
+        .collect()
+}
+
 fn reasons(reasons: &[tollgate_core::decision::DenyReason]) -> Vec<wire::DenyReason> {
     reasons.iter().map(|&r| r.into()).collect()
 }
@@ -71,7 +100,7 @@ pub fn reserve_body(o: &ReserveOutcome) -> String {
         reasons: reasons(&o.reasons),
         denied_by: o.denied_by.clone(),
         limits: limit_states(&o.limits),
-        credits: wire::CreditsHeld::default(),
+        credits: credits_held(&o.credits),
     })
 }
 
@@ -89,6 +118,7 @@ pub fn track_body(o: &TrackOutcome) -> String {
         overage: o.overage,
         plan_id: o.plan_id.clone(),
         limits: limit_states(&o.limits),
+        credits_used: o.credits_used,
     })
 }
 
@@ -99,7 +129,7 @@ pub fn check_response(o: &CheckOutcome) -> wire::CheckResponse {
         reasons: reasons(&o.reasons),
         denied_by: o.denied_by.clone(),
         limits: limit_states(&o.limits),
-        credits: wire::CreditsHeld::default(),
+        credits: credits_held(&o.credits),
     }
 }
 
@@ -112,6 +142,7 @@ pub fn commit_response(o: &CommitOutcome) -> wire::CommitResponse {
         overage: o.overage,
         late: o.late,
         limits: limit_states(&o.limits),
+        credits_used: o.credits_used,
     }
 }
 

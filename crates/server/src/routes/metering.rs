@@ -457,7 +457,7 @@ pub async fn events(
                 reservation_id: e.reservation_id,
                 reasons: e.reasons,
                 overage: e.overage,
-                credits_used: 0,
+                credits_used: e.credits_used,
             })
             .collect(),
         next_cursor,
@@ -512,6 +512,6 @@ pub async fn usage(
         plan_id: outcome.plan_id,
         subscription,
         limits: render::limit_states(&outcome.limits),
-        credits: Vec::new(),
+        credits: render::pack_balances(&outcome.credits),
     }))
 }

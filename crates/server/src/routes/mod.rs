@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod credits;
 pub mod metering;
 pub mod plans;
 pub mod subscriptions;
@@ -75,6 +76,21 @@ fn routes() -> Router<AppState> {
         .route("/v1/identify", post(metering::identify))
         .route("/v1/events", get(metering::events))
         .route("/v1/users/{userId}/usage", get(metering::usage))
+        .route("/v1/credits/grants", post(credits::grant))
+        .route("/v1/credits/revoke", post(credits::revoke))
+        .route("/v1/users/{userId}/credits", get(credits::user_credits))
+        .route(
+            "/v1/users/{userId}/credits/ledger",
+            get(credits::user_ledger),
+        )
+        .route(
+            "/v1/accounts/{accountId}/credits",
+            get(credits::account_credits),
+        )
+        .route(
+            "/v1/accounts/{accountId}/credits/ledger",
+            get(credits::account_ledger),
+        )
         .route("/v1/plans", get(plans::get_plans).put(plans::put_plans))
         .route("/v1/plans/{planId}", get(plans::get_plan))
         .route("/v1/subscriptions", post(subscriptions::upsert))
