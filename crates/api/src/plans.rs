@@ -686,7 +686,11 @@ fn normalize_limit(path: &str, limit: &mut Limit, judge: Judge) -> Result<core::
         _ => Ok(()),
     })?;
     Ok(core::Limit {
-        rollover: limit.rollover.as_ref().filter(|_| rolls).map(|r| r.max_quantity),
+        rollover: limit
+            .rollover
+            .as_ref()
+            .filter(|_| rolls)
+            .map(|r| r.max_quantity),
         id: limit.id.clone(),
         label,
         unit: limit.unit.clone(),

@@ -23,7 +23,9 @@ pub struct Room {
 impl Room {
     /// Whole events of this limit's room.
     fn events(self) -> u64 {
-        let free = self.quota.saturating_sub(self.used.saturating_add(self.reserved));
+        let free = self
+            .quota
+            .saturating_sub(self.used.saturating_add(self.reserved));
         free / self.multiplier.max(1)
     }
 }
@@ -31,10 +33,7 @@ impl Room {
 /// The most of `quantity` that every limit in `rooms` admits: the plan's share of a request.
 /// With no room to respect (no hard consumable limit matched) the plan covers everything.
 pub fn plan_share(rooms: &[Room], quantity: u64) -> u64 {
-    rooms
-        .iter()
-        .map(|r| r.events())
-        .fold(quantity, u64::min)
+    rooms.iter().map(|r| r.events()).fold(quantity, u64::min)
 }
 
 /// The order grants are spent in: highest priority, then soonest expiry (a grant that never

@@ -38,7 +38,10 @@ pub async fn run(store: Arc<dyn Store>, interval: Duration, mut stop: watch::Rec
 pub async fn sweep(store: &dyn Store) -> usize {
     let mut total = 0;
     loop {
-        match store.expire_due(Timestamp::now(), crate::ids::new_seed()).await {
+        match store
+            .expire_due(Timestamp::now(), crate::ids::new_seed())
+            .await
+        {
             Ok(expired) => {
                 total += expired;
                 if expired < SWEEP_BATCH_MAX {

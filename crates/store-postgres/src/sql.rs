@@ -1183,7 +1183,13 @@ impl MeteringTx for PgTx<'_, '_> {
         self.execute(
             "INSERT INTO rollovers (env_id, limit_id, subject, window_key, grant_id)
              VALUES ($1, $2, $3, $4, $5)",
-            &[&env.0, &key.limit_id, &key.subject, &key.window_key, &grant_id],
+            &[
+                &env.0,
+                &key.limit_id,
+                &key.subject,
+                &key.window_key,
+                &grant_id,
+            ],
         )
         .map(|_| ())
     }

@@ -907,11 +907,16 @@ impl MeteringTx for SqliteTx<'_> {
     }
 
     fn grant(&mut self, env: EnvId, grant_id: &str) -> StoreResult<Option<GrantRow>> {
-        let sql = format!("SELECT {GRANT_COLUMNS} FROM credit_grants g WHERE env_id = ?1 AND grant_id = ?2");
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM credit_grants g WHERE env_id = ?1 AND grant_id = ?2"
+        );
         let row = self
             .0
             .prepare_cached(&sql)
-            .and_then(|mut st| st.query_row(params![env.0, grant_id], grant_text).optional())
+            .and_then(|mut st| {
+                st.query_row(params![env.0, grant_id], grant_text)
+                    .optional()
+            })
             .map_err(internal)?;
         row.map(grant_row).transpose()
     }
@@ -1151,7 +1156,13 @@ impl MeteringTx for SqliteTx<'_> {
         let mut st = self.0.prepare_cached(&sql).map_err(internal)?;
         let rows = st
             .query_map(
-                params![env.0, subject, user, before.unwrap_or(i64::MAX), limit as i64],
+                params![
+                    env.0,
+                    subject,
+                    user,
+                    before.unwrap_or(i64::MAX),
+                    limit as i64
+                ],
                 ledger_text,
             )
             .map_err(internal)?;
@@ -1190,9 +1201,7 @@ impl MeteringTx for SqliteTx<'_> {
                 "SELECT 1 FROM rollovers
                  WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND window_key = ?4",
             )
-            .and_then(|mut st| {
-                st.exists(params![env.0, key.limit_id, key.subject, key.window_key])
-            })
+            .and_then(|mut st| st.exists(params![env.0, key.limit_id, key.subject, key.window_key]))
             .map_err(internal)
     }
 
@@ -1208,7 +1217,13 @@ impl MeteringTx for SqliteTx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .and_then(|mut st| {
-                st.execute(params![env.0, key.limit_id, key.subject, key.window_key, grant_id])
+                st.execute(params![
+                    env.0,
+                    key.limit_id,
+                    key.subject,
+                    key.window_key,
+                    grant_id
+                ])
             })
             .map(|_| ())
             .map_err(internal)
@@ -1222,7 +1237,14 @@ const GRANT_COLUMNS: &str = "g.grant_id, g.subject, g.pack_id, g.item_id, g.unit
 /// A grant row as stored, before its text columns are parsed.
 type GrantText = (
     (String, String, Option<String>, String, String, i64, i32),
-    (String, Option<i64>, String, Option<String>, Option<String>, i64),
+    (
+        String,
+        Option<i64>,
+        String,
+        Option<String>,
+        Option<String>,
+        i64,
+    ),
 );
 
 fn grant_text(r: &Row<'_>) -> rusqlite::Result<GrantText> {
@@ -1272,7 +1294,15 @@ const LEDGER_COLUMNS: &str = "seq, entry_id, at_ms, kind, grant_id, subject, use
 
 type LedgerText = (
     (i64, String, i64, String, String, String, Option<String>),
-    (i64, i64, i64, Option<String>, Option<String>, Option<String>, String),
+    (
+        i64,
+        i64,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+    ),
 );
 
 fn ledger_text(r: &Row<'_>) -> rusqlite::Result<LedgerText> {
@@ -1381,7 +1411,8 @@ pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec
     for row in rows {
         let ((event_id, at, user_id, anonymous_id, event, quantity), rest) =
             row.map_err(internal)?;
-        let (metadata, cost, status, plan_id, reservation_id, reasons, overage, credits_used) = rest;
+        let (metadata, cost, status, plan_id, reservation_id, reasons, overage, credits_used) =
+            rest;
         out.push(StoredEvent {
             event_id,
             occurred_at: ts(at),

@@ -464,9 +464,21 @@ pub async fn the_sweeper_expires_each_environment_by_its_own_clock(store: Arc<dy
     let real = Timestamp::now();
     let a = reserve(&store, reserve_cmd(test, &plans, "u1", 1, real)).await;
     let b = reserve(&store, reserve_cmd(live, &plans, "u1", 1, real)).await;
-    assert_eq!(store.expire_due(real, IdSeed(format!("sweep{}", real.as_millisecond()))).await.expect("sweep"), 0);
+    assert_eq!(
+        store
+            .expire_due(real, IdSeed(format!("sweep{}", real.as_millisecond())))
+            .await
+            .expect("sweep"),
+        0
+    );
     store.advance_clock(test, 120).await.expect("advance");
-    assert_eq!(store.expire_due(real, IdSeed(format!("sweep{}", real.as_millisecond()))).await.expect("sweep"), 1);
+    assert_eq!(
+        store
+            .expire_due(real, IdSeed(format!("sweep{}", real.as_millisecond())))
+            .await
+            .expect("sweep"),
+        1
+    );
     let va = store
         .get_reservation(test, &a.reservation_id.expect("id"), real)
         .await

@@ -989,7 +989,7 @@ pub trait Store: Send + Sync + 'static {
     async fn shutdown(&self);
 }
 
+pub mod codec;
 #[cfg(feature = "contract")]
 pub mod contract;
-pub mod codec;
 pub mod procedure;

@@ -1301,7 +1301,10 @@ fn lock_reservation(
         // Credits it drew, and its user's account's, which a commit of more may draw on.
         let (_, drawn) = credits::drawn_by(tx, env, id)?;
         want.extend(drawn.into_iter().map(|h| h.subject));
-        want.extend(tx.membership(env, &r.user_id)?.map(|(a, _)| account_subject(&a)));
+        want.extend(
+            tx.membership(env, &r.user_id)?
+                .map(|(a, _)| account_subject(&a)),
+        );
         want.sort_unstable();
         want.dedup();
         want.retain(|w| !locked.contains(w));
@@ -1731,8 +1734,7 @@ fn track_decide(
         let plan_pays = resolved.is_some()
             && (!counters.is_empty() || cmd.plans.unmatched_events == UnmatchedEvents::Allow);
         let fit = credits::plan_room(&counters, quantity, plan_pays);
-        let burned =
-            credits::burn_unheld(tx, &ask, &mut posting, quantity - fit, (refs, &why))?;
+        let burned = credits::burn_unheld(tx, &ask, &mut posting, quantity - fit, (refs, &why))?;
         (quantity - burned, burned, Vec::new())
     };
     let row = |status, reasons, overage, credits_used| EventRow {
@@ -1836,7 +1838,13 @@ pub fn check(tx: &mut impl MeteringTx, cmd: &CheckCommand) -> StoreResult<CheckO
         now,
     };
     let quantity = cmd.quantity.get();
-    let funded = credits::fund(tx, &ask, (resolved, &cmd.plans), &counters, (quantity, None))?;
+    let funded = credits::fund(
+        tx,
+        &ask,
+        (resolved, &cmd.plans),
+        &counters,
+        (quantity, None),
+    )?;
     let limits = counters.iter().map(|(c, l)| render(c, *l, now)).collect();
     Ok(match funded {
         Ok(f) => CheckOutcome {

@@ -201,7 +201,10 @@ pub async fn subscription_writes_carry_usage_and_move_holds(store: Arc<dyn Store
                 }
                 End::Expire => {
                     let later = now + SignedDuration::from_secs(61);
-                    store.expire_due(later, IdSeed(format!("sweep{}", later.as_millisecond()))).await.expect("sweep");
+                    store
+                        .expire_due(later, IdSeed(format!("sweep{}", later.as_millisecond())))
+                        .await
+                        .expect("sweep");
                     assert_eq!(
                         store
                             .commit(commit_cmd(env, &plans, &id, None, later))

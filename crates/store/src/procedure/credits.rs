@@ -34,7 +34,9 @@ impl Posting {
     /// The entries an expiry of reservation `id` writes: their ids come from the reservation's
     /// own (it expires once), since expiry happens in commands that carry no seed of their own.
     fn for_expiry(reservation_id: &str, at: Timestamp) -> Self {
-        let tail = reservation_id.split_once('_').map_or(reservation_id, |(_, t)| t);
+        let tail = reservation_id
+            .split_once('_')
+            .map_or(reservation_id, |(_, t)| t);
         Posting::new(&IdSeed(format!("{tail}x")), at)
     }
 
@@ -90,11 +92,17 @@ fn post(
         },
         LedgerKind::Release => Balance {
             remaining: r,
-            held: h.checked_sub(quantity).ok_or_else(|| broken("release of more than held"))?,
+            held: h
+                .checked_sub(quantity)
+                .ok_or_else(|| broken("release of more than held"))?,
         },
         LedgerKind::Burn | LedgerKind::Expire | LedgerKind::Revoke => Balance {
-            remaining: r.checked_sub(quantity).ok_or_else(|| broken("below zero"))?,
-            held: h.checked_sub(from_held).ok_or_else(|| broken("burn of more than held"))?,
+            remaining: r
+                .checked_sub(quantity)
+                .ok_or_else(|| broken("below zero"))?,
+            held: h
+                .checked_sub(from_held)
+                .ok_or_else(|| broken("burn of more than held"))?,
         },
     };
     if after.held > after.remaining {
@@ -201,12 +209,7 @@ fn spend_key(s: &Spendable) -> (i32, Option<Timestamp>, Timestamp, &str) {
 }
 
 /// Units of a grant held by overdue reservations (0 without a look when nothing is held).
-fn tx_overdue(
-    tx: &mut impl MeteringTx,
-    env: EnvId,
-    g: &Grant,
-    now: Timestamp,
-) -> StoreResult<u64> {
+fn tx_overdue(tx: &mut impl MeteringTx, env: EnvId, g: &Grant, now: Timestamp) -> StoreResult<u64> {
     if g.balance.held == 0 {
         return Ok(0);
     }
@@ -248,12 +251,28 @@ fn close_returned(
     }
     if tx.is_revoked(env, &g.grant_id)? {
         let reason = format!("revoked: {unheld} returned after the grant was revoked");
-        return post(tx, env, p, (g, bal), (LedgerKind::Revoke, unheld, 0), refs, reason);
+        return post(
+            tx,
+            env,
+            p,
+            (g, bal),
+            (LedgerKind::Revoke, unheld, 0),
+            refs,
+            reason,
+        );
     }
     if expired(g, p.at) {
         let at = g.expires_at.map_or_else(String::new, fmt_at);
         let reason = format!("expired at {at}: {unheld} returned after the grant expired");
-        return post(tx, env, p, (g, bal), (LedgerKind::Expire, unheld, 0), refs, reason);
+        return post(
+            tx,
+            env,
+            p,
+            (g, bal),
+            (LedgerKind::Expire, unheld, 0),
+            refs,
+            reason,
+        );
     }
     Ok(())
 }
@@ -493,9 +512,14 @@ pub(super) fn release_holds(
         ..Refs::default()
     };
     for h in holds.iter().filter(|h| h.active) {
-        let g = tx.grant(env, &h.grant_id)?.ok_or_else(|| broken("no grant"))?;
+        let g = tx
+            .grant(env, &h.grant_id)?
+            .ok_or_else(|| broken("no grant"))?;
         let mut bal = tx.balance(env, &h.grant_id)?;
-        let reason = format!("released {}: reservation {} {why}", h.units, r.reservation_id);
+        let reason = format!(
+            "released {}: reservation {} {why}",
+            h.units, r.reservation_id
+        );
         post(
             tx,
             env,
@@ -511,7 +535,11 @@ pub(super) fn release_holds(
 }
 
 /// The credit side of expiring reservation `r` (see `expire`).
-pub(super) fn on_expiry(tx: &mut impl MeteringTx, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
+pub(super) fn on_expiry(
+    tx: &mut impl MeteringTx,
+    env: EnvId,
+    r: &ReservationRow,
+) -> StoreResult<()> {
     let mut p = Posting::for_expiry(&r.reservation_id, r.expires_at);
     let why = format!("expired at {}", fmt_at(r.expires_at));
     release_holds(tx, env, &mut p, r, &why)
@@ -547,7 +575,9 @@ pub(super) fn settle_holds(
     };
     let mut balances = Vec::with_capacity(holds.len());
     for h in holds.iter().filter(|h| h.active) {
-        let g = tx.grant(env, &h.grant_id)?.ok_or_else(|| broken("no grant"))?;
+        let g = tx
+            .grant(env, &h.grant_id)?
+            .ok_or_else(|| broken("no grant"))?;
         let mut bal = tx.balance(env, &h.grant_id)?;
         let reason = format!(
             "burned {}: reservation {} committed with {final_quantity} of {} reserved",
@@ -621,8 +651,14 @@ pub(super) fn roll_over(
     counters: &[(Counter, Loaded)],
 ) -> StoreResult<()> {
     for (limit, (c, _)) in limits.iter().zip(counters) {
-        let (Some(max), CounterWindow::Fixed { start, end: Some(end), .. }) =
-            (limit.rollover, &c.window)
+        let (
+            Some(max),
+            CounterWindow::Fixed {
+                start,
+                end: Some(end),
+                ..
+            },
+        ) = (limit.rollover, &c.window)
         else {
             continue;
         };
@@ -728,9 +764,10 @@ pub fn grant(tx: &mut impl MeteringTx, cmd: &GrantCommand) -> StoreResult<GrantO
             created_at: cmd.now,
         };
         tx.insert_grant(env, &row)?;
-        let until = cmd
-            .expires_at
-            .map_or_else(|| "never expires".to_string(), |e| format!("expires {}", fmt_at(e)));
+        let until = cmd.expires_at.map_or_else(
+            || "never expires".to_string(),
+            |e| format!("expires {}", fmt_at(e)),
+        );
         let mut reason = format!(
             "granted {} {} ({} of pack {} × {}, {}; {until})",
             item.quantity,
