@@ -5,7 +5,9 @@
 //! store and a guard that keeps its resources (a temp dir, a database) alive for the test.
 
 mod carry;
+mod credits;
 pub use carry::*;
+pub use credits::*;
 
 use crate::*;
 use jiff::{SignedDuration, Timestamp};
@@ -35,7 +37,14 @@ macro_rules! store_contract_suite {
             calendar_windows_reset_at_the_boundary,
             subscription_writes_carry_usage_and_move_holds,
             plan_documents_keep_every_version_and_skip_a_repeat,
-            concurrent_puts_of_one_plan_document_make_one_version
+            concurrent_puts_of_one_plan_document_make_one_version,
+            grant_is_idempotent_on_external_ref,
+            credits_pay_for_what_the_plan_does_not_cover,
+            credits_are_spent_in_order_and_across_grants,
+            grants_and_credit_holds_expire_through_the_ledger,
+            revoke_by_grant_or_reference,
+            credits_pay_where_no_plan_applies,
+            ledger_balances_hold_for_any_sequence
         );
     };
     (@each $make:path; $($name:ident),*) => {
