@@ -112,7 +112,9 @@ pub fn decide_reserve(
             }
             continue;
         }
-        if load.is_none_or(|load| load > check.quota) {
+        // A hold of nothing (a request credits pay for in full) fits even a counter that
+        // overage took past its quota.
+        if units > 0 && load.is_none_or(|load| load > check.quota) {
             denied_by.push(i);
             let reason = match check.limit.kind {
                 LimitKind::Consumable => DenyReason::LimitReached,

@@ -840,19 +840,9 @@ pub fn revoke(tx: &mut impl MeteringTx, cmd: &RevokeCommand) -> StoreResult<Revo
     Ok(RevokeOutcome { revoked })
 }
 
-/// Balances as a read shows them at `now`: holds of overdue reservations count as returned.
-fn shown(tx: &mut impl MeteringTx, env: EnvId, g: &Grant, now: Timestamp) -> StoreResult<Grant> {
-    let overdue = tx_overdue(tx, env, g, now)?;
-    Ok(Grant {
-        row: g.row.clone(),
-        balance: Balance {
-            remaining: g.balance.remaining,
-            held: g.balance.held.saturating_sub(overdue),
-        },
-    })
-}
-
-/// The unexpired grants of `subjects` with something left, soonest expiry first, as shown now.
+/// The unexpired grants of `subjects` with something left, soonest expiry first, with their
+/// ledger balances (a hold of an overdue reservation shows until its `release` is written, by
+/// the sweeper or the user's next write; decisions count it as returned at once).
 fn standing_grants(
     tx: &mut impl MeteringTx,
     env: EnvId,
@@ -862,7 +852,7 @@ fn standing_grants(
     let mut out = Vec::new();
     for g in tx.live_grants(env, subjects)? {
         if !expired(&g.row, now) {
-            out.push(shown(tx, env, &g, now)?);
+            out.push(g);
         }
     }
     out.sort_by(|a, b| {
