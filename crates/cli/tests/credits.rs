@@ -1112,6 +1112,8 @@ async fn revoke_by_grant_and_by_reference_removes_what_is_not_held() {
     ]});
     let (s, c) = TestServer::with_plans(no_plan_with_packs(json!([pack10(), bundle]))).await;
     let g_a = id_of(&grant_one(&c, "u1", "pack10", "order-a").await, "grantId");
+    // A second later, so the two grants' createdAt (the spend order's last key) differ.
+    c.advance_clock(1).await;
     let b = grant(
         &c,
         json!({"userId": "u1", "packId": "bundle", "externalRef": "order-b"}),
@@ -1724,13 +1726,15 @@ async fn track_draws_credits_after_the_plan_and_enforce_denies_what_they_do_not_
     assert!(listed(&credits(&c, "u1").await, &g).is_none());
 
     let events = c.get("/v1/events?userId=u1&status=tracked").await.ok();
-    let got: Vec<(i64, i64)> = arr(&events["events"])
+    // Events of the same millisecond may list in either order: compare them as a set.
+    let mut got: Vec<(i64, i64)> = arr(&events["events"])
         .iter()
         .map(|e| (int(e, "quantity"), int(e, "creditsUsed")))
         .collect();
+    got.sort();
     assert_eq!(
         got,
-        [(3, 0), (8, 8), (3, 2), (4, 0)],
+        [(3, 0), (3, 2), (4, 0), (8, 8)],
         "usage events carry creditsUsed: {events}"
     );
 }
@@ -1784,9 +1788,12 @@ async fn a_commit_of_more_than_reserved_takes_plan_room_then_credits_then_overag
     assert_eq!(entries.iter().filter(|e| e["type"] == "refund").count(), 0);
 
     let events = c.get("/v1/events?userId=u2&status=committed").await.ok();
-    let got: Vec<(String, i64)> = arr(&events["events"])
+    let mut got: Vec<(String, i64)> = arr(&events["events"])
         .iter()
         .map(|e| (id_of(e, "eventId"), int(e, "creditsUsed")))
         .collect();
-    assert_eq!(got, [(e2, 7), (e1, 3)], "{events}");
+    got.sort();
+    let mut want = vec![(e2, 7), (e1, 3)];
+    want.sort();
+    assert_eq!(got, want, "{events}");
 }
