@@ -9,6 +9,7 @@
 //! Who decides what: `tollgate_core::credits` says how much of a request the plan covers, the
 //! spend order and how a commit splits; this module loads, asks and writes.
 
+use super::reservations::expire;
 use super::*;
 use tollgate_core::credits::{self as rule, Room};
 
