@@ -6,8 +6,10 @@
 
 mod carry;
 mod credits;
+mod credits_property;
 pub use carry::*;
 pub use credits::*;
+pub use credits_property::*;
 
 use crate::*;
 use jiff::{SignedDuration, Timestamp};

@@ -28,6 +28,8 @@ pub use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod credits;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 /// How long `init` and `serve` may take to become ready.
