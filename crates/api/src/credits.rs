@@ -11,7 +11,7 @@ use crate::metering::CreditBalance;
 use crate::subscriptions::{parse_path_account_id, Subject};
 use crate::time::parse_timestamp;
 use jiff::Timestamp;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use tollgate_core::input::InputError;
 use tollgate_core::plan::check_id;
 use utoipa::ToSchema;
@@ -41,15 +41,6 @@ pub enum CreditSource {
     Rollover,
 }
 
-/// `Some(None)` for an explicit `null`, `None` for an absent field.
-fn explicit_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
 // ---------------------------------------------------------------- grant
 
 /// `POST /v1/credits/grants`.
@@ -77,7 +68,7 @@ pub struct GrantRequest {
     /// `expiresAfterDays` from now.
     #[serde(
         default,
-        deserialize_with = "explicit_null",
+        deserialize_with = "crate::subscriptions::explicit_null",
         skip_serializing_if = "Option::is_none"
     )]
     #[schema(value_type = Option<String>, format = DateTime)]

@@ -75,8 +75,9 @@ impl From<CoreStatus> for SubscriptionStatus {
     }
 }
 
-/// `Some(None)` for an explicit `null`, `None` for an absent field.
-fn explicit_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+/// `Some(None)` for an explicit `null`, `None` for an absent field (serde's
+/// `deserialize_with` for a field where `null` means something).
+pub(crate) fn explicit_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
