@@ -7,6 +7,9 @@
 //! machine, with the same clients.
 //!
 //! It replaces the plan document of the key's environment, so it refuses live keys.
+//!
+//! The credits scenario measures the same reserve → commit paid by credits instead of the plan:
+//! the plan's quota is 0 and every user holds a grant that covers the whole run.
 
 mod target;
 
@@ -48,6 +51,9 @@ pub enum Scenario {
     Check,
     /// Reserve, then commit, release or let expire.
     Mixed,
+    /// Reserve then commit, paid by credits: the plan's quota is 0 and every user first gets a
+    /// grant that covers the run.
+    Credits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,6 +162,9 @@ struct Shared {
     denied: AtomicU64,
     /// Iterations finished without an error.
     done: AtomicU64,
+    /// Admitted reserves of the credits scenario that held anything but their 1 unit in
+    /// credits (the plan paid, or nothing did).
+    uncredited: AtomicU64,
     /// The first failure, shown in the report.
     first_error: Mutex<Option<String>>,
 }
@@ -223,6 +232,8 @@ impl Picker {
 fn quota(args: &BenchArgs) -> u64 {
     match args.scenario {
         Scenario::HotUser => args.quota,
+        // Credits pay for every unit.
+        Scenario::Credits => 0,
         _ => tollgate_core::input::QUANTITY_MAX,
     }
 }
@@ -299,11 +310,14 @@ async fn reserve_then(
         .await;
     shared.record("reserve", start.elapsed(), &r);
     let Ok(r) = r else { return false };
-    let Some(id) = r else {
+    let Some(target::Reservation { id, credits_held }) = r else {
         shared.denied.fetch_add(1, Ordering::Relaxed);
         return true;
     };
     shared.admitted.fetch_add(1, Ordering::Relaxed);
+    if args.scenario == Scenario::Credits && credits_held != 1 {
+        shared.uncredited.fetch_add(1, Ordering::Relaxed);
+    }
     if expire {
         return true;
     }
@@ -345,6 +359,12 @@ struct Outcome {
 /// Runs the load once against `backend` and prints its table.
 async fn run_once(args: &BenchArgs, backend: &Backend) -> Result<Outcome> {
     target::new_run();
+    if args.scenario == Scenario::Credits {
+        let started = Instant::now();
+        eprint!("granting credits to {} user(s)", args.users);
+        backend.grant_credits(args.users).await?;
+        eprintln!(" in {:.1} s", started.elapsed().as_secs_f64());
+    }
     let args = Arc::new(args.clone());
     let picker = Arc::new(Picker::new(args.users, args.skew));
     let shared = Arc::new(Shared::default());
@@ -491,6 +511,9 @@ async fn exactness(args: &BenchArgs, backend: &Backend, shared: &Shared) -> Resu
     };
     users.sort_unstable();
     users.truncate(EXACTNESS_SAMPLE_USERS);
+    if args.scenario == Scenario::Credits {
+        return credits_exactness(&mut conn, shared, &committed, &users).await;
+    }
     let admitted = shared.admitted.load(Ordering::Relaxed);
     if args.scenario == Scenario::HotUser {
         ensure!(
@@ -522,6 +545,57 @@ async fn exactness(args: &BenchArgs, backend: &Backend, shared: &Shared) -> Resu
     ))
 }
 
+/// The credits scenario's check: every reserve was admitted on credits alone, and each sampled
+/// user's grant lost exactly the acknowledged commits, with nothing still held and nothing
+/// counted on the plan (whose quota is 0, so any unit past the grant would show there).
+async fn credits_exactness(
+    conn: &mut Conn,
+    shared: &Shared,
+    committed: &HashMap<usize, u64>,
+    users: &[usize],
+) -> Result<String> {
+    let denied = shared.denied.load(Ordering::Relaxed);
+    ensure!(
+        denied == 0,
+        "{denied} reserve(s) denied, though every user's grant covers the run"
+    );
+    let uncredited = shared.uncredited.load(Ordering::Relaxed);
+    ensure!(
+        uncredited == 0,
+        "{uncredited} admitted reserve(s) did not hold their unit in credits"
+    );
+    let granted = target::CREDITS_GRANT_UNITS;
+    for &u in users {
+        let want = committed.get(&u).copied().unwrap_or(0);
+        let (available, held) = conn.credits(u).await?;
+        ensure!(
+            held == 0,
+            "user {u}: {held} credit(s) still held after the run"
+        );
+        ensure!(
+            available <= granted,
+            "user {u}: {available} credit(s) available, more than the {granted} granted"
+        );
+        let consumed = granted - available;
+        ensure!(
+            consumed == want,
+            "user {u}: {consumed} credit(s) consumed, but {want} commit(s) were acknowledged"
+        );
+        for (used, reserved, quota) in conn.usage(u).await? {
+            ensure!(
+                used == 0 && reserved == 0,
+                "user {u}: the plan counted used {used}, reserved {reserved} (quota {quota}); \
+                 credits should have paid for everything"
+            );
+        }
+    }
+    Ok(format!(
+        "{} user(s) read back, credits consumed == acknowledged, nothing held, \
+         nothing drawn beyond the grant",
+        users.len()
+    ))
+}
+
 fn validate(args: &BenchArgs) -> Result<()> {
     ensure!(
         (1..=BENCH_CONCURRENCY_MAX).contains(&args.concurrency),
@@ -549,6 +623,11 @@ fn validate(args: &BenchArgs) -> Result<()> {
     );
     if args.url.is_some() && args.key.is_none() {
         bail!("--url needs --key (a test secret key)");
+    }
+    if args.scenario == Scenario::Credits
+        && (args.compare_redis || args.target == TargetKind::Redis)
+    {
+        bail!("--scenario credits runs against Tollgate only: the Redis reference has no credits");
     }
     Ok(())
 }

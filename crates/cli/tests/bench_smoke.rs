@@ -84,6 +84,29 @@ async fn every_scenario_ends_exact() {
 }
 
 #[tokio::test]
+async fn the_credits_scenario_pays_every_commit_with_credits() {
+    let server = TestServer::start().await;
+    let mut args = vec!["--scenario", "credits", "--duration-seconds", "1"];
+    args.extend(SMALL_LOAD);
+    let (ok, stdout, stderr) = bench_against(&server, &args);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("exactness: ok") && stdout.contains("credits consumed == acknowledged"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("denied 0"), "{stdout}");
+    assert!(
+        stderr.contains("granting credits to 200 user(s)"),
+        "{stderr}"
+    );
+
+    // The Redis reference has no credits.
+    let (ok, _, stderr) = bench(&["--target", "redis", "--scenario", "credits"]);
+    assert!(!ok);
+    assert!(stderr.contains("against Tollgate only"), "{stderr}");
+}
+
+#[tokio::test]
 async fn the_hot_user_is_admitted_exactly_its_quota() {
     let server = TestServer::start().await;
     let (ok, stdout, stderr) = bench_against(

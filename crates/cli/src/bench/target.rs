@@ -1,14 +1,14 @@
 //! What the bench drives: a Tollgate server over HTTP, or the Redis Lua reference script. Each
 //! client gets a [`Conn`] of its own; both kinds answer the same operations.
 
-use super::{quota, BenchArgs};
+use super::{quota, BenchArgs, Scenario};
 use crate::redis_ref::{Persistence, RedisRef, RedisServer};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::input::TTL_SECONDS_DEFAULT;
@@ -17,6 +17,14 @@ use tollgate_store::{KeyKind, Mode};
 
 /// How long the bench waits for a server it started to listen, in seconds.
 const SERVER_START_SECONDS: u64 = 30;
+/// The credit pack of the credits scenario's plan document.
+const CREDITS_PACK_ID: &str = "bench_credits";
+/// Units of the one grant each user gets before a credits run: more than a run draws (a
+/// billion reserve → commit pairs on one user).
+pub(super) const CREDITS_GRANT_UNITS: u64 = 1_000_000_000;
+/// Concurrent clients granting the credits before a run: enough to grant 10,000 users in
+/// seconds, few enough not to overload the server.
+const CREDITS_GRANT_CLIENTS: usize = 8;
 
 /// Distinguishes this run's users from an earlier run's on the same server: random per
 /// process, then one more for each run of the process.
@@ -167,7 +175,15 @@ fn plan_document(args: &BenchArgs) -> Value {
                    "match": [{"event": "bench.*"}]})
         })
         .collect();
-    json!({"defaultPlan": "bench", "plans": [{"id": "bench", "limits": limits}]})
+    let mut doc = json!({"defaultPlan": "bench", "plans": [{"id": "bench", "limits": limits}]});
+    if args.scenario == Scenario::Credits {
+        doc["creditPacks"] = json!([{
+            "id": CREDITS_PACK_ID, "name": "Bench credits",
+            "items": [{"id": "bench_units", "quantity": CREDITS_GRANT_UNITS,
+                       "match": [{"event": "bench.*"}]}]
+        }]);
+    }
+    doc
 }
 
 /// The Redis reference script's parameters and its clock: real time plus an offset the
@@ -280,6 +296,48 @@ impl Backend {
         })
     }
 
+    /// Grants every one of `users` one bench pack, from a few concurrent clients. The
+    /// externalRef names the user, so granting a user again grants nothing more.
+    pub(super) async fn grant_credits(&self, users: usize) -> Result<()> {
+        let Backend::Tollgate { http, .. } = self else {
+            bail!("the Redis reference has no credits");
+        };
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::with_capacity(CREDITS_GRANT_CLIENTS);
+        for _ in 0..CREDITS_GRANT_CLIENTS.min(users) {
+            let (http, next) = (http.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= users {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let user = user_id(i);
+                    let body = json!({"userId": user, "packId": CREDITS_PACK_ID,
+                                      "externalRef": format!("{user}_grant"), "source": "grant"});
+                    let r = http
+                        .post("/v1/credits/grants", body)
+                        .await
+                        .with_context(|| format!("granting credits to {user}"))?;
+                    let units: u64 = r["grants"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|g| g["quantity"].as_u64())
+                        .sum();
+                    ensure!(
+                        units == CREDITS_GRANT_UNITS,
+                        "granting credits to {user}: {units} units granted: {r}"
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(())
+    }
+
     pub(super) fn label(&self) -> String {
         match self {
             Backend::Tollgate { label, .. } | Backend::Redis { label, .. } => label.clone(),
@@ -303,13 +361,20 @@ pub(super) enum Conn {
     Redis(Box<RedisRef>, Arc<Redis>),
 }
 
+/// An admitted reserve.
+pub(super) struct Reservation {
+    pub(super) id: String,
+    /// The units credits hold for it (always 0 on Redis).
+    pub(super) credits_held: u64,
+}
+
 impl Conn {
-    /// The reservation id, or `None` when denied.
+    /// The reservation, or `None` when denied.
     pub(super) async fn reserve(
         &mut self,
         user: usize,
         ttl: Option<u32>,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<Reservation>> {
         match self {
             Conn::Http(h) => {
                 let mut body = json!({"userId": user_id(user), "event": "bench.op"});
@@ -317,12 +382,20 @@ impl Conn {
                     body["ttlSeconds"] = json!(ttl);
                 }
                 let r = h.post("/v1/reserve", body).await?;
-                Ok(r["reservationId"].as_str().map(str::to_string))
+                Ok(r["reservationId"].as_str().map(|id| Reservation {
+                    id: id.to_string(),
+                    credits_held: r["credits"]["held"].as_u64().unwrap_or(0),
+                }))
             }
             Conn::Redis(c, r) => {
                 let ttl_ms = u64::from(ttl.unwrap_or(TTL_SECONDS_DEFAULT)) * 1000;
-                c.reserve(&user_id(user), 1, r.quota, r.limits, ttl_ms, r.now_ms())
-                    .await
+                let id = c
+                    .reserve(&user_id(user), 1, r.quota, r.limits, ttl_ms, r.now_ms())
+                    .await?;
+                Ok(id.map(|id| Reservation {
+                    id,
+                    credits_held: 0,
+                }))
             }
         }
     }
@@ -411,6 +484,28 @@ impl Conn {
                 Ok(vec![(used, reserved, r.quota)])
             }
         }
+    }
+
+    /// `(available, held)` of the user's bench credits (Tollgate only).
+    pub(super) async fn credits(&mut self, user: usize) -> Result<(u64, u64)> {
+        let Conn::Http(h) = self else {
+            bail!("the Redis reference has no credits");
+        };
+        let path = format!("/v1/users/{}/credits", user_id(user));
+        let credits = h.call(reqwest::Method::GET, &path, None).await?;
+        // A pack whose grants are all spent is not listed: nothing available, nothing held.
+        let field = |p: &Value, f: &str| p[f].as_u64().unwrap_or(u64::MAX);
+        Ok(credits["packs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["packId"] == CREDITS_PACK_ID)
+            .fold((0, 0), |(a, h), p| {
+                (
+                    a.saturating_add(field(p, "available")),
+                    h.saturating_add(field(p, "held")),
+                )
+            }))
     }
 
     /// Moves the target's clock forward (the test clock, or the Redis script's clock).
