@@ -1075,7 +1075,7 @@ impl MeteringTx for PgTx<'_, '_> {
         now: Timestamp,
     ) -> StoreResult<Vec<String>> {
         let rows = self.query(
-            "SELECT DISTINCT h.reservation_id FROM credit_holds h
+            "SELECT h.reservation_id FROM credit_holds h
              JOIN reservations r ON r.env_id = h.env_id AND r.reservation_id = h.reservation_id
              WHERE h.env_id = $1 AND h.user_id = $2 AND h.active
                AND r.status = 'pending' AND r.expires_at_ms <= $3",
@@ -1141,20 +1141,26 @@ impl MeteringTx for PgTx<'_, '_> {
         rows.iter().map(ledger_entry).collect()
     }
 
+    fn queue_expiry(&mut self, env: EnvId, g: &GrantRow, expires_at: Timestamp) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO credit_expiry_queue (env_id, grant_id, subject, expires_at_ms)
+             VALUES ($1, $2, $3, $4)",
+            &[&env.0, &g.grant_id, &g.subject, &ms(expires_at)],
+        )
+        .map(|_| ())
+    }
+
     fn expired_grants(
         &mut self,
         real_now: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<(EnvId, String, String)>> {
+        // The bound with the largest clock offset keeps the scan to the queue's due end.
         let rows = self.query(
-            "SELECT g.env_id, g.grant_id, g.subject FROM credit_grants g
-             JOIN environments e ON e.env_id = g.env_id
-             CROSS JOIN LATERAL (SELECT remaining_after, held_after FROM credit_ledger m
-                 WHERE m.env_id = g.env_id AND m.grant_id = g.grant_id
-                 ORDER BY seq DESC LIMIT 1) l
-             WHERE g.expires_at_ms IS NOT NULL
-               AND g.expires_at_ms <= $1 + e.clock_offset_s * 1000
-               AND l.remaining_after > l.held_after
+            "SELECT q.env_id, q.grant_id, q.subject FROM credit_expiry_queue q
+             JOIN environments e ON e.env_id = q.env_id
+             WHERE q.expires_at_ms <= $1 + (SELECT max(clock_offset_s) FROM environments) * 1000
+               AND q.expires_at_ms <= $1 + e.clock_offset_s * 1000
              LIMIT $2",
             &[&ms(real_now), &(limit as i64)],
         )?;
@@ -1162,6 +1168,14 @@ impl MeteringTx for PgTx<'_, '_> {
             .iter()
             .map(|r| (EnvId(r.get(0)), r.get(1), r.get(2)))
             .collect())
+    }
+
+    fn dequeue_expiry(&mut self, env: EnvId, grant_id: &str) -> StoreResult<()> {
+        self.execute(
+            "DELETE FROM credit_expiry_queue WHERE env_id = $1 AND grant_id = $2",
+            &[&env.0, &grant_id],
+        )
+        .map(|_| ())
     }
 
     fn rolled_over(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<bool> {

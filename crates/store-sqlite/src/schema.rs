@@ -228,8 +228,15 @@ CREATE TABLE credit_grants (
 CREATE INDEX credit_grants_subject ON credit_grants (env_id, subject);
 CREATE INDEX credit_grants_ref ON credit_grants (env_id, external_ref)
     WHERE external_ref IS NOT NULL;
-CREATE INDEX credit_grants_expiry ON credit_grants (expires_at_ms)
-    WHERE expires_at_ms IS NOT NULL;
+-- Grants whose expiry the sweeper has still to write, a row each until it has.
+CREATE TABLE credit_expiry_queue (
+    env_id INTEGER NOT NULL,
+    grant_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, grant_id)
+);
+CREATE INDEX credit_expiry_queue_due ON credit_expiry_queue (expires_at_ms);
 
 CREATE TABLE credit_ledger (
     seq INTEGER PRIMARY KEY,

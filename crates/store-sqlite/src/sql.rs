@@ -1095,7 +1095,9 @@ impl MeteringTx for SqliteTx<'_> {
         let mut st = self
             .0
             .prepare_cached(
-                "SELECT DISTINCT h.reservation_id FROM credit_holds h
+                // No DISTINCT: it would steer SQLite off the (env_id, user_id) index onto a
+                // scan of every hold of the environment; the procedure drops repeats.
+                "SELECT h.reservation_id FROM credit_holds h
                  JOIN reservations r ON r.env_id = h.env_id AND r.reservation_id = h.reservation_id
                  WHERE h.env_id = ?1 AND h.user_id = ?2 AND h.active = 1
                    AND r.status = 'pending' AND r.expires_at_ms <= ?3",
@@ -1169,21 +1171,30 @@ impl MeteringTx for SqliteTx<'_> {
         rows.map(|r| ledger_entry(r.map_err(internal)?)).collect()
     }
 
+    fn queue_expiry(&mut self, env: EnvId, g: &GrantRow, expires_at: Timestamp) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO credit_expiry_queue (env_id, grant_id, subject, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| st.execute(params![env.0, g.grant_id, g.subject, ms(expires_at)]))
+            .map(|_| ())
+            .map_err(internal)
+    }
+
     fn expired_grants(
         &mut self,
         real_now: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<(EnvId, String, String)>> {
+        // The bound with the largest clock offset keeps the scan to the queue's due end.
         let mut st = self
             .0
             .prepare_cached(
-                "SELECT g.env_id, g.grant_id, g.subject FROM credit_grants g
-                 JOIN environments e ON e.env_id = g.env_id
-                 JOIN credit_ledger l ON l.seq = (SELECT max(seq) FROM credit_ledger m
-                     WHERE m.env_id = g.env_id AND m.grant_id = g.grant_id)
-                 WHERE g.expires_at_ms IS NOT NULL
-                   AND g.expires_at_ms <= ?1 + e.clock_offset_s * 1000
-                   AND l.remaining_after > l.held_after
+                "SELECT q.env_id, q.grant_id, q.subject FROM credit_expiry_queue q
+                 JOIN environments e ON e.env_id = q.env_id
+                 WHERE q.expires_at_ms <= ?1 + (SELECT max(clock_offset_s) FROM environments) * 1000
+                   AND q.expires_at_ms <= ?1 + e.clock_offset_s * 1000
                  LIMIT ?2",
             )
             .map_err(internal)?;
@@ -1193,6 +1204,14 @@ impl MeteringTx for SqliteTx<'_> {
             })
             .map_err(internal)?;
         rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn dequeue_expiry(&mut self, env: EnvId, grant_id: &str) -> StoreResult<()> {
+        self.0
+            .prepare_cached("DELETE FROM credit_expiry_queue WHERE env_id = ?1 AND grant_id = ?2")
+            .and_then(|mut st| st.execute(params![env.0, grant_id]))
+            .map(|_| ())
+            .map_err(internal)
     }
 
     fn rolled_over(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<bool> {

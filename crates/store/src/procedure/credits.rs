@@ -169,7 +169,10 @@ fn spendable(
     let (event, metadata) = ask.event;
     let writing = lazy.is_some();
     if writing {
-        for id in tx.overdue_credit_reservations(env, ask.user, now)? {
+        let mut overdue = tx.overdue_credit_reservations(env, ask.user, now)?;
+        overdue.sort_unstable();
+        overdue.dedup();
+        for id in overdue {
             if let Some(r) = tx.reservation(env, &id)? {
                 if r.status == ReservationStatus::Pending {
                     expire(tx, env, &r)?;
@@ -697,6 +700,7 @@ pub(super) fn roll_over(
             created_at: p.at,
         };
         tx.insert_grant(env, &row)?;
+        tx.queue_expiry(env, &row, *end)?;
         let reason = format!(
             "rolled over {unused} unused of {} ({used} of {} used from {} to {}), until {}",
             limit.id,
@@ -765,6 +769,9 @@ pub fn grant(tx: &mut impl MeteringTx, cmd: &GrantCommand) -> StoreResult<GrantO
             created_at: cmd.now,
         };
         tx.insert_grant(env, &row)?;
+        if let Some(at) = cmd.expires_at {
+            tx.queue_expiry(env, &row, at)?;
+        }
         let until = cmd.expires_at.map_or_else(
             || "never expires".to_string(),
             |e| format!("expires {}", fmt_at(e)),
@@ -975,10 +982,12 @@ pub(super) fn expire_grants(
         p.at = row.expires_at.unwrap_or(real_now);
         let balance = tx.balance(*env, grant_id)?;
         let mut g = Grant { row, balance };
-        // Read again under the lock: another node may have expired it meanwhile.
+        // Read again under the lock: another node (or the owner's request) may have expired
+        // it meanwhile. A part held now expires when it comes back (`close_returned`).
         if g.balance.remaining > g.balance.held {
             expire_unheld(tx, *env, &mut p, &mut g)?;
         }
+        tx.dequeue_expiry(*env, grant_id)?;
     }
     Ok(due.len())
 }

@@ -330,7 +330,8 @@ pub trait MeteringTx {
     /// Units of a grant held by pending reservations whose expiry is at or before `now`
     /// (expired, not yet swept).
     fn overdue_held(&mut self, env: EnvId, grant_id: &str, now: Timestamp) -> StoreResult<u64>;
-    /// A user's pending reservations past their expiry at `now` that hold credits.
+    /// A user's pending reservations past their expiry at `now` that hold credits (one per
+    /// grant held: the same id may come more than once).
     fn overdue_credit_reservations(
         &mut self,
         env: EnvId,
@@ -350,13 +351,17 @@ pub trait MeteringTx {
         limit: usize,
         before: Option<i64>,
     ) -> StoreResult<Vec<LedgerEntry>>;
-    /// Grants past their expiry at `real_now` (each environment by its own clock) whose
-    /// ledger still has unheld units, at most `limit`, as (environment, grant id, subject).
+    /// Queues a grant's expiry for the sweeper.
+    fn queue_expiry(&mut self, env: EnvId, g: &GrantRow, expires_at: Timestamp) -> StoreResult<()>;
+    /// Queued grants past their expiry at `real_now` (each environment by its own clock), at
+    /// most `limit`, as (environment, grant id, subject).
     fn expired_grants(
         &mut self,
         real_now: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<(EnvId, String, String)>>;
+    /// Takes a grant off the expiry queue once its expiry is written.
+    fn dequeue_expiry(&mut self, env: EnvId, grant_id: &str) -> StoreResult<()>;
     /// Whether a counter's window was rolled over already.
     fn rolled_over(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<bool>;
     /// Records that a counter's window rolled over (into `grant_id`, if it made a grant).
