@@ -483,7 +483,50 @@ fn normalize(doc: &mut PlanDocument, judge: Judge) -> Result<core::PlanDocument,
     }
     .map_err(plan_error)?;
     core_doc.credit_packs = credit_packs;
+    core_doc.biller_ids = biller_targets(doc, judge)?;
     Ok(core_doc)
+}
+
+/// What each Stripe price and Polar product sells. A price listed twice (by two plans, two
+/// packs, or a plan and a pack) would make a purchase ambiguous: refused on input, and in a
+/// stored document the first listing wins.
+fn biller_targets(
+    doc: &PlanDocument,
+    judge: Judge,
+) -> Result<tollgate_core::biller::BillerIds, FieldError> {
+    use tollgate_core::biller::{BillerIds, BillerTarget};
+    let mut out = BillerIds::default();
+    let plans = doc.plans.iter().enumerate().map(|(i, p)| {
+        let path = index_path("plans", i);
+        let target = BillerTarget::Plan(p.id.clone());
+        (path, target, &p.stripe_price_ids, &p.polar_product_ids)
+    });
+    let packs = doc.credit_packs.iter().enumerate().map(|(i, p)| {
+        let path = index_path("creditPacks", i);
+        let target = BillerTarget::Pack(p.id.clone());
+        (path, target, &p.stripe_price_ids, &p.polar_product_ids)
+    });
+    for (path, target, stripe, polar) in plans.chain(packs) {
+        for (field, ids, into) in [
+            ("stripePriceIds", stripe, &mut out.stripe),
+            ("polarProductIds", polar, &mut out.polar),
+        ] {
+            for (k, id) in ids.iter().enumerate() {
+                if into.iter().any(|(seen, _)| seen == id) {
+                    let at = index_path(&field_path(&path, field), k);
+                    judge.rule(|| {
+                        Err(FieldError::new(
+                            at,
+                            format!("`{id}` is listed already: a biller id sells one plan or pack"),
+                        ))
+                    })?;
+                    continue;
+                }
+                into.push((id.clone(), target.clone()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A credit pack as grants are made from it (its input rules were checked with the document's).

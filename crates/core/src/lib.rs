@@ -4,6 +4,7 @@
 //! parameters, so every decision is a deterministic function of (state, command, now) and the
 //! store crates only load state, call into this crate, and persist what it decided.
 
+pub mod biller;
 pub mod credits;
 pub mod decision;
 pub mod input;

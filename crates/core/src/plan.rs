@@ -220,6 +220,8 @@ pub struct PlanDocument {
     pub plans: Vec<Plan>,
     /// The credit packs grants are made from (API.md §8); set after the plans are checked.
     pub credit_packs: Vec<CreditPack>,
+    /// Which plan or pack each Stripe price and Polar product sells; set with the packs.
+    pub biller_ids: crate::biller::BillerIds,
 }
 
 /// A credit pack: what one purchase (or promotion, or refund) of it grants.
@@ -357,6 +359,7 @@ impl PlanDocument {
             unmatched_events,
             plans,
             credit_packs: Vec::new(),
+            biller_ids: Default::default(),
         })
     }
 
@@ -368,6 +371,7 @@ impl PlanDocument {
             unmatched_events: UnmatchedEvents::Deny,
             plans: Vec::new(),
             credit_packs: Vec::new(),
+            biller_ids: Default::default(),
         }
     }
 

@@ -483,6 +483,7 @@ mod tests {
                 limits: Vec::new(),
             }],
             credit_packs: Vec::new(),
+            biller_ids: Default::default(),
         };
         let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
         let at = ts("2026-01-10T16:00:00Z");
