@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use jiff::Timestamp;
 use std::sync::Arc;
+use tollgate_core::biller::{Biller, BillerEvent, PastDuePolicy};
 use tollgate_core::decision::DenyReason;
 use tollgate_core::input::{
     AccountId, EventName, IdempotencyKey, Metadata, Quantity, StoredText, TtlSeconds, UserId,
@@ -793,6 +794,194 @@ pub struct LedgerQuery {
     pub before: Option<i64>,
 }
 
+// ---- billers (API.md §10): integrations, customer mappings, received events, meter outbox
+
+/// An environment's integration with a biller: its webhook endpoint and its settings (a JSON
+/// document the API layer reads and writes; the store keeps it as given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integration {
+    pub env: EnvId,
+    pub biller: Biller,
+    /// The path segment of `/webhooks/{biller}/{endpointId}`: unique across the install.
+    pub endpoint_id: String,
+    pub config: String,
+    pub updated_at: Timestamp,
+}
+
+/// The environment a webhook endpoint belongs to, and its test-clock offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointTarget {
+    pub clock_offset_seconds: i64,
+    pub integration: Integration,
+}
+
+/// What became of a received biller event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BillerEventStatus {
+    /// It changed a subscription, a mapping or granted credits.
+    Applied,
+    /// Acknowledged; it changes nothing (an event type not used, an unmapped price...).
+    Ignored,
+    /// An older snapshot of a subscription than one applied, or one of a subscription that
+    /// ended.
+    Stale,
+    /// No user or account is known for its customer yet: it is applied again when one is
+    /// mapped.
+    Unresolved,
+    /// Processing failed (the biller was answered 5xx and retries).
+    Failed,
+}
+
+impl BillerEventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+            Self::Stale => "stale",
+            Self::Unresolved => "unresolved",
+            Self::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Applied,
+            Self::Ignored,
+            Self::Stale,
+            Self::Unresolved,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A received biller event as kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBillerEvent {
+    pub biller: Biller,
+    pub event_id: String,
+    pub event_type: String,
+    pub received_at: Timestamp,
+    /// The biller's customer it names, if any (unresolved events wait on it).
+    pub customer_id: Option<String>,
+    pub status: BillerEventStatus,
+    pub note: String,
+    /// The raw body as received (signed; replays parse it again).
+    pub body: String,
+    /// Times it was received (deliveries and replays).
+    pub deliveries: u32,
+}
+
+/// A verified biller event to apply.
+#[derive(Debug, Clone)]
+pub struct BillerEventCommand {
+    pub env: EnvId,
+    /// The environment's time.
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub past_due: PastDuePolicy,
+    pub event: BillerEvent,
+    pub body: String,
+    /// Apply it again even if it was received before (`tollgate webhooks replay`, or a
+    /// customer mapped after the event waited on it).
+    pub replay: bool,
+    /// Names a subscription created by this event, and grants made by it.
+    pub new_subscription_id: String,
+    pub ids: IdSeed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillerEventOutcome {
+    pub status: BillerEventStatus,
+    /// Received before (and not replayed): nothing was done again.
+    pub duplicate: bool,
+    pub note: String,
+}
+
+/// `GET /v1/integrations/{biller}/events`: newest first.
+#[derive(Debug, Clone)]
+pub struct BillerEventsQuery {
+    pub env: EnvId,
+    pub biller: Biller,
+    pub status: Option<BillerEventStatus>,
+    pub customer_id: Option<String>,
+    pub limit: usize,
+    /// Only events received before this one (its `received_at`, `event_id`).
+    pub before: Option<(Timestamp, String)>,
+}
+
+/// Where a committed usage event stands on its way to a Stripe meter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterStatus {
+    Pending,
+    Delivered,
+    /// Refused by Stripe (a 4xx other than 429): not retried.
+    Failed,
+}
+
+impl MeterStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One committed usage event to forward to a Stripe meter (the outbox row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterEventRow {
+    pub env: EnvId,
+    /// The usage event (`evt_…`): Stripe's `identifier`, so a retry never charges twice.
+    pub event_id: String,
+    pub meter_event_name: String,
+    pub user_id: String,
+    pub value: u64,
+    pub occurred_at: Timestamp,
+    pub status: MeterStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeterAttempt {
+    Delivered { status: u16 },
+    /// Try again at `next_attempt_at` (429, 5xx, network, no customer mapped yet).
+    Retry {
+        status: Option<u16>,
+        error: String,
+        next_attempt_at: Timestamp,
+    },
+    Failed { status: Option<u16>, error: String },
+}
+
+/// `GET /v1/integrations/stripe/meter-events`: newest first.
+#[derive(Debug, Clone)]
+pub struct MeterEventsQuery {
+    pub env: EnvId,
+    pub status: Option<MeterStatus>,
+    pub limit: usize,
+    /// Only rows created before this one (its `created_at`, `event_id`).
+    pub before: Option<(Timestamp, String)>,
+}
+
+/// What `PATCH /v1/settings` may change; the store keeps the document as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSettings {
+    pub document: String,
+    pub updated_at: Timestamp,
+}
+
 /// What the server learns about the writer, for `/metrics`.
 pub trait StoreObserver: Send + Sync + 'static {
     /// One writer transaction made durable, holding `commands` commands.
@@ -978,6 +1167,82 @@ pub trait Store: Send + Sync + 'static {
         plans: Arc<PlanDocument>,
         now: Timestamp,
     ) -> StoreResult<AccountView>;
+
+    // ---- billers
+    /// Stores an environment's integration with a biller; its endpoint id is kept once made
+    /// (`endpoint_id` names a new one).
+    async fn put_integration(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        config: String,
+        forwarding: Vec<(String, String)>,
+        endpoint_id: String,
+        now: Timestamp,
+    ) -> StoreResult<Integration>;
+    async fn integration(&self, env: EnvId, biller: Biller) -> StoreResult<Option<Integration>>;
+    /// The integration a webhook endpoint belongs to.
+    async fn endpoint(&self, biller: Biller, endpoint_id: &str)
+        -> StoreResult<Option<EndpointTarget>>;
+    /// Maps a biller's customer to a user or an account.
+    async fn put_biller_customer(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: String,
+        owner: Owner,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    /// The biller customer mapped to a subject, if any (the newest mapping).
+    async fn biller_customer_of(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Option<String>>;
+    /// Applies a verified biller event (see `procedure::billers`).
+    async fn apply_biller_event(&self, cmd: BillerEventCommand) -> StoreResult<BillerEventOutcome>;
+    /// Records a received event whose processing failed (kept for inspection and replay).
+    async fn record_biller_failure(
+        &self,
+        env: EnvId,
+        event: StoredBillerEvent,
+    ) -> StoreResult<()>;
+    async fn biller_events(&self, query: BillerEventsQuery) -> StoreResult<Vec<StoredBillerEvent>>;
+    async fn biller_event(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        event_id: &str,
+    ) -> StoreResult<Option<StoredBillerEvent>>;
+    /// Forgets the bodies and ids of events received before `before` (deduplication needs
+    /// them for Stripe's 3-day retry window; they are kept 30 days).
+    async fn purge_biller_events(&self, before: Timestamp) -> StoreResult<usize>;
+    /// Takes up to `limit` pending meter events due at `real_now` (each environment by its
+    /// own clock) and leases them until `lease_until` (real time), so no other node sends them
+    /// meanwhile; each with its environment's clock offset in seconds.
+    async fn claim_meter_events(
+        &self,
+        real_now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(MeterEventRow, i64)>>;
+    /// Records how an attempt to send a meter event ended.
+    async fn finish_meter_event(
+        &self,
+        env: EnvId,
+        event_id: &str,
+        attempt: MeterAttempt,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    async fn meter_events(&self, query: MeterEventsQuery) -> StoreResult<Vec<MeterEventRow>>;
+    /// Sends a failed meter event again (pending, due now); `NotFound` for an unknown one.
+    async fn retry_meter_event(&self, env: EnvId, event_id: &str, now: Timestamp)
+        -> StoreResult<()>;
+
+    // ---- settings
+    async fn settings(&self, env: EnvId) -> StoreResult<Option<StoredSettings>>;
+    async fn put_settings(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<()>;
 
     // ---- system
     /// `Ok` when storage is reachable and takes writes; otherwise a sentence for an operator

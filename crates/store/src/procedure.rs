@@ -19,6 +19,7 @@
 //! no-op; a backend with concurrent writers (several nodes) takes row locks there, and because
 //! every procedure locks subjects first and in one global order, none can deadlock another.
 
+pub mod billers;
 pub mod credits;
 mod identify;
 mod reservations;
@@ -33,7 +34,7 @@ pub use subscriptions::{
 };
 pub use track::{check, track, usage};
 pub use tx::{
-    CounterKey, CreditHold, EventRow, HoldRow, IdempotencyRow, MeteringTx, ReservationRow,
+    BillerSnapshotRow, CounterKey, CreditHold, EventRow, HoldRow, IdempotencyRow, MeteringTx, ReservationRow,
     WindowKind,
 };
 

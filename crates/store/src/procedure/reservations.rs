@@ -427,19 +427,18 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         let (status, overage) = (ReservationStatus::Committed, Some(settlement.overage));
         tx.finish_reservation(env, id, status, Some(quantity), overage)?;
     }
-    tx.insert_event(
-        env,
-        &EventRow {
-            event_id,
-            quantity,
-            metadata: &metadata,
-            cost_micros: cmd.cost_micros,
-            overage: settlement.overage,
-            credits_used,
-            response: cmd.response.as_ref(),
-            ..reservation_event(&r, "committed")
-        },
-    )?;
+    let row = EventRow {
+        event_id,
+        quantity,
+        metadata: &metadata,
+        cost_micros: cmd.cost_micros,
+        overage: settlement.overage,
+        credits_used,
+        response: cmd.response.as_ref(),
+        ..reservation_event(&r, "committed")
+    };
+    tx.insert_event(env, &row)?;
+    billers::forward_usage(tx, env, &row)?;
     quotas_in_force(tx, env, (&r.user_id, &cmd.plans), &mut held, now)?;
     let limits = held
         .iter()

@@ -196,6 +196,18 @@ pub fn cancel_subscription(
     reason: Option<String>,
     now: Timestamp,
 ) -> StoreResult<(Subscription, HistoryEntry)> {
+    cancel_from(tx, (env, owner, plans), at, (reason, "api"), now)
+}
+
+/// Cancels a subject's subscription, recording `source` (`api`, `stripe`, `polar`) in its
+/// history; `NotFound` without one, `AlreadyCanceled` after its end.
+pub(crate) fn cancel_from(
+    tx: &mut impl MeteringTx,
+    (env, owner, plans): (EnvId, &Owner, &PlanDocument),
+    at: CancelAt,
+    (reason, source): (Option<String>, &str),
+    now: Timestamp,
+) -> StoreResult<(Subscription, HistoryEntry)> {
     let subject = owner.subject();
     tx.lock_subjects(env, &[&subject])?;
     let current = tx
@@ -209,7 +221,7 @@ pub fn cancel_subscription(
         |p| p.billing,
     );
     let (sub, entry) =
-        subscription::cancel(&current, billing, at, reason, "api", now).map_err(|e| match e {
+        subscription::cancel(&current, billing, at, reason, source, now).map_err(|e| match e {
             subscription::CancelError::AlreadyCanceled => StoreError::AlreadyCanceled,
             subscription::CancelError::Window(w) => StoreError::Internal(w.to_string()),
         })?;

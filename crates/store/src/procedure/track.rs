@@ -137,7 +137,9 @@ fn track_decide(
         };
         limits.push(render(&c.opened(), after, at));
     }
-    tx.insert_event(env, &row("tracked", &[], settlement.overage, credits_used))?;
+    let tracked = row("tracked", &[], settlement.overage, credits_used);
+    tx.insert_event(env, &tracked)?;
+    billers::forward_usage(tx, env, &tracked)?;
     Ok(TrackOutcome {
         event_id: Some(cmd.event_id.clone()),
         recorded: true,

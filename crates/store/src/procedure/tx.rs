@@ -364,6 +364,93 @@ pub trait MeteringTx {
     fn dequeue_expiry(&mut self, env: EnvId, grant_id: &str) -> StoreResult<()>;
     /// Whether a counter's window was rolled over already.
     fn rolled_over(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<bool>;
+    // ---- billers (see `billers`)
+    /// Stores an integration's settings, keeping its endpoint id once made; returns it as stored.
+    fn put_integration(&mut self, i: &Integration) -> StoreResult<Integration>;
+    fn integration(&mut self, env: EnvId, biller: Biller) -> StoreResult<Option<Integration>>;
+    fn endpoint(&mut self, biller: Biller, endpoint_id: &str)
+        -> StoreResult<Option<EndpointTarget>>;
+    /// Replaces the environment's meter event names (usage event name → Stripe meter event).
+    fn set_meter_names(&mut self, env: EnvId, names: &[(String, String)]) -> StoreResult<()>;
+    /// The Stripe meter event a usage event is forwarded to, if forwarding names it.
+    fn meter_name(&mut self, env: EnvId, event: &str) -> StoreResult<Option<String>>;
+    /// The subject a biller customer is mapped to.
+    fn biller_customer(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: &str,
+    ) -> StoreResult<Option<String>>;
+    fn put_biller_customer(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: &str,
+        subject: &str,
+        at: Timestamp,
+    ) -> StoreResult<()>;
+    /// The customer most recently mapped to a subject.
+    fn biller_customer_of(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Option<String>>;
+    fn biller_event(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        event_id: &str,
+    ) -> StoreResult<Option<StoredBillerEvent>>;
+    /// Inserts or replaces a received event's row.
+    fn put_biller_event(&mut self, env: EnvId, e: &StoredBillerEvent) -> StoreResult<()>;
+    fn biller_events(&mut self, q: &BillerEventsQuery) -> StoreResult<Vec<StoredBillerEvent>>;
+    fn purge_biller_events(&mut self, before: Timestamp) -> StoreResult<usize>;
+    fn biller_snapshot(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subscription_id: &str,
+    ) -> StoreResult<Option<BillerSnapshotRow>>;
+    fn put_biller_snapshot(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        row: &BillerSnapshotRow,
+    ) -> StoreResult<()>;
+    /// The biller subscriptions of a subject that have not ended.
+    fn live_biller_subscriptions(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Vec<String>>;
+    /// Queues a committed usage event for its Stripe meter (once: a second insert of the same
+    /// event id changes nothing).
+    fn enqueue_meter_event(&mut self, row: &MeterEventRow) -> StoreResult<()>;
+    /// Leases the pending meter events due at `real_now` (each environment by its own clock;
+    /// `next_attempt_at` is in environment time, `lease_until` in real time), with each one's
+    /// environment clock offset in seconds.
+    fn claim_meter_events(
+        &mut self,
+        real_now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(MeterEventRow, i64)>>;
+    fn finish_meter_event(
+        &mut self,
+        env: EnvId,
+        event_id: &str,
+        attempt: &MeterAttempt,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    fn meter_events(&mut self, q: &MeterEventsQuery) -> StoreResult<Vec<MeterEventRow>>;
+    /// Makes a meter event pending and due at `now`; false if there is none.
+    fn retry_meter_event(&mut self, env: EnvId, event_id: &str, now: Timestamp)
+        -> StoreResult<bool>;
+    fn settings(&mut self, env: EnvId) -> StoreResult<Option<StoredSettings>>;
+    fn put_settings(&mut self, env: EnvId, document: &str, now: Timestamp) -> StoreResult<()>;
+
     /// Records that a counter's window rolled over (into `grant_id`, if it made a grant).
     fn mark_rollover(
         &mut self,
@@ -371,6 +458,20 @@ pub trait MeteringTx {
         key: &CounterKey,
         grant_id: Option<&str>,
     ) -> StoreResult<()>;
+}
+
+/// What the store remembers of a biller subscription: whose it is and the newest snapshot
+/// applied, so an older one arriving late changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillerSnapshotRow {
+    pub subscription_id: String,
+    pub subject: String,
+    /// The applied event's `created`.
+    pub created: Timestamp,
+    /// The applied snapshot's period start (breaks ties of `created`, which has 1 s steps).
+    pub period_start: Option<Timestamp>,
+    /// The subscription ended: no later event brings it back.
+    pub ended: bool,
 }
 
 /// A reservation's draw on one grant.
