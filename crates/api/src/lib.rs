@@ -8,6 +8,7 @@
 //! offending field. This crate knows JSON, not HTTP: status codes belong to the server.
 
 pub mod admin;
+pub mod billers;
 mod convert;
 pub mod credits;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod subscriptions;
 pub mod time;
 
 pub use admin::*;
+pub use billers::*;
 pub use credits::*;
 pub use error::*;
 pub use field::{from_json_str, from_json_value, FieldError};

@@ -5,6 +5,7 @@
 //! they work against any server and need only a key.
 
 mod bench;
+mod billing;
 mod credits;
 mod local;
 mod plans;
@@ -48,6 +49,12 @@ enum Command {
     /// Grant, show, revoke credits and read their ledger.
     #[command(subcommand)]
     Credits(credits::CreditsCommand),
+    /// Set and show an environment's Stripe or Polar integration, map customers.
+    #[command(subcommand)]
+    Integrations(billing::IntegrationsCommand),
+    /// List, show and replay the biller events an environment received.
+    #[command(subcommand)]
+    Webhooks(billing::WebhooksCommand),
     /// Load a server (or one started on a temp dir) and check that quotas stayed exact.
     Bench(bench::BenchArgs),
 }
@@ -223,6 +230,8 @@ async fn main() -> ExitCode {
         Command::Keys(command) => remote::keys(command).await,
         Command::Usage(args) => remote::usage(args).await,
         Command::Credits(command) => credits::run(command).await,
+        Command::Integrations(command) => billing::integrations(command).await,
+        Command::Webhooks(command) => billing::webhooks(command).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {

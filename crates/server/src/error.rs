@@ -81,6 +81,10 @@ pub enum ApiError {
     /// The seat cap of the account's plan.
     #[error("every seat of the account is taken")]
     SeatLimitReached(u32),
+    /// A biller webhook whose signature, secret or timestamp does not verify; the reason is
+    /// shown (it never holds the body or a secret).
+    #[error("invalid signature: {0}")]
+    InvalidSignature(String),
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -139,6 +143,7 @@ impl ApiError {
             ApiError::AlreadyCanceled => ErrorCode::AlreadyCanceled,
             ApiError::AlreadyIdentified(_) => ErrorCode::AlreadyIdentified,
             ApiError::SeatLimitReached(_) => ErrorCode::SeatLimitReached,
+            ApiError::InvalidSignature(_) => ErrorCode::InvalidSignature,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::Unavailable(_) | ApiError::NotReady(_) => ErrorCode::Unavailable,
@@ -222,6 +227,10 @@ impl ApiError {
             ApiError::SeatLimitReached(max) => format!(
                 "the account's plan has {max} seat(s) and every one is taken; remove a member \
                  or move the account to a plan with more seats"
+            ),
+            ApiError::InvalidSignature(why) => format!(
+                "the webhook signature does not verify ({why}); check the signing secret set \
+                 with PUT /v1/integrations and that the body reaches Tollgate unchanged"
             ),
             ApiError::PayloadTooLarge => format!(
                 "the request body is over {} bytes",

@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod forwarder;
 pub mod ids;
 pub mod key_format;
 pub mod metrics;
@@ -72,6 +73,7 @@ pub async fn run(
         state.config.sweep_interval,
         stopped,
     ));
+    let forwarder = tokio::spawn(forwarder::run(state.store.clone(), stop_sweeper.subscribe()));
     let app = router(state.clone());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -81,6 +83,9 @@ pub async fn run(
     let _ = stop_sweeper.send(true);
     if let Err(e) = sweeper.await {
         tracing::error!(error = %e, "sweeper task failed");
+    }
+    if let Err(e) = forwarder.await {
+        tracing::error!(error = %e, "meter forwarder task failed");
     }
     state.store.shutdown().await;
     tracing::info!("store shut down");

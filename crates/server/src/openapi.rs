@@ -1,7 +1,9 @@
 //! The OpenAPI document of the API, generated from the handlers' `#[utoipa::path]` attributes
 //! and the wire types' schemas, served at `/openapi.json`.
 
-use crate::routes::{accounts, admin, credits, metering, plans, subscriptions, system};
+use crate::routes::{
+    accounts, admin, billers, credits, metering, plans, subscriptions, system,
+};
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -62,6 +64,17 @@ impl Modify for BearerAuth {
         accounts::remove_member,
         accounts::get_account,
         accounts::get_subscription,
+        billers::put_integration,
+        billers::get_integration,
+        billers::put_customer,
+        billers::receive,
+        billers::list_events,
+        billers::get_event,
+        billers::replay_event,
+        billers::list_meter_events,
+        billers::retry_meter_event,
+        billers::get_settings,
+        billers::patch_settings,
         admin::create_project,
         admin::list_projects,
         admin::create_key,

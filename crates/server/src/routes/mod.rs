@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod billers;
 pub mod credits;
 pub mod metering;
 pub mod plans;
@@ -108,6 +109,36 @@ fn routes() -> Router<AppState> {
         .route(
             "/v1/subscriptions/{userId}/history",
             get(subscriptions::history),
+        )
+        .route(
+            "/v1/integrations/{biller}",
+            get(billers::get_integration).put(billers::put_integration),
+        )
+        .route(
+            "/v1/integrations/{biller}/customers/{customerId}",
+            put(billers::put_customer),
+        )
+        .route("/v1/integrations/{biller}/events", get(billers::list_events))
+        .route(
+            "/v1/integrations/{biller}/events/{eventId}",
+            get(billers::get_event),
+        )
+        .route(
+            "/v1/integrations/{biller}/events/{eventId}/replay",
+            post(billers::replay_event),
+        )
+        .route(
+            "/v1/integrations/{biller}/meter-events",
+            get(billers::list_meter_events),
+        )
+        .route(
+            "/v1/integrations/{biller}/meter-events/{eventId}/retry",
+            post(billers::retry_meter_event),
+        )
+        .route("/webhooks/{biller}/{endpointId}", post(billers::receive))
+        .route(
+            "/v1/settings",
+            get(billers::get_settings).patch(billers::patch_settings),
         )
         .route("/v1/test/clock", get(admin::get_clock))
         .route("/v1/test/clock/advance", post(admin::advance_clock))

@@ -1,0 +1,548 @@
+//! Biller integrations (API.md §10), the events they received, the Stripe meter outbox, and an
+//! environment's settings (§12).
+//!
+//! An integration's settings are stored as the JSON of [`IntegrationConfig`], secrets included;
+//! answers show them masked. A stored config is read leniently (unknown fields ignored), so a
+//! setting added later never stops an older install from loading.
+
+use crate::field::{index_path, FieldError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Most signing secrets at once (two during a rotation, with room to spare).
+pub const WEBHOOK_SECRETS_MAX: usize = 5;
+/// Longest signing secret, in bytes.
+pub const WEBHOOK_SECRET_BYTES_MAX: usize = 256;
+/// Most paths in `userIdFrom` / `accountIdFrom`.
+pub const SOURCE_PATHS_MAX: usize = 8;
+/// Longest such path, in bytes.
+pub const SOURCE_PATH_BYTES_MAX: usize = 128;
+/// Signature timestamp tolerance: default and largest, in seconds.
+pub const TOLERANCE_SECONDS_DEFAULT: u32 = 300;
+pub const TOLERANCE_SECONDS_MAX: u32 = 3600;
+/// Most usage event names forwarded to Stripe meters.
+pub const METER_EVENT_NAMES_MAX: usize = 100;
+/// Longest Stripe meter event name (Stripe's own limit), in bytes.
+pub const METER_EVENT_NAME_BYTES_MAX: usize = 100;
+/// Longest Stripe API key and API base URL, in bytes.
+pub const STRIPE_API_KEY_BYTES_MAX: usize = 256;
+pub const API_BASE_BYTES_MAX: usize = 256;
+/// Where meter events go unless `apiBase` says otherwise.
+pub const STRIPE_API_BASE_DEFAULT: &str = "https://api.stripe.com";
+
+/// `PUT /v1/integrations/stripe` and `PUT /v1/integrations/polar`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntegrationRequest {
+    /// Signing secrets; during a rotation give the new one and the old one.
+    pub webhook_secrets: Vec<String>,
+    /// Paths into the biller object that hold the app's user id, tried in order.
+    #[serde(default)]
+    pub user_id_from: Option<Vec<String>>,
+    /// Paths that hold an account id (they win over a user id).
+    #[serde(default)]
+    pub account_id_from: Option<Vec<String>>,
+    /// How far a signature's timestamp may be from the real clock. Default 300.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
+    pub tolerance_seconds: Option<u32>,
+    /// Stripe only: forward committed usage to Stripe Billing Meters.
+    #[serde(default)]
+    pub meter_forwarding: Option<MeterForwardingRequest>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeterForwardingRequest {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A Stripe secret or restricted key allowed to write meter events.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Default `https://api.stripe.com`.
+    #[serde(default)]
+    pub api_base: Option<String>,
+    /// Usage event name → Stripe meter `event_name`. Only these are forwarded.
+    #[serde(default)]
+    pub event_names: BTreeMap<String, String>,
+}
+
+/// An integration's settings as stored (secrets included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrationConfig {
+    pub webhook_secrets: Vec<String>,
+    pub user_id_from: Vec<String>,
+    pub account_id_from: Vec<String>,
+    pub tolerance_seconds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter_forwarding: Option<MeterForwardingConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterForwardingConfig {
+    pub enabled: bool,
+    pub api_key: Option<String>,
+    pub api_base: String,
+    pub event_names: BTreeMap<String, String>,
+}
+
+impl IntegrationConfig {
+    /// Reads a stored config back.
+    pub fn from_stored(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn to_stored(&self) -> String {
+        // A struct of strings, numbers and maps always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The (usage event, meter event) pairs forwarded: none while forwarding is off.
+    pub fn forwarded(&self) -> Vec<(String, String)> {
+        match &self.meter_forwarding {
+            Some(m) if m.enabled => m
+                .event_names
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Which biller a request configures: they differ in defaults and in what they accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BillerKind {
+    Stripe,
+    Polar,
+}
+
+impl IntegrationRequest {
+    /// Checks every field and fills the defaults.
+    pub fn parse(self, kind: BillerKind) -> Result<IntegrationConfig, FieldError> {
+        secrets(&self.webhook_secrets, kind)?;
+        let (user_default, account_default): (&[&str], &[&str]) = match kind {
+            BillerKind::Stripe => (&["client_reference_id", "metadata.user_id"], &["metadata.account_id"]),
+            BillerKind::Polar => (
+                &["customer.external_id", "metadata.user_id"],
+                &["metadata.account_id"],
+            ),
+        };
+        let paths = |field: &str, given: Option<Vec<String>>, default: &[&str]| {
+            let list = given.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+            source_paths(field, &list).map(|()| list)
+        };
+        let user_id_from = paths("userIdFrom", self.user_id_from, user_default)?;
+        let account_id_from = paths("accountIdFrom", self.account_id_from, account_default)?;
+        let tolerance_seconds = self.tolerance_seconds.unwrap_or(TOLERANCE_SECONDS_DEFAULT);
+        if tolerance_seconds == 0 || tolerance_seconds > TOLERANCE_SECONDS_MAX {
+            return Err(FieldError::new(
+                "toleranceSeconds",
+                format!("must be 1-{TOLERANCE_SECONDS_MAX}"),
+            ));
+        }
+        let meter_forwarding = match (self.meter_forwarding, kind) {
+            (None, _) => None,
+            (Some(_), BillerKind::Polar) => {
+                return Err(FieldError::new(
+                    "meterForwarding",
+                    "meter forwarding goes to Stripe; set it on the Stripe integration",
+                ))
+            }
+            (Some(m), BillerKind::Stripe) => Some(forwarding(m)?),
+        };
+        Ok(IntegrationConfig {
+            webhook_secrets: self.webhook_secrets,
+            user_id_from,
+            account_id_from,
+            tolerance_seconds,
+            meter_forwarding,
+        })
+    }
+}
+
+fn printable(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn secrets(list: &[String], kind: BillerKind) -> Result<(), FieldError> {
+    if list.is_empty() || list.len() > WEBHOOK_SECRETS_MAX {
+        return Err(FieldError::new(
+            "webhookSecrets",
+            format!("give 1-{WEBHOOK_SECRETS_MAX} signing secrets"),
+        ));
+    }
+    for (i, secret) in list.iter().enumerate() {
+        let path = index_path("webhookSecrets", i);
+        if !printable(secret) || secret.len() > WEBHOOK_SECRET_BYTES_MAX {
+            return Err(FieldError::new(
+                path,
+                format!("must be 1-{WEBHOOK_SECRET_BYTES_MAX} printable ASCII characters"),
+            ));
+        }
+        if kind == BillerKind::Stripe && !secret.starts_with("whsec_") {
+            return Err(FieldError::new(
+                path,
+                "a Stripe signing secret starts with whsec_ (Developers → Webhooks → the \
+                 endpoint → Signing secret); an API key (sk_…) is not one",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn source_paths(field: &str, list: &[String]) -> Result<(), FieldError> {
+    if list.len() > SOURCE_PATHS_MAX {
+        return Err(FieldError::new(
+            field,
+            format!("at most {SOURCE_PATHS_MAX} paths"),
+        ));
+    }
+    for (i, path) in list.iter().enumerate() {
+        let ok = !path.is_empty()
+            && path.len() <= SOURCE_PATH_BYTES_MAX
+            && path.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if !ok {
+            return Err(FieldError::new(
+                index_path(field, i),
+                format!(
+                    "must be a dotted path of A-Z a-z 0-9 _ - names, at most \
+                     {SOURCE_PATH_BYTES_MAX} bytes (e.g. metadata.user_id)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn forwarding(m: MeterForwardingRequest) -> Result<MeterForwardingConfig, FieldError> {
+    if let Some(key) = &m.api_key {
+        if !printable(key) || key.len() > STRIPE_API_KEY_BYTES_MAX {
+            return Err(FieldError::new(
+                "meterForwarding.apiKey",
+                format!("must be 1-{STRIPE_API_KEY_BYTES_MAX} printable ASCII characters"),
+            ));
+        }
+    }
+    if m.enabled && m.api_key.is_none() {
+        return Err(FieldError::new(
+            "meterForwarding.apiKey",
+            "forwarding needs a Stripe API key that may write meter events",
+        ));
+    }
+    let api_base = m
+        .api_base
+        .unwrap_or_else(|| STRIPE_API_BASE_DEFAULT.to_string());
+    let scheme_ok = api_base.starts_with("https://") || api_base.starts_with("http://");
+    if !scheme_ok || !printable(&api_base) || api_base.len() > API_BASE_BYTES_MAX {
+        return Err(FieldError::new(
+            "meterForwarding.apiBase",
+            format!("must be an http(s) URL of at most {API_BASE_BYTES_MAX} bytes"),
+        ));
+    }
+    if m.event_names.len() > METER_EVENT_NAMES_MAX {
+        return Err(FieldError::new(
+            "meterForwarding.eventNames",
+            format!("at most {METER_EVENT_NAMES_MAX} event names"),
+        ));
+    }
+    for (event, meter) in &m.event_names {
+        let path = format!("meterForwarding.eventNames.{event}");
+        tollgate_core::input::EventName::parse(event.clone())
+            .map_err(|e| FieldError::new(&path, e.to_string()))?;
+        if !printable(meter) || meter.len() > METER_EVENT_NAME_BYTES_MAX {
+            return Err(FieldError::new(
+                path,
+                format!("a meter event name is 1-{METER_EVENT_NAME_BYTES_MAX} printable characters"),
+            ));
+        }
+    }
+    Ok(MeterForwardingConfig {
+        enabled: m.enabled,
+        api_key: m.api_key,
+        api_base: api_base.trim_end_matches('/').to_string(),
+        event_names: m.event_names,
+    })
+}
+
+/// A secret as answers show it: its prefix and last four characters.
+pub fn mask(secret: &str) -> String {
+    let prefix = ["whsec_", "polar_whs_", "sk_test_", "sk_live_", "rk_test_", "rk_live_"]
+        .into_iter()
+        .find(|p| secret.starts_with(p))
+        .unwrap_or("");
+    let tail: String = {
+        let chars: Vec<char> = secret.chars().collect();
+        let from = chars.len().saturating_sub(4).max(prefix.len());
+        chars[from..].iter().collect()
+    };
+    format!("{prefix}…{tail}")
+}
+
+/// An integration as answered (secrets masked).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrationResponse {
+    pub endpoint_id: String,
+    /// Where the biller posts: `/webhooks/{biller}/{endpointId}` on this server.
+    pub webhook_path: String,
+    /// Masked: the prefix and the last four characters.
+    pub webhook_secrets: Vec<String>,
+    pub user_id_from: Vec<String>,
+    pub account_id_from: Vec<String>,
+    pub tolerance_seconds: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meter_forwarding: Option<MeterForwardingView>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterForwardingView {
+    pub enabled: bool,
+    /// Masked.
+    pub api_key: Option<String>,
+    pub api_base: String,
+    pub event_names: BTreeMap<String, String>,
+}
+
+impl IntegrationResponse {
+    pub fn new(
+        config: &IntegrationConfig,
+        (biller, endpoint_id): (&str, &str),
+        updated_at: String,
+    ) -> Self {
+        Self {
+            endpoint_id: endpoint_id.to_string(),
+            webhook_path: format!("/webhooks/{biller}/{endpoint_id}"),
+            webhook_secrets: config.webhook_secrets.iter().map(|s| mask(s)).collect(),
+            user_id_from: config.user_id_from.clone(),
+            account_id_from: config.account_id_from.clone(),
+            tolerance_seconds: config.tolerance_seconds,
+            meter_forwarding: config
+                .meter_forwarding
+                .as_ref()
+                .map(|m| MeterForwardingView {
+                    enabled: m.enabled,
+                    api_key: m.api_key.as_deref().map(mask),
+                    api_base: m.api_base.clone(),
+                    event_names: m.event_names.clone(),
+                }),
+            updated_at,
+        }
+    }
+}
+
+/// `PUT /v1/integrations/{biller}/customers/{customerId}`: exactly one of the two.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CustomerMappingRequest {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub account_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerMappingResponse {
+    pub customer_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// Events that waited on this customer and were applied now.
+    pub replayed: Vec<WebhookAnswer>,
+}
+
+/// The answer to a biller's delivery (and to a replay).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookAnswer {
+    pub received: bool,
+    /// It changed a subscription, a mapping or granted credits just now.
+    pub applied: bool,
+    /// `applied`, `ignored`, `stale`, `unresolved`, `failed`.
+    pub status: String,
+    /// Received before: nothing was done again.
+    pub duplicate: bool,
+    pub event_id: String,
+    /// What happened, in a sentence.
+    pub note: String,
+}
+
+/// A received biller event, as `GET /v1/integrations/{biller}/events` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BillerEventView {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub received_at: String,
+    pub customer_id: Option<String>,
+    pub status: String,
+    pub note: String,
+    pub deliveries: u32,
+    /// The raw body as received; only `GET …/events/{eventId}` shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BillerEventsResponse {
+    pub events: Vec<BillerEventView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A usage event on its way to a Stripe meter.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterEventView {
+    /// The usage event, sent to Stripe as `identifier`.
+    pub event_id: String,
+    pub meter_event_name: String,
+    pub user_id: String,
+    pub value: u64,
+    pub occurred_at: String,
+    /// `pending`, `delivered`, `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterEventsResponse {
+    pub meter_events: Vec<MeterEventView>,
+    pub next_cursor: Option<String>,
+}
+
+/// What a subscription whose renewal payment failed keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PastDue {
+    /// Keep the plan while the biller retries the payment.
+    #[default]
+    Keep,
+    /// End the subscription at once (the default plan applies); a recovery brings it back.
+    End,
+}
+
+/// `GET /v1/settings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default)]
+    pub past_due: PastDue,
+}
+
+/// `PATCH /v1/settings`: only the fields given change.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingsPatch {
+    #[serde(default)]
+    pub past_due: Option<PastDue>,
+}
+
+impl Settings {
+    /// Reads stored settings back (unknown fields ignored).
+    pub fn from_stored(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn to_stored(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn apply(&mut self, patch: SettingsPatch) {
+        if let Some(p) = patch.past_due {
+            self.past_due = p;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> IntegrationRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn stripe_defaults_and_refusals() {
+        let c = request(r#"{"webhookSecrets": ["whsec_abc"]}"#)
+            .parse(BillerKind::Stripe)
+            .unwrap();
+        assert_eq!(c.user_id_from, ["client_reference_id", "metadata.user_id"]);
+        assert_eq!(c.tolerance_seconds, 300);
+        let e = request(r#"{"webhookSecrets": ["sk_test_abc"]}"#)
+            .parse(BillerKind::Stripe)
+            .unwrap_err();
+        assert_eq!(e.field, "webhookSecrets[0]");
+        let e = request(r#"{"webhookSecrets": []}"#)
+            .parse(BillerKind::Stripe)
+            .unwrap_err();
+        assert_eq!(e.field, "webhookSecrets");
+        let e = request(r#"{"webhookSecrets": ["whsec_a"], "toleranceSeconds": 3601}"#)
+            .parse(BillerKind::Stripe)
+            .unwrap_err();
+        assert_eq!(e.field, "toleranceSeconds");
+        let e = request(r#"{"webhookSecrets": ["whsec_a"], "userIdFrom": ["metadata..x"]}"#)
+            .parse(BillerKind::Stripe)
+            .unwrap_err();
+        assert_eq!(e.field, "userIdFrom[0]");
+        let e = request(r#"{"webhookSecrets": ["whsec_a"], "meterForwarding": {"enabled": true}}"#)
+            .parse(BillerKind::Stripe)
+            .unwrap_err();
+        assert_eq!(e.field, "meterForwarding.apiKey");
+    }
+
+    #[test]
+    fn polar_takes_any_secret_and_no_forwarding() {
+        let c = request(r#"{"webhookSecrets": ["polar_whs_abc"]}"#)
+            .parse(BillerKind::Polar)
+            .unwrap();
+        assert_eq!(c.user_id_from[0], "customer.external_id");
+        let e = request(
+            r#"{"webhookSecrets": ["whsec_a"], "meterForwarding": {"enabled": false}}"#,
+        )
+        .parse(BillerKind::Polar)
+        .unwrap_err();
+        assert_eq!(e.field, "meterForwarding");
+    }
+
+    #[test]
+    fn masks_keep_prefix_and_last_four() {
+        assert_eq!(mask("whsec_abcdefgh1234"), "whsec_…1234");
+        assert_eq!(mask("whsec_ab"), "whsec_…ab");
+        assert_eq!(mask("sk_test_51Habc9999"), "sk_test_…9999");
+    }
+
+    #[test]
+    fn forwarded_pairs_only_while_enabled() {
+        let c = request(
+            r#"{"webhookSecrets": ["whsec_a"], "meterForwarding": {"enabled": true,
+                "apiKey": "sk_test_x", "apiBase": "http://127.0.0.1:9/",
+                "eventNames": {"image.render": "images"}}}"#,
+        )
+        .parse(BillerKind::Stripe)
+        .unwrap();
+        assert_eq!(c.forwarded(), [("image.render".into(), "images".into())]);
+        assert_eq!(c.meter_forwarding.as_ref().unwrap().api_base, "http://127.0.0.1:9");
+        let stored = IntegrationConfig::from_stored(&c.to_stored()).unwrap();
+        assert_eq!(stored, c);
+    }
+}
