@@ -9,7 +9,7 @@
 
 use super::*;
 use tollgate_core::biller::{
-    self, BillerFact, OwnerHint, Purchase, SubscriptionChange, SubscriptionSnapshot,
+    self, BillerFact, BillerStatus, OwnerHint, Purchase, SubscriptionChange, SubscriptionSnapshot,
 };
 
 /// Days a received event is kept: deduplication needs its id through Stripe's 3-day retries.
@@ -215,8 +215,11 @@ fn apply_snapshot(
     let owner = owner_of(&subject)?;
     let change =
         biller::subscription_change(&cmd.plans, biller, snap, cmd.past_due, cmd.now);
-    let (applied, ended) = match change {
-        SubscriptionChange::Nothing { note } => (Applied::new(BillerEventStatus::Ignored, note), false),
+    // Only a terminal status ends the biller subscription for good: a paused one resumes, and
+    // one ended by the `pastDue: end` policy recovers.
+    let ended = snap.status == BillerStatus::Ended;
+    let applied = match change {
+        SubscriptionChange::Nothing { note } => Applied::new(BillerEventStatus::Ignored, note),
         SubscriptionChange::Upsert(req) => {
             let outcome = upsert_subscription(
                 tx,
@@ -231,8 +234,16 @@ fn apply_snapshot(
             } else {
                 format!("{} was on plan {} already; nothing changed", describe(&subject), req.plan_id)
             };
-            (Applied::new(BillerEventStatus::Applied, what), false)
+            Applied::new(BillerEventStatus::Applied, what)
         }
+        SubscriptionChange::End { .. } if known.is_none() => Applied::new(
+            BillerEventStatus::Ignored,
+            format!(
+                "subscription {} never gave {} a plan; nothing to end",
+                snap.subscription_id,
+                describe(&subject)
+            ),
+        ),
         SubscriptionChange::End { at } => {
             let others = tx.live_biller_subscriptions(env, biller, &subject)?;
             if others.iter().any(|id| *id != snap.subscription_id) {
@@ -242,9 +253,9 @@ fn apply_snapshot(
                     describe(&subject),
                     biller.as_str()
                 );
-                (Applied::new(BillerEventStatus::Applied, note), true)
+                Applied::new(BillerEventStatus::Applied, note)
             } else {
-                (end_subscription(tx, cmd, &owner, at)?, true)
+                end_subscription(tx, cmd, &owner, at)?
             }
         }
     };
