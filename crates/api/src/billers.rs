@@ -125,7 +125,10 @@ impl IntegrationRequest {
     pub fn parse(self, kind: BillerKind) -> Result<IntegrationConfig, FieldError> {
         secrets(&self.webhook_secrets, kind)?;
         let (user_default, account_default): (&[&str], &[&str]) = match kind {
-            BillerKind::Stripe => (&["client_reference_id", "metadata.user_id"], &["metadata.account_id"]),
+            BillerKind::Stripe => (
+                &["client_reference_id", "metadata.user_id"],
+                &["metadata.account_id"],
+            ),
             BillerKind::Polar => (
                 &["customer.external_id", "metadata.user_id"],
                 &["metadata.account_id"],
@@ -261,7 +264,9 @@ fn forwarding(m: MeterForwardingRequest) -> Result<MeterForwardingConfig, FieldE
         if !printable(meter) || meter.len() > METER_EVENT_NAME_BYTES_MAX {
             return Err(FieldError::new(
                 path,
-                format!("a meter event name is 1-{METER_EVENT_NAME_BYTES_MAX} printable characters"),
+                format!(
+                    "a meter event name is 1-{METER_EVENT_NAME_BYTES_MAX} printable characters"
+                ),
             ));
         }
     }
@@ -275,10 +280,17 @@ fn forwarding(m: MeterForwardingRequest) -> Result<MeterForwardingConfig, FieldE
 
 /// A secret as answers show it: its prefix and last four characters.
 pub fn mask(secret: &str) -> String {
-    let prefix = ["whsec_", "polar_whs_", "sk_test_", "sk_live_", "rk_test_", "rk_live_"]
-        .into_iter()
-        .find(|p| secret.starts_with(p))
-        .unwrap_or("");
+    let prefix = [
+        "whsec_",
+        "polar_whs_",
+        "sk_test_",
+        "sk_live_",
+        "rk_test_",
+        "rk_live_",
+    ]
+    .into_iter()
+    .find(|p| secret.starts_with(p))
+    .unwrap_or("");
     let tail: String = {
         let chars: Vec<char> = secret.chars().collect();
         let from = chars.len().saturating_sub(4).max(prefix.len());
@@ -516,11 +528,10 @@ mod tests {
             .parse(BillerKind::Polar)
             .unwrap();
         assert_eq!(c.user_id_from[0], "customer.external_id");
-        let e = request(
-            r#"{"webhookSecrets": ["whsec_a"], "meterForwarding": {"enabled": false}}"#,
-        )
-        .parse(BillerKind::Polar)
-        .unwrap_err();
+        let e =
+            request(r#"{"webhookSecrets": ["whsec_a"], "meterForwarding": {"enabled": false}}"#)
+                .parse(BillerKind::Polar)
+                .unwrap_err();
         assert_eq!(e.field, "meterForwarding");
     }
 
@@ -541,7 +552,10 @@ mod tests {
         .parse(BillerKind::Stripe)
         .unwrap();
         assert_eq!(c.forwarded(), [("image.render".into(), "images".into())]);
-        assert_eq!(c.meter_forwarding.as_ref().unwrap().api_base, "http://127.0.0.1:9");
+        assert_eq!(
+            c.meter_forwarding.as_ref().unwrap().api_base,
+            "http://127.0.0.1:9"
+        );
         let stored = IntegrationConfig::from_stored(&c.to_stored()).unwrap();
         assert_eq!(stored, c);
     }

@@ -44,7 +44,12 @@ pub enum IntegrationsCommand {
         /// The biller's customer id (cus_… on Stripe)
         customer_id: String,
         /// The app's user id
-        #[arg(long, value_name = "USER_ID", conflicts_with = "account", required_unless_present = "account")]
+        #[arg(
+            long,
+            value_name = "USER_ID",
+            conflicts_with = "account",
+            required_unless_present = "account"
+        )]
         user: Option<String>,
         /// An account id
         #[arg(long, value_name = "ACCOUNT_ID")]
@@ -226,7 +231,13 @@ pub async fn integrations(command: IntegrationsCommand) -> Result<()> {
                 (None, Some(a)) => json!({ "accountId": a }),
                 (None, None) => bail!("give --user or --account"),
             };
-            let path = ["v1", "integrations", biller.name(), "customers", &customer_id];
+            let path = [
+                "v1",
+                "integrations",
+                biller.name(),
+                "customers",
+                &customer_id,
+            ];
             let answer = remote.call(Method::PUT, &path, &[], Some(&body)).await?;
             println!("{customer_id} mapped");
             for replayed in answer["replayed"].as_array().into_iter().flatten() {
@@ -285,7 +296,14 @@ pub async fn webhooks(command: WebhooksCommand) -> Result<()> {
             json,
         } => {
             let remote = Remote::with_key(&remote)?;
-            let path = ["v1", "integrations", biller.name(), "events", &event_id, "replay"];
+            let path = [
+                "v1",
+                "integrations",
+                biller.name(),
+                "events",
+                &event_id,
+                "replay",
+            ];
             let answer = remote.call(Method::POST, &path, &[], None).await?;
             if json {
                 return print_json(&answer);

@@ -113,7 +113,9 @@ pub enum BillerFact {
         owner: OwnerHint,
     },
     /// Acknowledged, changes nothing (`note` says why).
-    Ignored { note: String },
+    Ignored {
+        note: String,
+    },
 }
 
 /// A verified, parsed biller event.
@@ -147,7 +149,9 @@ impl PastDuePolicy {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Keep, Self::End].into_iter().find(|p| p.as_str() == s)
+        [Self::Keep, Self::End]
+            .into_iter()
+            .find(|p| p.as_str() == s)
     }
 }
 
@@ -156,9 +160,13 @@ impl PastDuePolicy {
 pub enum SubscriptionChange {
     Upsert(UpsertRequest),
     /// Ends the subscription at `at` (now or earlier: at once).
-    End { at: Timestamp },
+    End {
+        at: Timestamp,
+    },
     /// Changes nothing (`note` says why).
-    Nothing { note: String },
+    Nothing {
+        note: String,
+    },
 }
 
 /// What a biller id sells.
@@ -186,22 +194,26 @@ impl BillerIds {
 
     /// The plan a price sells: the first plan listing its id (or, on Stripe, its lookup key).
     pub fn plan_for(&self, biller: Biller, price: &BillerPrice) -> Option<&str> {
-        self.of(biller).iter().find_map(|(id, target)| match target {
-            BillerTarget::Plan(plan)
-                if *id == price.id || price.lookup_key.as_deref() == Some(id.as_str()) =>
-            {
-                Some(plan.as_str())
-            }
-            _ => None,
-        })
+        self.of(biller)
+            .iter()
+            .find_map(|(id, target)| match target {
+                BillerTarget::Plan(plan)
+                    if *id == price.id || price.lookup_key.as_deref() == Some(id.as_str()) =>
+                {
+                    Some(plan.as_str())
+                }
+                _ => None,
+            })
     }
 
     /// The pack a price or product buys.
     pub fn pack_for(&self, biller: Biller, price_id: &str) -> Option<&str> {
-        self.of(biller).iter().find_map(|(id, target)| match target {
-            BillerTarget::Pack(pack) if id == price_id => Some(pack.as_str()),
-            _ => None,
-        })
+        self.of(biller)
+            .iter()
+            .find_map(|(id, target)| match target {
+                BillerTarget::Pack(pack) if id == price_id => Some(pack.as_str()),
+                _ => None,
+            })
     }
 }
 
@@ -302,4 +314,199 @@ pub fn subscription_change(
         source: biller.as_str().to_string(),
         ..UpsertRequest::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Plan, UnmatchedEvents};
+    use crate::window::{BillingInterval, IntervalUnit};
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn doc() -> PlanDocument {
+        let plan = |id: &str, seats| Plan {
+            id: id.into(),
+            billing: BillingInterval {
+                unit: IntervalUnit::Month,
+                count: 1,
+            },
+            seats,
+            limits: Vec::new(),
+        };
+        let plans = vec![plan("free", None), plan("pro", None), plan("team", Some(3))];
+        let mut d =
+            PlanDocument::new(Some("free".into()), None, UnmatchedEvents::Deny, plans).unwrap();
+        d.biller_ids.stripe = vec![
+            ("price_pro".into(), BillerTarget::Plan("pro".into())),
+            ("pro_lookup".into(), BillerTarget::Plan("pro".into())),
+            ("price_team".into(), BillerTarget::Plan("team".into())),
+            ("price_pack".into(), BillerTarget::Pack("pack".into())),
+        ];
+        d
+    }
+
+    fn snap(price: &str, status: BillerStatus) -> SubscriptionSnapshot {
+        SubscriptionSnapshot {
+            subscription_id: "sub_1".into(),
+            customer_id: Some("cus_1".into()),
+            owner: None,
+            status,
+            prices: vec![
+                BillerPrice {
+                    id: "price_addon".into(),
+                    lookup_key: None,
+                    quantity: Some(1),
+                    period: Some((ts("2026-11-15T00:00:00Z"), ts("2026-12-15T00:00:00Z"))),
+                },
+                BillerPrice {
+                    id: price.into(),
+                    lookup_key: None,
+                    quantity: Some(4),
+                    period: Some((ts("2026-11-01T00:00:00Z"), ts("2026-12-01T00:00:00Z"))),
+                },
+            ],
+            period: None,
+            cancel_at_period_end: false,
+            cancel_at: None,
+            ended_at: None,
+            seats: None,
+        }
+    }
+
+    fn upsert(change: SubscriptionChange) -> UpsertRequest {
+        match change {
+            SubscriptionChange::Upsert(r) => r,
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+
+    const NOW: &str = "2026-11-20T00:00:00Z";
+
+    #[test]
+    fn the_mapped_item_decides_plan_and_window_not_the_first_item() {
+        let r = upsert(subscription_change(
+            &doc(),
+            Biller::Stripe,
+            &snap("price_pro", BillerStatus::Active),
+            PastDuePolicy::Keep,
+            ts(NOW),
+        ));
+        assert_eq!(r.plan_id, "pro");
+        assert_eq!(r.cycle_start, Some(ts("2026-11-01T00:00:00Z")));
+        assert_eq!(
+            r.ends_at,
+            Some(None),
+            "no cancel: a scheduled end is cleared"
+        );
+        assert_eq!(r.status, Some(SubscriptionStatus::Active));
+        assert_eq!(r.source, "stripe");
+    }
+
+    #[test]
+    fn lookup_keys_map_and_unmapped_prices_change_nothing() {
+        let mut s = snap("price_other", BillerStatus::Active);
+        let change = subscription_change(&doc(), Biller::Stripe, &s, PastDuePolicy::Keep, ts(NOW));
+        assert!(
+            matches!(&change, SubscriptionChange::Nothing { note } if note.contains("price_other")),
+            "{change:?}"
+        );
+        s.prices[1].lookup_key = Some("pro_lookup".into());
+        let r = upsert(subscription_change(
+            &doc(),
+            Biller::Stripe,
+            &s,
+            PastDuePolicy::Keep,
+            ts(NOW),
+        ));
+        assert_eq!(r.plan_id, "pro");
+    }
+
+    #[test]
+    fn cancels_past_due_and_endings() {
+        let d = doc();
+        let now = ts(NOW);
+        let mut s = snap("price_pro", BillerStatus::Active);
+        s.cancel_at_period_end = true;
+        let r = upsert(subscription_change(
+            &d,
+            Biller::Stripe,
+            &s,
+            PastDuePolicy::Keep,
+            now,
+        ));
+        assert_eq!(
+            r.ends_at,
+            Some(Some(ts("2026-12-01T00:00:00Z"))),
+            "the period end"
+        );
+        s.cancel_at = Some(ts("2026-11-25T00:00:00Z"));
+        let r = upsert(subscription_change(
+            &d,
+            Biller::Stripe,
+            &s,
+            PastDuePolicy::Keep,
+            now,
+        ));
+        assert_eq!(r.ends_at, Some(Some(ts("2026-11-25T00:00:00Z"))));
+
+        let due = snap("price_pro", BillerStatus::PastDue);
+        let r = upsert(subscription_change(
+            &d,
+            Biller::Stripe,
+            &due,
+            PastDuePolicy::Keep,
+            now,
+        ));
+        assert_eq!(r.status, Some(SubscriptionStatus::PastDue));
+        let end = subscription_change(&d, Biller::Stripe, &due, PastDuePolicy::End, now);
+        assert!(
+            matches!(end, SubscriptionChange::End { at } if at == now),
+            "{end:?}"
+        );
+
+        let mut gone = snap("price_pro", BillerStatus::Ended);
+        gone.ended_at = Some(ts("2026-11-19T00:00:00Z"));
+        let end = subscription_change(&d, Biller::Stripe, &gone, PastDuePolicy::Keep, now);
+        assert!(
+            matches!(end, SubscriptionChange::End { at } if at == ts("2026-11-19T00:00:00Z")),
+            "{end:?}"
+        );
+        let waiting = snap("price_pro", BillerStatus::Incomplete);
+        let nothing = subscription_change(&d, Biller::Stripe, &waiting, PastDuePolicy::Keep, now);
+        assert!(
+            matches!(nothing, SubscriptionChange::Nothing { .. }),
+            "{nothing:?}"
+        );
+    }
+
+    #[test]
+    fn packs_by_id_or_by_price() {
+        let mut d = doc();
+        d.credit_packs = vec![crate::plan::CreditPack {
+            id: "pack".into(),
+            priority: 0,
+            expires_after_days: None,
+            items: Vec::new(),
+        }];
+        let mut p = Purchase {
+            payment_ref: "pi_1".into(),
+            customer_id: None,
+            owner: None,
+            pack_id: None,
+            price_ids: vec!["price_pack".into()],
+        };
+        assert_eq!(pack_for_purchase(&d, Biller::Stripe, &p), Some("pack"));
+        assert_eq!(
+            pack_for_purchase(&d, Biller::Polar, &p),
+            None,
+            "Polar's ids are its own"
+        );
+        p.pack_id = Some("nope".into());
+        assert_eq!(pack_for_purchase(&d, Biller::Stripe, &p), None);
+        p.pack_id = Some("pack".into());
+        assert_eq!(pack_for_purchase(&d, Biller::Stripe, &p), Some("pack"));
+    }
 }

@@ -72,7 +72,11 @@ async fn purge(store: &dyn Store) {
     let before = Timestamp::now() - SignedDuration::from_hours(24 * BILLER_EVENT_RETENTION_DAYS);
     match store.purge_biller_events(before).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(task = "forwarder", purged = n, "old biller events forgotten"),
+        Ok(n) => tracing::info!(
+            task = "forwarder",
+            purged = n,
+            "old biller events forgotten"
+        ),
         Err(e) => tracing::warn!(task = "forwarder", error = %e, "purging biller events failed"),
     }
 }
@@ -81,7 +85,10 @@ async fn purge(store: &dyn Store) {
 pub async fn forward_due(store: &dyn Store, client: &reqwest::Client) -> usize {
     let now = Timestamp::now();
     let lease = now + SignedDuration::from_secs(LEASE_SECONDS);
-    let rows = match store.claim_meter_events(now, lease, FORWARD_BATCH_MAX).await {
+    let rows = match store
+        .claim_meter_events(now, lease, FORWARD_BATCH_MAX)
+        .await
+    {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(task = "forwarder", error = %e, "reading the meter outbox failed");
@@ -125,7 +132,10 @@ async fn load_config(store: &dyn Store, env: EnvId) -> Option<IntegrationConfig>
 
 fn backoff(attempts: u32, env_now: Timestamp, retry_after: Option<i64>) -> Timestamp {
     let doubled = BACKOFF_FIRST_SECONDS.saturating_mul(1_i64 << attempts.min(20));
-    let wait = retry_after.unwrap_or(0).max(doubled).min(BACKOFF_MAX_SECONDS);
+    let wait = retry_after
+        .unwrap_or(0)
+        .max(doubled)
+        .min(BACKOFF_MAX_SECONDS);
     env_now + SignedDuration::from_secs(wait)
 }
 
@@ -153,7 +163,10 @@ async fn attempt(
         };
     };
     let subject = tollgate_store::procedure::user_subject(&row.user_id);
-    let customer = match store.biller_customer_of(row.env, Biller::Stripe, &subject).await {
+    let customer = match store
+        .biller_customer_of(row.env, Biller::Stripe, &subject)
+        .await
+    {
         Ok(Some(c)) => c,
         Ok(None) => {
             let why = format!(
@@ -195,7 +208,10 @@ async fn attempt(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok());
     let text = answer.text().await.unwrap_or_default();
-    let error: String = stripe_message(&text).chars().take(ERROR_CHARS_MAX).collect();
+    let error: String = stripe_message(&text)
+        .chars()
+        .take(ERROR_CHARS_MAX)
+        .collect();
     if code == 429 || status.is_server_error() {
         retry(Some(code), error, retry_after)
     } else {

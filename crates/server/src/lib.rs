@@ -73,7 +73,10 @@ pub async fn run(
         state.config.sweep_interval,
         stopped,
     ));
-    let forwarder = tokio::spawn(forwarder::run(state.store.clone(), stop_sweeper.subscribe()));
+    let forwarder = tokio::spawn(forwarder::run(
+        state.store.clone(),
+        stop_sweeper.subscribe(),
+    ));
     let app = router(state.clone());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -1,9 +1,7 @@
 //! The OpenAPI document of the API, generated from the handlers' `#[utoipa::path]` attributes
 //! and the wire types' schemas, served at `/openapi.json`.
 
-use crate::routes::{
-    accounts, admin, billers, credits, metering, plans, subscriptions, system,
-};
+use crate::routes::{accounts, admin, billers, credits, metering, plans, subscriptions, system};
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

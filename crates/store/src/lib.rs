@@ -955,14 +955,19 @@ pub struct MeterEventRow {
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MeterAttempt {
-    Delivered { status: u16 },
+    Delivered {
+        status: u16,
+    },
     /// Try again at `next_attempt_at` (429, 5xx, network, no customer mapped yet).
     Retry {
         status: Option<u16>,
         error: String,
         next_attempt_at: Timestamp,
     },
-    Failed { status: Option<u16>, error: String },
+    Failed {
+        status: Option<u16>,
+        error: String,
+    },
 }
 
 /// `GET /v1/integrations/stripe/meter-events`: newest first.
@@ -1182,8 +1187,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Integration>;
     async fn integration(&self, env: EnvId, biller: Biller) -> StoreResult<Option<Integration>>;
     /// The integration a webhook endpoint belongs to.
-    async fn endpoint(&self, biller: Biller, endpoint_id: &str)
-        -> StoreResult<Option<EndpointTarget>>;
+    async fn endpoint(
+        &self,
+        biller: Biller,
+        endpoint_id: &str,
+    ) -> StoreResult<Option<EndpointTarget>>;
     /// Maps a biller's customer to a user or an account.
     async fn put_biller_customer(
         &self,
@@ -1203,11 +1211,7 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a verified biller event (see `procedure::billers`).
     async fn apply_biller_event(&self, cmd: BillerEventCommand) -> StoreResult<BillerEventOutcome>;
     /// Records a received event whose processing failed (kept for inspection and replay).
-    async fn record_biller_failure(
-        &self,
-        env: EnvId,
-        event: StoredBillerEvent,
-    ) -> StoreResult<()>;
+    async fn record_biller_failure(&self, env: EnvId, event: StoredBillerEvent) -> StoreResult<()>;
     async fn biller_events(&self, query: BillerEventsQuery) -> StoreResult<Vec<StoredBillerEvent>>;
     async fn biller_event(
         &self,
@@ -1237,8 +1241,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn meter_events(&self, query: MeterEventsQuery) -> StoreResult<Vec<MeterEventRow>>;
     /// Sends a failed meter event again (pending, due now); `NotFound` for an unknown one.
-    async fn retry_meter_event(&self, env: EnvId, event_id: &str, now: Timestamp)
-        -> StoreResult<()>;
+    async fn retry_meter_event(
+        &self,
+        env: EnvId,
+        event_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<()>;
 
     // ---- settings
     async fn settings(&self, env: EnvId) -> StoreResult<Option<StoredSettings>>;

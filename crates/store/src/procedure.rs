@@ -34,8 +34,8 @@ pub use subscriptions::{
 };
 pub use track::{check, track, usage};
 pub use tx::{
-    BillerSnapshotRow, CounterKey, CreditHold, EventRow, HoldRow, IdempotencyRow, MeteringTx, ReservationRow,
-    WindowKind,
+    BillerSnapshotRow, CounterKey, CreditHold, EventRow, HoldRow, IdempotencyRow, MeteringTx,
+    ReservationRow, WindowKind,
 };
 
 use crate::*;

@@ -212,3 +212,30 @@ fn publishable_view_hides_private_plans_and_biller_ids() {
     assert!(public["plans"][0].get("stripePriceIds").is_none());
     assert!(public.get("costs").is_none());
 }
+
+#[test]
+fn biller_ids_map_to_plans_and_packs_once_each() {
+    use tollgate_core::biller::BillerTarget;
+    let mut doc = example();
+    doc["plans"][0]["polarProductIds"] = json!(["prod-1"]);
+    doc["creditPacks"] = json!([{"id": "pack", "stripePriceIds": ["price_pack"],
+        "items": [{"id": "i", "quantity": 5, "match": [{"event": "image.*"}]}]}]);
+    let (_, core) = apply(doc.clone()).unwrap();
+    assert_eq!(
+        core.biller_ids.stripe,
+        [
+            ("price_1".to_string(), BillerTarget::Plan("free".into())),
+            ("price_pack".to_string(), BillerTarget::Pack("pack".into())),
+        ]
+    );
+    assert_eq!(
+        core.biller_ids.polar,
+        [("prod-1".to_string(), BillerTarget::Plan("free".into()))]
+    );
+    // One price selling a plan and a pack would make a purchase ambiguous.
+    doc["creditPacks"][0]["stripePriceIds"] = json!(["price_1"]);
+    assert_eq!(error_field(doc.clone()), "creditPacks[0].stripePriceIds[0]");
+    // A stored document that has it still loads; the first listing wins.
+    let stored = plan_document_from_stored(&doc.to_string()).unwrap();
+    assert_eq!(stored.document.biller_ids.stripe.len(), 1);
+}

@@ -205,7 +205,12 @@ pub async fn put_customer(
     let replayed = match state.store.integration(env, biller).await? {
         Some(stored) => {
             let config = stored_config(&stored.config)?;
-            let target = Target { env, biller, config: &config, offset: caller.auth.clock_offset_seconds };
+            let target = Target {
+                env,
+                biller,
+                config: &config,
+                offset: caller.auth.clock_offset_seconds,
+            };
             replay_waiting(&state, &target, &customer_id).await?
         }
         None => Vec::new(),
@@ -227,11 +232,7 @@ struct Target<'a> {
 }
 
 /// Reads a verified body into an event.
-fn parse(
-    target: &Target<'_>,
-    body: &[u8],
-    webhook_id: &str,
-) -> Result<BillerEvent, ApiError> {
+fn parse(target: &Target<'_>, body: &[u8], webhook_id: &str) -> Result<BillerEvent, ApiError> {
     let sources = sources(target.config);
     let parsed = match target.biller {
         Biller::Stripe => parse_stripe(body, &sources),
@@ -408,7 +409,11 @@ pub async fn receive(
     if endpoint_id.len() > BILLER_ID_BYTES_MAX {
         return Err(unknown());
     }
-    let found = state.store.endpoint(biller, &endpoint_id).await?.ok_or_else(unknown)?;
+    let found = state
+        .store
+        .endpoint(biller, &endpoint_id)
+        .await?
+        .ok_or_else(unknown)?;
     let config = stored_config(&found.integration.config)?;
     let webhook_id = verify(biller, &config, &headers, &body).inspect_err(|e| {
         tracing::warn!(biller = biller.as_str(), endpoint_id = %endpoint_id, reason = %e,
@@ -460,7 +465,10 @@ pub struct EventsParams {
 fn limit(given: Option<usize>) -> Result<usize, ApiError> {
     match given.unwrap_or(LIST_LIMIT_DEFAULT) {
         n @ 1..=LIST_LIMIT_MAX => Ok(n),
-        _ => Err(ApiError::invalid("limit", format!("must be 1-{LIST_LIMIT_MAX}"))),
+        _ => Err(ApiError::invalid(
+            "limit",
+            format!("must be 1-{LIST_LIMIT_MAX}"),
+        )),
     }
 }
 
@@ -490,9 +498,8 @@ fn event_view(e: StoredBillerEvent, with_body: bool) -> wire::BillerEventView {
         status: e.status.as_str().to_string(),
         note: e.note,
         deliveries: e.deliveries,
-        body: with_body.then(|| {
-            serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body))
-        }),
+        body: with_body
+            .then(|| serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body))),
     }
 }
 
@@ -518,7 +525,10 @@ pub async fn list_events(
     let status = match params.status.as_deref() {
         None => None,
         Some(s) => Some(BillerEventStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid("status", "must be applied, ignored, stale, unresolved or failed")
+            ApiError::invalid(
+                "status",
+                "must be applied, ignored, stale, unresolved or failed",
+            )
         })?),
     };
     let limit = limit(params.limit)?;
@@ -596,13 +606,17 @@ pub async fn replay_event(
         .biller_event(env, biller, &event_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no {name} event {event_id:?} was received")))?;
-    let integration = state
-        .store
-        .integration(env, biller)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no {name} integration in this environment")))?;
+    let integration =
+        state.store.integration(env, biller).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no {name} integration in this environment"))
+        })?;
     let config = stored_config(&integration.config)?;
-    let target = Target { env, biller, config: &config, offset: caller.auth.clock_offset_seconds };
+    let target = Target {
+        env,
+        biller,
+        config: &config,
+        offset: caller.auth.clock_offset_seconds,
+    };
     let event = parse(&target, stored.body.as_bytes(), &stored.event_id)?;
     let customer = customer_of(&event.fact);
     let outcome = apply(&state, &target, event, (stored.body, true)).await?;
@@ -668,12 +682,13 @@ pub async fn list_meter_events(
     ApiQuery(params): ApiQuery<MeterEventsParams>,
 ) -> Result<Json<wire::MeterEventsResponse>, ApiError> {
     stripe_only(&name)?;
-    let status = match params.status.as_deref() {
-        None => None,
-        Some(s) => Some(MeterStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid("status", "must be pending, delivered or failed")
-        })?),
-    };
+    let status =
+        match params.status.as_deref() {
+            None => None,
+            Some(s) => Some(MeterStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid("status", "must be pending, delivered or failed")
+            })?),
+        };
     let limit = limit(params.limit)?;
     let mut rows = state
         .store

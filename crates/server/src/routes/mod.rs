@@ -118,7 +118,10 @@ fn routes() -> Router<AppState> {
             "/v1/integrations/{biller}/customers/{customerId}",
             put(billers::put_customer),
         )
-        .route("/v1/integrations/{biller}/events", get(billers::list_events))
+        .route(
+            "/v1/integrations/{biller}/events",
+            get(billers::list_events),
+        )
         .route(
             "/v1/integrations/{biller}/events/{eventId}",
             get(billers::get_event),

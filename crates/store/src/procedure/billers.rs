@@ -177,8 +177,7 @@ fn apply_snapshot(
     let known = tx.biller_snapshot(env, biller, &snap.subscription_id)?;
     let customer = snap.customer_id.as_deref();
     let fallback = known.as_ref().map(|k| k.subject.as_str());
-    let Some(subject) = resolve_subject(tx, cmd, (snap.owner.as_ref(), customer), fallback)?
-    else {
+    let Some(subject) = resolve_subject(tx, cmd, (snap.owner.as_ref(), customer), fallback)? else {
         return Ok(unresolved(biller, customer));
     };
     let period_start = snap
@@ -213,8 +212,7 @@ fn apply_snapshot(
         }
     }
     let owner = owner_of(&subject)?;
-    let change =
-        biller::subscription_change(&cmd.plans, biller, snap, cmd.past_due, cmd.now);
+    let change = biller::subscription_change(&cmd.plans, biller, snap, cmd.past_due, cmd.now);
     // Only a terminal status ends the biller subscription for good: a paused one resumes, and
     // one ended by the `pastDue: end` policy recovers.
     let ended = snap.status == BillerStatus::Ended;
@@ -232,7 +230,11 @@ fn apply_snapshot(
             let what = if outcome.changed {
                 format!("{} is on plan {}", describe(&subject), req.plan_id)
             } else {
-                format!("{} was on plan {} already; nothing changed", describe(&subject), req.plan_id)
+                format!(
+                    "{} was on plan {} already; nothing changed",
+                    describe(&subject),
+                    req.plan_id
+                )
             };
             Applied::new(BillerEventStatus::Applied, what)
         }
@@ -288,14 +290,26 @@ fn end_subscription(
     };
     let reason = Some(format!("{} {}", source, cmd.event.event_type));
     let subject = owner.subject();
-    match subscriptions::cancel_from(tx, (cmd.env, owner, &cmd.plans), when, (reason, source), cmd.now) {
+    match subscriptions::cancel_from(
+        tx,
+        (cmd.env, owner, &cmd.plans),
+        when,
+        (reason, source),
+        cmd.now,
+    ) {
         Ok(_) => Ok(Applied::new(
             BillerEventStatus::Applied,
-            format!("{}'s subscription ended; the default plan applies", describe(&subject)),
+            format!(
+                "{}'s subscription ended; the default plan applies",
+                describe(&subject)
+            ),
         )),
         Err(StoreError::NotFound | StoreError::AlreadyCanceled) => Ok(Applied::new(
             BillerEventStatus::Ignored,
-            format!("{} has no subscription in force; nothing changed", describe(&subject)),
+            format!(
+                "{} has no subscription in force; nothing changed",
+                describe(&subject)
+            ),
         )),
         Err(e) => Err(e),
     }
@@ -357,11 +371,18 @@ fn apply_purchase(
     match credits::grant(tx, &grant) {
         Ok(out) if out.created => Ok(Applied::new(
             BillerEventStatus::Applied,
-            format!("granted pack {pack_id} to {} (externalRef {})", describe(&subject), p.payment_ref),
+            format!(
+                "granted pack {pack_id} to {} (externalRef {})",
+                describe(&subject),
+                p.payment_ref
+            ),
         )),
         Ok(_) => Ok(Applied::new(
             BillerEventStatus::Ignored,
-            format!("payment {} was granted already; nothing granted again", p.payment_ref),
+            format!(
+                "payment {} was granted already; nothing granted again",
+                p.payment_ref
+            ),
         )),
         Err(StoreError::IdempotencyConflict) => Ok(Applied::new(
             BillerEventStatus::Ignored,

@@ -368,8 +368,11 @@ pub trait MeteringTx {
     /// Stores an integration's settings, keeping its endpoint id once made; returns it as stored.
     fn put_integration(&mut self, i: &Integration) -> StoreResult<Integration>;
     fn integration(&mut self, env: EnvId, biller: Biller) -> StoreResult<Option<Integration>>;
-    fn endpoint(&mut self, biller: Biller, endpoint_id: &str)
-        -> StoreResult<Option<EndpointTarget>>;
+    fn endpoint(
+        &mut self,
+        biller: Biller,
+        endpoint_id: &str,
+    ) -> StoreResult<Option<EndpointTarget>>;
     /// Replaces the environment's meter event names (usage event name → Stripe meter event).
     fn set_meter_names(&mut self, env: EnvId, names: &[(String, String)]) -> StoreResult<()>;
     /// The Stripe meter event a usage event is forwarded to, if forwarding names it.
@@ -446,8 +449,12 @@ pub trait MeteringTx {
     ) -> StoreResult<()>;
     fn meter_events(&mut self, q: &MeterEventsQuery) -> StoreResult<Vec<MeterEventRow>>;
     /// Makes a meter event pending and due at `now`; false if there is none.
-    fn retry_meter_event(&mut self, env: EnvId, event_id: &str, now: Timestamp)
-        -> StoreResult<bool>;
+    fn retry_meter_event(
+        &mut self,
+        env: EnvId,
+        event_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
     fn settings(&mut self, env: EnvId) -> StoreResult<Option<StoredSettings>>;
     fn put_settings(&mut self, env: EnvId, document: &str, now: Timestamp) -> StoreResult<()>;
 
