@@ -838,3 +838,43 @@ async fn committed_usage_reaches_the_stripe_meter_once_each() {
         "the event answered 500 was sent twice: {delivered:?}"
     );
 }
+
+/// Runs `tollgate ARGS --url … --key …` against `s`: (success, stdout, stderr).
+fn tollgate(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .args(["--url", &s.base_url, "--key", &s.keys.test_secret])
+        .env_remove("TOLLGATE_URL")
+        .env_remove("TOLLGATE_KEY")
+        .output()
+        .expect("run tollgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_sets_integrations_and_lists_and_replays_events() {
+    let (s, c) = TestServer::with_plans(plans()).await;
+    let (ok, out, err) = tollgate(&s, &["integrations", "set", "stripe", "--secret", STRIPE_SECRET]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("/webhooks/stripe/we_") && out.contains("whsec_…cret"), "{out}");
+    assert!(!out.contains(STRIPE_SECRET), "the secret is never printed: {out}");
+    let path = c.get("/v1/integrations/stripe").await.ok()["webhookPath"].as_str().unwrap().to_string();
+    let now = c.now().await;
+    let event = samples::stripe_subscription("evt_cli", now, "sub_c", "cus_c", None, "price_pro", "active", (now, now + 30 * DAY), true);
+    assert_eq!(deliver(&s, &path, &event).await["status"], "unresolved");
+    let (ok, out, _) = tollgate(&s, &["webhooks", "list", "stripe", "--status", "unresolved"]);
+    assert!(ok && out.contains("evt_cli") && out.contains("unresolved"), "{out}");
+    let (ok, out, err) = tollgate(&s, &["integrations", "map-customer", "stripe", "cus_c", "--user", "u_c"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("evt_cli applied"), "the waiting event applied: {out}");
+    let (ok, out, _) = tollgate(&s, &["webhooks", "replay", "stripe", "evt_cli"]);
+    assert!(ok && out.contains("evt_cli applied"), "{out}");
+    let (ok, out, _) = tollgate(&s, &["webhooks", "show", "stripe", "evt_cli"]);
+    assert!(ok && out.contains("\"sub_c\""), "the raw body: {out}");
+    let (ok, _, err) = tollgate(&s, &["integrations", "set", "stripe", "--secret", "sk_test_oops"]);
+    assert!(!ok && err.contains("whsec_"), "{err}");
+}
