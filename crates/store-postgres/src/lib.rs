@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use pool::Pool;
 use sql::{ms, ts, PgTx};
 use std::sync::Arc;
+use tollgate_core::biller::Biller;
 use tollgate_core::input::{AccountId, UserId};
 use tollgate_core::plan::PlanDocument;
 use tollgate_core::subscription::{
@@ -516,6 +517,156 @@ impl Store for PgStore {
     ) -> StoreResult<AccountView> {
         self.pool
             .run(move |tx| procedure::account_view(tx, env, &account, &plans, now))
+            .await
+    }
+
+    async fn put_integration(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        config: String,
+        forwarding: Vec<(String, String)>,
+        endpoint_id: String,
+        now: Timestamp,
+    ) -> StoreResult<Integration> {
+        let integration = Integration {
+            env,
+            biller,
+            endpoint_id,
+            config,
+            updated_at: now,
+        };
+        self.pool
+            .run(move |tx| procedure::billers::put_integration(tx, &integration, &forwarding))
+            .await
+    }
+
+    async fn integration(&self, env: EnvId, biller: Biller) -> StoreResult<Option<Integration>> {
+        self.pool.run(move |tx| tx.integration(env, biller)).await
+    }
+
+    async fn endpoint(
+        &self,
+        biller: Biller,
+        endpoint_id: &str,
+    ) -> StoreResult<Option<EndpointTarget>> {
+        let id = endpoint_id.to_string();
+        self.pool.run(move |tx| tx.endpoint(biller, &id)).await
+    }
+
+    async fn put_biller_customer(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: String,
+        owner: Owner,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let subject = owner.subject();
+        self.pool
+            .run(move |tx| tx.put_biller_customer(env, biller, &customer_id, &subject, now))
+            .await
+    }
+
+    async fn biller_customer_of(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Option<String>> {
+        let subject = subject.to_string();
+        self.pool
+            .run(move |tx| tx.biller_customer_of(env, biller, &subject))
+            .await
+    }
+
+    async fn apply_biller_event(&self, cmd: BillerEventCommand) -> StoreResult<BillerEventOutcome> {
+        self.pool
+            .run(move |tx| procedure::billers::apply_event(tx, &cmd))
+            .await
+    }
+
+    async fn record_biller_failure(&self, env: EnvId, event: StoredBillerEvent) -> StoreResult<()> {
+        self.pool
+            .run(move |tx| tx.put_biller_event(env, &event))
+            .await
+    }
+
+    async fn biller_events(&self, query: BillerEventsQuery) -> StoreResult<Vec<StoredBillerEvent>> {
+        self.pool.run(move |tx| tx.biller_events(&query)).await
+    }
+
+    async fn biller_event(
+        &self,
+        env: EnvId,
+        biller: Biller,
+        event_id: &str,
+    ) -> StoreResult<Option<StoredBillerEvent>> {
+        let id = event_id.to_string();
+        self.pool
+            .run(move |tx| tx.biller_event(env, biller, &id))
+            .await
+    }
+
+    async fn purge_biller_events(&self, before: Timestamp) -> StoreResult<usize> {
+        self.pool
+            .run(move |tx| tx.purge_biller_events(before))
+            .await
+    }
+
+    async fn claim_meter_events(
+        &self,
+        real_now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(MeterEventRow, i64)>> {
+        self.pool
+            .run(move |tx| tx.claim_meter_events(real_now, lease_until, limit))
+            .await
+    }
+
+    async fn finish_meter_event(
+        &self,
+        env: EnvId,
+        event_id: &str,
+        attempt: MeterAttempt,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let id = event_id.to_string();
+        self.pool
+            .run(move |tx| tx.finish_meter_event(env, &id, &attempt, now))
+            .await
+    }
+
+    async fn meter_events(&self, query: MeterEventsQuery) -> StoreResult<Vec<MeterEventRow>> {
+        self.pool.run(move |tx| tx.meter_events(&query)).await
+    }
+
+    async fn retry_meter_event(
+        &self,
+        env: EnvId,
+        event_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let id = event_id.to_string();
+        let found = self
+            .pool
+            .run(move |tx| tx.retry_meter_event(env, &id, now))
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    async fn settings(&self, env: EnvId) -> StoreResult<Option<StoredSettings>> {
+        self.pool.run(move |tx| tx.settings(env)).await
+    }
+
+    async fn put_settings(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<()> {
+        self.pool
+            .run(move |tx| tx.put_settings(env, &document, now))
             .await
     }
 

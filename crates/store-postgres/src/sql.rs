@@ -11,13 +11,16 @@ use jiff::Timestamp;
 use postgres::types::ToSql;
 use postgres::{Row, Statement, Transaction};
 use std::collections::{BTreeMap, HashMap};
+use tollgate_core::biller::Biller;
 use tollgate_core::input::{Metadata, StoredText};
 use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
 use tollgate_store::{
-    codec, Balance, EnvId, EventsQuery, Grant, GrantRow, GrantSource, LedgerEntry, LedgerKind,
-    Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
+    codec, Balance, BillerEventStatus, BillerEventsQuery, EndpointTarget, EnvId, EventsQuery,
+    Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, Member, MeterAttempt,
+    MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError, StoreResult,
+    StoredBillerEvent, StoredEvent, StoredSettings,
 };
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
@@ -221,6 +224,95 @@ fn ledger_entry(r: &Row) -> StoreResult<LedgerEntry> {
         event_id: r.get(11),
         external_ref: r.get(12),
         reason: r.get(13),
+    })
+}
+
+fn integration_row(r: &Row) -> StoreResult<Integration> {
+    let biller: String = r.get(1);
+    Ok(Integration {
+        env: EnvId(r.get(0)),
+        biller: Biller::parse(&biller).ok_or_else(|| corrupt("biller", &biller))?,
+        endpoint_id: r.get(2),
+        config: r.get(3),
+        updated_at: ts(r.get(4)),
+    })
+}
+
+/// The columns of a received biller event, in the order [`biller_event_row`] reads them.
+macro_rules! biller_event_columns {
+    () => {
+        "biller, event_id, event_type, received_at_ms, customer_id, status, note, body,
+         deliveries"
+    };
+}
+
+fn biller_event_row(r: &Row) -> StoreResult<StoredBillerEvent> {
+    let biller: String = r.get(0);
+    let status: String = r.get(5);
+    Ok(StoredBillerEvent {
+        biller: Biller::parse(&biller).ok_or_else(|| corrupt("biller", &biller))?,
+        event_id: r.get(1),
+        event_type: r.get(2),
+        received_at: ts(r.get(3)),
+        customer_id: r.get(4),
+        status: BillerEventStatus::parse(&status)
+            .ok_or_else(|| corrupt("biller event status", &status))?,
+        note: r.get(6),
+        body: r.get(7),
+        deliveries: u32::try_from(r.get::<_, i64>(8)).unwrap_or(u32::MAX),
+    })
+}
+
+/// The columns of a meter outbox row (of the table aliased `$t`, given with its dot), in the
+/// order [`meter_row`] reads them.
+macro_rules! meter_columns {
+    ($t:literal) => {
+        concat!(
+            $t,
+            "env_id, ",
+            $t,
+            "event_id, ",
+            $t,
+            "meter_event_name, ",
+            $t,
+            "user_id, ",
+            $t,
+            "value, ",
+            $t,
+            "occurred_at_ms, ",
+            $t,
+            "status, ",
+            $t,
+            "attempts, ",
+            $t,
+            "next_attempt_at_ms, ",
+            $t,
+            "last_status, ",
+            $t,
+            "last_error, ",
+            $t,
+            "created_at_ms"
+        )
+    };
+}
+
+fn meter_row(r: &Row) -> StoreResult<MeterEventRow> {
+    let status: String = r.get(6);
+    Ok(MeterEventRow {
+        env: EnvId(r.get(0)),
+        event_id: r.get(1),
+        meter_event_name: r.get(2),
+        user_id: r.get(3),
+        value: r.get::<_, i64>(4) as u64,
+        occurred_at: ts(r.get(5)),
+        status: MeterStatus::parse(&status).ok_or_else(|| corrupt("meter status", &status))?,
+        attempts: u32::try_from(r.get::<_, i64>(7)).unwrap_or(u32::MAX),
+        next_attempt_at: ts(r.get(8)),
+        last_status: r
+            .get::<_, Option<i64>>(9)
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: r.get(10),
+        created_at: ts(r.get(11)),
     })
 }
 
@@ -1204,6 +1296,439 @@ impl MeteringTx for PgTx<'_, '_> {
                 &key.window_key,
                 &grant_id,
             ],
+        )
+        .map(|_| ())
+    }
+
+    // ---- billers
+    fn put_integration(&mut self, i: &Integration) -> StoreResult<Integration> {
+        let row = self.query_one(
+            "INSERT INTO biller_integrations (env_id, biller, endpoint_id, config, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (env_id, biller) DO UPDATE SET
+                 config = excluded.config, updated_at_ms = excluded.updated_at_ms
+             RETURNING env_id, biller, endpoint_id, config, updated_at_ms",
+            &[
+                &i.env.0,
+                &i.biller.as_str(),
+                &i.endpoint_id,
+                &i.config,
+                &ms(i.updated_at),
+            ],
+        )?;
+        integration_row(&row)
+    }
+
+    fn integration(&mut self, env: EnvId, biller: Biller) -> StoreResult<Option<Integration>> {
+        let row = self.query_opt(
+            "SELECT env_id, biller, endpoint_id, config, updated_at_ms
+             FROM biller_integrations WHERE env_id = $1 AND biller = $2",
+            &[&env.0, &biller.as_str()],
+        )?;
+        row.as_ref().map(integration_row).transpose()
+    }
+
+    fn endpoint(
+        &mut self,
+        biller: Biller,
+        endpoint_id: &str,
+    ) -> StoreResult<Option<EndpointTarget>> {
+        let row = self.query_opt(
+            "SELECT i.env_id, i.biller, i.endpoint_id, i.config, i.updated_at_ms,
+                 e.clock_offset_s
+             FROM biller_integrations i JOIN environments e ON e.env_id = i.env_id
+             WHERE i.endpoint_id = $1 AND i.biller = $2",
+            &[&endpoint_id, &biller.as_str()],
+        )?;
+        row.map(|r| {
+            Ok(EndpointTarget {
+                clock_offset_seconds: r.get(5),
+                integration: integration_row(&r)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn set_meter_names(&mut self, env: EnvId, names: &[(String, String)]) -> StoreResult<()> {
+        self.execute("DELETE FROM meter_names WHERE env_id = $1", &[&env.0])?;
+        // A name given twice keeps its last meter rather than failing the whole write.
+        for (event, meter) in names {
+            self.execute(
+                "INSERT INTO meter_names (env_id, event, meter_event_name) VALUES ($1, $2, $3)
+                 ON CONFLICT (env_id, event) DO UPDATE SET
+                     meter_event_name = excluded.meter_event_name",
+                &[&env.0, event, meter],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn meter_name(&mut self, env: EnvId, event: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .query_opt(
+                "SELECT meter_event_name FROM meter_names WHERE env_id = $1 AND event = $2",
+                &[&env.0, &event],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn biller_customer(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(self
+            .query_opt(
+                "SELECT subject FROM biller_customers
+                 WHERE env_id = $1 AND biller = $2 AND customer_id = $3",
+                &[&env.0, &biller.as_str(), &customer_id],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn put_biller_customer(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: &str,
+        subject: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO biller_customers (env_id, biller, customer_id, subject, mapped_at_ms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (env_id, biller, customer_id) DO UPDATE SET
+                 subject = excluded.subject, mapped_at_ms = excluded.mapped_at_ms",
+            &[&env.0, &biller.as_str(), &customer_id, &subject, &ms(at)],
+        )
+        .map(|_| ())
+    }
+
+    fn biller_customer_of(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(self
+            .query_opt(
+                "SELECT customer_id FROM biller_customers
+                 WHERE env_id = $1 AND biller = $2 AND subject = $3
+                 ORDER BY mapped_at_ms DESC, customer_id DESC LIMIT 1",
+                &[&env.0, &biller.as_str(), &subject],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn biller_event(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        event_id: &str,
+    ) -> StoreResult<Option<StoredBillerEvent>> {
+        let row = self.query_opt(
+            concat!(
+                "SELECT ",
+                biller_event_columns!(),
+                " FROM biller_events WHERE env_id = $1 AND biller = $2 AND event_id = $3"
+            ),
+            &[&env.0, &biller.as_str(), &event_id],
+        )?;
+        row.as_ref().map(biller_event_row).transpose()
+    }
+
+    fn put_biller_event(&mut self, env: EnvId, e: &StoredBillerEvent) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO biller_events (env_id, biller, event_id, event_type, received_at_ms,
+                 customer_id, status, note, body, deliveries)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (env_id, biller, event_id) DO UPDATE SET
+                 event_type = excluded.event_type, received_at_ms = excluded.received_at_ms,
+                 customer_id = excluded.customer_id, status = excluded.status,
+                 note = excluded.note, body = excluded.body, deliveries = excluded.deliveries",
+            &[
+                &env.0,
+                &e.biller.as_str(),
+                &e.event_id,
+                &e.event_type,
+                &ms(e.received_at),
+                &e.customer_id,
+                &e.status.as_str(),
+                &e.note,
+                &e.body,
+                &i64::from(e.deliveries),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn biller_events(&mut self, q: &BillerEventsQuery) -> StoreResult<Vec<StoredBillerEvent>> {
+        let (before_ms, before_id) = match &q.before {
+            Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
+            None => (None, None),
+        };
+        let rows = self.query(
+            concat!(
+                "SELECT ",
+                biller_event_columns!(),
+                " FROM biller_events
+                 WHERE env_id = $1 AND biller = $2 AND ($3::text IS NULL OR status = $3)
+                   AND ($4::text IS NULL OR customer_id = $4)
+                   AND ($5::bigint IS NULL OR received_at_ms < $5
+                        OR (received_at_ms = $5 AND event_id < $6))
+                 ORDER BY received_at_ms DESC, event_id DESC LIMIT $7"
+            ),
+            &[
+                &q.env.0,
+                &q.biller.as_str(),
+                &q.status.map(BillerEventStatus::as_str),
+                &q.customer_id,
+                &before_ms,
+                &before_id,
+                &(q.limit as i64),
+            ],
+        )?;
+        rows.iter().map(biller_event_row).collect()
+    }
+
+    fn purge_biller_events(&mut self, before: Timestamp) -> StoreResult<usize> {
+        self.execute(
+            "DELETE FROM biller_events WHERE received_at_ms < $1",
+            &[&ms(before)],
+        )
+        .map(|n| n as usize)
+    }
+
+    fn biller_snapshot(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subscription_id: &str,
+    ) -> StoreResult<Option<BillerSnapshotRow>> {
+        Ok(self
+            .query_opt(
+                "SELECT subscription_id, subject, created_ms, period_start_ms, ended
+                 FROM biller_snapshots
+                 WHERE env_id = $1 AND biller = $2 AND subscription_id = $3",
+                &[&env.0, &biller.as_str(), &subscription_id],
+            )?
+            .map(|r| BillerSnapshotRow {
+                subscription_id: r.get(0),
+                subject: r.get(1),
+                created: ts(r.get(2)),
+                period_start: r.get::<_, Option<i64>>(3).map(ts),
+                ended: r.get(4),
+            }))
+    }
+
+    fn put_biller_snapshot(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        row: &BillerSnapshotRow,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO biller_snapshots (env_id, biller, subscription_id, subject, created_ms,
+                 period_start_ms, ended)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (env_id, biller, subscription_id) DO UPDATE SET
+                 subject = excluded.subject, created_ms = excluded.created_ms,
+                 period_start_ms = excluded.period_start_ms, ended = excluded.ended",
+            &[
+                &env.0,
+                &biller.as_str(),
+                &row.subscription_id,
+                &row.subject,
+                &ms(row.created),
+                &row.period_start.map(ms),
+                &row.ended,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn live_biller_subscriptions(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Vec<String>> {
+        let rows = self.query(
+            "SELECT subscription_id FROM biller_snapshots
+             WHERE env_id = $1 AND biller = $2 AND subject = $3 AND NOT ended
+             ORDER BY subscription_id",
+            &[&env.0, &biller.as_str(), &subject],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn enqueue_meter_event(&mut self, row: &MeterEventRow) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO meter_outbox (env_id, event_id, meter_event_name, user_id, value,
+                 occurred_at_ms, status, attempts, next_attempt_at_ms, last_status, last_error,
+                 created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (env_id, event_id) DO NOTHING",
+            &[
+                &row.env.0,
+                &row.event_id,
+                &row.meter_event_name,
+                &row.user_id,
+                &(row.value as i64),
+                &ms(row.occurred_at),
+                &row.status.as_str(),
+                &i64::from(row.attempts),
+                &ms(row.next_attempt_at),
+                &row.last_status.map(i64::from),
+                &row.last_error,
+                &ms(row.created_at),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn claim_meter_events(
+        &mut self,
+        real_now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(MeterEventRow, i64)>> {
+        // SKIP LOCKED: a row another node is leasing right now is left to it, so two nodes
+        // never take the same row; a lease it committed fails the re-checked condition.
+        // The bound with the largest clock offset keeps the scan to the queue's due end.
+        let rows = self.query(
+            concat!(
+                "UPDATE meter_outbox o SET lease_until_ms = $2
+                 FROM environments e
+                 WHERE e.env_id = o.env_id AND (o.env_id, o.event_id) IN (
+                     SELECT q.env_id, q.event_id FROM meter_outbox q
+                     JOIN environments qe ON qe.env_id = q.env_id
+                     WHERE q.status = 'pending'
+                       AND q.next_attempt_at_ms
+                           <= $1 + (SELECT max(clock_offset_s) FROM environments) * 1000
+                       AND q.next_attempt_at_ms <= $1 + qe.clock_offset_s * 1000
+                       AND (q.lease_until_ms IS NULL OR q.lease_until_ms <= $1)
+                     ORDER BY q.next_attempt_at_ms LIMIT $3
+                     FOR UPDATE OF q SKIP LOCKED)
+                 RETURNING ",
+                meter_columns!("o."),
+                ", e.clock_offset_s"
+            ),
+            &[&ms(real_now), &ms(lease_until), &(limit as i64)],
+        )?;
+        rows.iter()
+            .map(|r| Ok((meter_row(r)?, r.get(12))))
+            .collect()
+    }
+
+    fn finish_meter_event(
+        &mut self,
+        env: EnvId,
+        event_id: &str,
+        attempt: &MeterAttempt,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        // A retry keeps the row pending (status NULL keeps it) and moves its due time.
+        let (status, last_status, last_error, next) = match attempt {
+            MeterAttempt::Delivered { status } => {
+                (Some(MeterStatus::Delivered), Some(*status), None, None)
+            }
+            MeterAttempt::Retry {
+                status,
+                error,
+                next_attempt_at,
+            } => (
+                None,
+                *status,
+                Some(error.as_str()),
+                Some(ms(*next_attempt_at)),
+            ),
+            MeterAttempt::Failed { status, error } => (
+                Some(MeterStatus::Failed),
+                *status,
+                Some(error.as_str()),
+                None,
+            ),
+        };
+        self.execute(
+            "UPDATE meter_outbox SET attempts = attempts + 1, last_attempt_at_ms = $3,
+                 lease_until_ms = NULL, status = COALESCE($4::text, status),
+                 last_status = $5, last_error = $6,
+                 next_attempt_at_ms = COALESCE($7::bigint, next_attempt_at_ms)
+             WHERE env_id = $1 AND event_id = $2",
+            &[
+                &env.0,
+                &event_id,
+                &ms(now),
+                &status.map(MeterStatus::as_str),
+                &last_status.map(i64::from),
+                &last_error,
+                &next,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn meter_events(&mut self, q: &MeterEventsQuery) -> StoreResult<Vec<MeterEventRow>> {
+        let (before_ms, before_id) = match &q.before {
+            Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
+            None => (None, None),
+        };
+        let rows = self.query(
+            concat!(
+                "SELECT ",
+                meter_columns!(""),
+                " FROM meter_outbox
+                 WHERE env_id = $1 AND ($2::text IS NULL OR status = $2)
+                   AND ($3::bigint IS NULL OR created_at_ms < $3
+                        OR (created_at_ms = $3 AND event_id < $4))
+                 ORDER BY created_at_ms DESC, event_id DESC LIMIT $5"
+            ),
+            &[
+                &q.env.0,
+                &q.status.map(MeterStatus::as_str),
+                &before_ms,
+                &before_id,
+                &(q.limit as i64),
+            ],
+        )?;
+        rows.iter().map(meter_row).collect()
+    }
+
+    fn retry_meter_event(
+        &mut self,
+        env: EnvId,
+        event_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE meter_outbox SET status = 'pending', next_attempt_at_ms = $3,
+                 lease_until_ms = NULL
+             WHERE env_id = $1 AND event_id = $2",
+            &[&env.0, &event_id, &ms(now)],
+        )
+        .map(|n| n > 0)
+    }
+
+    fn settings(&mut self, env: EnvId) -> StoreResult<Option<StoredSettings>> {
+        Ok(self
+            .query_opt(
+                "SELECT document, updated_at_ms FROM settings WHERE env_id = $1",
+                &[&env.0],
+            )?
+            .map(|r| StoredSettings {
+                document: r.get(0),
+                updated_at: ts(r.get(1)),
+            }))
+    }
+
+    fn put_settings(&mut self, env: EnvId, document: &str, now: Timestamp) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO settings (env_id, document, updated_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (env_id) DO UPDATE SET
+                 document = excluded.document, updated_at_ms = excluded.updated_at_ms",
+            &[&env.0, &document, &ms(now)],
         )
         .map(|_| ())
     }

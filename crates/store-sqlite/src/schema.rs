@@ -294,6 +294,97 @@ CREATE TABLE rollovers (
 
 ALTER TABLE events ADD COLUMN credits_used INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 7: placeholder for the `seats` migration landing at the same time (identical entry).
+    "ALTER TABLE subscriptions ADD COLUMN seats INTEGER;",
+    r#"
+-- 8: billers (API.md §10). An environment's integration with each biller (its webhook
+-- endpoint id is unique across the install); which Stripe meter event each usage event name
+-- is forwarded to; biller customers mapped to subjects; received events (deduplication,
+-- inspection, replay; purged after 30 days); the newest snapshot applied of each biller
+-- subscription; the outbox of usage events on their way to Stripe meters (leased by a node
+-- while it sends them); the environment's settings document.
+CREATE TABLE biller_integrations (
+    env_id INTEGER NOT NULL,
+    biller TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, biller)
+);
+
+CREATE TABLE meter_names (
+    env_id INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    meter_event_name TEXT NOT NULL,
+    PRIMARY KEY (env_id, event)
+);
+
+CREATE TABLE biller_customers (
+    env_id INTEGER NOT NULL,
+    biller TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    mapped_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, biller, customer_id)
+);
+CREATE INDEX biller_customers_subject
+    ON biller_customers (env_id, biller, subject, mapped_at_ms);
+
+CREATE TABLE biller_events (
+    env_id INTEGER NOT NULL,
+    biller TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    customer_id TEXT,
+    status TEXT NOT NULL
+        CHECK (status IN ('applied', 'ignored', 'stale', 'unresolved', 'failed')),
+    note TEXT NOT NULL,
+    body TEXT NOT NULL,
+    deliveries INTEGER NOT NULL,
+    PRIMARY KEY (env_id, biller, event_id)
+);
+CREATE INDEX biller_events_time ON biller_events (env_id, biller, received_at_ms, event_id);
+CREATE INDEX biller_events_age ON biller_events (received_at_ms);
+
+CREATE TABLE biller_snapshots (
+    env_id INTEGER NOT NULL,
+    biller TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    period_start_ms INTEGER,
+    ended INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (env_id, biller, subscription_id)
+);
+CREATE INDEX biller_snapshots_subject ON biller_snapshots (env_id, biller, subject);
+
+CREATE TABLE meter_outbox (
+    env_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    meter_event_name TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    occurred_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    lease_until_ms INTEGER,
+    last_status INTEGER,
+    last_error TEXT,
+    last_attempt_at_ms INTEGER,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, event_id)
+);
+CREATE INDEX meter_outbox_due ON meter_outbox (status, next_attempt_at_ms);
+CREATE INDEX meter_outbox_time ON meter_outbox (env_id, created_at_ms, event_id);
+
+CREATE TABLE settings (
+    env_id INTEGER PRIMARY KEY,
+    document TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Brings the database to the newest schema version, each step in its own transaction.

@@ -8,13 +8,16 @@ use crate::{internal, ms, ts};
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::BTreeMap;
+use tollgate_core::biller::Biller;
 use tollgate_core::input::{Metadata, StoredText};
 use tollgate_core::plan::{Enforcement, LimitKind, Scope};
 use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus};
 use tollgate_store::procedure::*;
 use tollgate_store::{
-    codec, Balance, EnvId, EventsQuery, Grant, GrantRow, GrantSource, LedgerEntry, LedgerKind,
-    Member, ReservationStatus, StoreError, StoreResult, StoredEvent,
+    codec, Balance, BillerEventStatus, BillerEventsQuery, EndpointTarget, EnvId, EventsQuery,
+    Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, Member, MeterAttempt,
+    MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError, StoreResult,
+    StoredBillerEvent, StoredEvent, StoredSettings,
 };
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
@@ -1247,6 +1250,525 @@ impl MeteringTx for SqliteTx<'_> {
             .map(|_| ())
             .map_err(internal)
     }
+
+    // ---- billers
+    fn put_integration(&mut self, i: &Integration) -> StoreResult<Integration> {
+        let text = self
+            .0
+            .prepare_cached(
+                "INSERT INTO biller_integrations (env_id, biller, endpoint_id, config,
+                     updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (env_id, biller) DO UPDATE SET
+                     config = excluded.config, updated_at_ms = excluded.updated_at_ms
+                 RETURNING env_id, biller, endpoint_id, config, updated_at_ms",
+            )
+            .and_then(|mut st| {
+                st.query_row(
+                    params![
+                        i.env.0,
+                        i.biller.as_str(),
+                        i.endpoint_id,
+                        i.config,
+                        ms(i.updated_at)
+                    ],
+                    integration_text,
+                )
+            })
+            .map_err(internal)?;
+        integration_row(text)
+    }
+
+    fn integration(&mut self, env: EnvId, biller: Biller) -> StoreResult<Option<Integration>> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT env_id, biller, endpoint_id, config, updated_at_ms
+                 FROM biller_integrations WHERE env_id = ?1 AND biller = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![env.0, biller.as_str()], integration_text)
+                    .optional()
+            })
+            .map_err(internal)?;
+        row.map(integration_row).transpose()
+    }
+
+    fn endpoint(
+        &mut self,
+        biller: Biller,
+        endpoint_id: &str,
+    ) -> StoreResult<Option<EndpointTarget>> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT i.env_id, i.biller, i.endpoint_id, i.config, i.updated_at_ms,
+                     e.clock_offset_s
+                 FROM biller_integrations i JOIN environments e ON e.env_id = i.env_id
+                 WHERE i.endpoint_id = ?1 AND i.biller = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![endpoint_id, biller.as_str()], |r| {
+                    Ok((integration_text(r)?, r.get::<_, i64>(5)?))
+                })
+                .optional()
+            })
+            .map_err(internal)?;
+        row.map(|(text, offset)| {
+            Ok(EndpointTarget {
+                clock_offset_seconds: offset,
+                integration: integration_row(text)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn set_meter_names(&mut self, env: EnvId, names: &[(String, String)]) -> StoreResult<()> {
+        self.0
+            .prepare_cached("DELETE FROM meter_names WHERE env_id = ?1")
+            .and_then(|mut st| st.execute(params![env.0]))
+            .map_err(internal)?;
+        // A name given twice keeps its last meter rather than failing the whole write.
+        let mut st = self
+            .0
+            .prepare_cached(
+                "INSERT INTO meter_names (env_id, event, meter_event_name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (env_id, event) DO UPDATE SET
+                     meter_event_name = excluded.meter_event_name",
+            )
+            .map_err(internal)?;
+        for (event, meter) in names {
+            st.execute(params![env.0, event, meter]).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn meter_name(&mut self, env: EnvId, event: &str) -> StoreResult<Option<String>> {
+        self.0
+            .prepare_cached(
+                "SELECT meter_event_name FROM meter_names WHERE env_id = ?1 AND event = ?2",
+            )
+            .and_then(|mut st| st.query_row(params![env.0, event], |r| r.get(0)).optional())
+            .map_err(internal)
+    }
+
+    fn biller_customer(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: &str,
+    ) -> StoreResult<Option<String>> {
+        self.0
+            .prepare_cached(
+                "SELECT subject FROM biller_customers
+                 WHERE env_id = ?1 AND biller = ?2 AND customer_id = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![env.0, biller.as_str(), customer_id], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(internal)
+    }
+
+    fn put_biller_customer(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        customer_id: &str,
+        subject: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO biller_customers (env_id, biller, customer_id, subject, mapped_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (env_id, biller, customer_id) DO UPDATE SET
+                     subject = excluded.subject, mapped_at_ms = excluded.mapped_at_ms",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    biller.as_str(),
+                    customer_id,
+                    subject,
+                    ms(at)
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn biller_customer_of(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Option<String>> {
+        self.0
+            .prepare_cached(
+                "SELECT customer_id FROM biller_customers
+                 WHERE env_id = ?1 AND biller = ?2 AND subject = ?3
+                 ORDER BY mapped_at_ms DESC, customer_id DESC LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![env.0, biller.as_str(), subject], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(internal)
+    }
+
+    fn biller_event(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        event_id: &str,
+    ) -> StoreResult<Option<StoredBillerEvent>> {
+        let sql = format!(
+            "SELECT {BILLER_EVENT_COLUMNS} FROM biller_events
+             WHERE env_id = ?1 AND biller = ?2 AND event_id = ?3"
+        );
+        let row = self
+            .0
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_row(params![env.0, biller.as_str(), event_id], biller_event_text)
+                    .optional()
+            })
+            .map_err(internal)?;
+        row.map(biller_event_row).transpose()
+    }
+
+    fn put_biller_event(&mut self, env: EnvId, e: &StoredBillerEvent) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO biller_events (env_id, biller, event_id, event_type, received_at_ms,
+                     customer_id, status, note, body, deliveries)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (env_id, biller, event_id) DO UPDATE SET
+                     event_type = excluded.event_type, received_at_ms = excluded.received_at_ms,
+                     customer_id = excluded.customer_id, status = excluded.status,
+                     note = excluded.note, body = excluded.body,
+                     deliveries = excluded.deliveries",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    e.biller.as_str(),
+                    e.event_id,
+                    e.event_type,
+                    ms(e.received_at),
+                    e.customer_id,
+                    e.status.as_str(),
+                    e.note,
+                    e.body,
+                    e.deliveries,
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn biller_events(&mut self, q: &BillerEventsQuery) -> StoreResult<Vec<StoredBillerEvent>> {
+        let sql = format!(
+            "SELECT {BILLER_EVENT_COLUMNS} FROM biller_events
+             WHERE env_id = ?1 AND biller = ?2 AND (?3 IS NULL OR status = ?3)
+               AND (?4 IS NULL OR customer_id = ?4)
+               AND (?5 IS NULL OR received_at_ms < ?5
+                    OR (received_at_ms = ?5 AND event_id < ?6))
+             ORDER BY received_at_ms DESC, event_id DESC LIMIT ?7"
+        );
+        let (before_ms, before_id) = match &q.before {
+            Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
+            None => (None, None),
+        };
+        let mut st = self.0.prepare_cached(&sql).map_err(internal)?;
+        let rows = st
+            .query_map(
+                params![
+                    q.env.0,
+                    q.biller.as_str(),
+                    q.status.map(BillerEventStatus::as_str),
+                    q.customer_id,
+                    before_ms,
+                    before_id,
+                    q.limit as i64
+                ],
+                biller_event_text,
+            )
+            .map_err(internal)?;
+        rows.map(|r| biller_event_row(r.map_err(internal)?))
+            .collect()
+    }
+
+    fn purge_biller_events(&mut self, before: Timestamp) -> StoreResult<usize> {
+        self.0
+            .prepare_cached("DELETE FROM biller_events WHERE received_at_ms < ?1")
+            .and_then(|mut st| st.execute(params![ms(before)]))
+            .map_err(internal)
+    }
+
+    fn biller_snapshot(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subscription_id: &str,
+    ) -> StoreResult<Option<BillerSnapshotRow>> {
+        self.0
+            .prepare_cached(
+                "SELECT subscription_id, subject, created_ms, period_start_ms, ended
+                 FROM biller_snapshots
+                 WHERE env_id = ?1 AND biller = ?2 AND subscription_id = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![env.0, biller.as_str(), subscription_id], |r| {
+                    Ok(BillerSnapshotRow {
+                        subscription_id: r.get(0)?,
+                        subject: r.get(1)?,
+                        created: ts(r.get(2)?),
+                        period_start: r.get::<_, Option<i64>>(3)?.map(ts),
+                        ended: r.get(4)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)
+    }
+
+    fn put_biller_snapshot(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        row: &BillerSnapshotRow,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO biller_snapshots (env_id, biller, subscription_id, subject,
+                     created_ms, period_start_ms, ended)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (env_id, biller, subscription_id) DO UPDATE SET
+                     subject = excluded.subject, created_ms = excluded.created_ms,
+                     period_start_ms = excluded.period_start_ms, ended = excluded.ended",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    biller.as_str(),
+                    row.subscription_id,
+                    row.subject,
+                    ms(row.created),
+                    row.period_start.map(ms),
+                    row.ended,
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn live_biller_subscriptions(
+        &mut self,
+        env: EnvId,
+        biller: Biller,
+        subject: &str,
+    ) -> StoreResult<Vec<String>> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT subscription_id FROM biller_snapshots
+                 WHERE env_id = ?1 AND biller = ?2 AND subject = ?3 AND ended = 0
+                 ORDER BY subscription_id",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![env.0, biller.as_str(), subject], |r| r.get(0))
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn enqueue_meter_event(&mut self, row: &MeterEventRow) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO meter_outbox (env_id, event_id, meter_event_name, user_id, value,
+                     occurred_at_ms, status, attempts, next_attempt_at_ms, last_status,
+                     last_error, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (env_id, event_id) DO NOTHING",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    row.env.0,
+                    row.event_id,
+                    row.meter_event_name,
+                    row.user_id,
+                    row.value as i64,
+                    ms(row.occurred_at),
+                    row.status.as_str(),
+                    row.attempts,
+                    ms(row.next_attempt_at),
+                    row.last_status,
+                    row.last_error,
+                    ms(row.created_at),
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn claim_meter_events(
+        &mut self,
+        real_now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(MeterEventRow, i64)>> {
+        // One writer: no other transaction can take a row between the pick and the lease.
+        // The bound with the largest clock offset keeps the scan to the queue's due end.
+        let sql = format!(
+            "UPDATE meter_outbox SET lease_until_ms = ?2
+             WHERE rowid IN (
+                 SELECT o.rowid FROM meter_outbox o
+                 JOIN environments e ON e.env_id = o.env_id
+                 WHERE o.status = 'pending'
+                   AND o.next_attempt_at_ms
+                       <= ?1 + (SELECT max(clock_offset_s) FROM environments) * 1000
+                   AND o.next_attempt_at_ms <= ?1 + e.clock_offset_s * 1000
+                   AND (o.lease_until_ms IS NULL OR o.lease_until_ms <= ?1)
+                 ORDER BY o.next_attempt_at_ms LIMIT ?3)
+             RETURNING {METER_COLUMNS}, (SELECT e.clock_offset_s FROM environments e
+                 WHERE e.env_id = meter_outbox.env_id)"
+        );
+        let mut st = self.0.prepare_cached(&sql).map_err(internal)?;
+        let rows = st
+            .query_map(params![ms(real_now), ms(lease_until), limit as i64], |r| {
+                Ok((meter_text(r)?, r.get::<_, i64>(12)?))
+            })
+            .map_err(internal)?;
+        rows.map(|r| {
+            let (text, offset) = r.map_err(internal)?;
+            Ok((meter_row(text)?, offset))
+        })
+        .collect()
+    }
+
+    fn finish_meter_event(
+        &mut self,
+        env: EnvId,
+        event_id: &str,
+        attempt: &MeterAttempt,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        // A retry keeps the row pending (status NULL keeps it) and moves its due time.
+        let (status, last_status, last_error, next) = match attempt {
+            MeterAttempt::Delivered { status } => {
+                (Some(MeterStatus::Delivered), Some(*status), None, None)
+            }
+            MeterAttempt::Retry {
+                status,
+                error,
+                next_attempt_at,
+            } => (
+                None,
+                *status,
+                Some(error.as_str()),
+                Some(ms(*next_attempt_at)),
+            ),
+            MeterAttempt::Failed { status, error } => (
+                Some(MeterStatus::Failed),
+                *status,
+                Some(error.as_str()),
+                None,
+            ),
+        };
+        self.0
+            .prepare_cached(
+                "UPDATE meter_outbox SET attempts = attempts + 1, last_attempt_at_ms = ?3,
+                     lease_until_ms = NULL, status = COALESCE(?4, status), last_status = ?5,
+                     last_error = ?6, next_attempt_at_ms = COALESCE(?7, next_attempt_at_ms)
+                 WHERE env_id = ?1 AND event_id = ?2",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    env.0,
+                    event_id,
+                    ms(now),
+                    status.map(MeterStatus::as_str),
+                    last_status,
+                    last_error,
+                    next,
+                ])
+            })
+            .map(|_| ())
+            .map_err(internal)
+    }
+
+    fn meter_events(&mut self, q: &MeterEventsQuery) -> StoreResult<Vec<MeterEventRow>> {
+        let sql = format!(
+            "SELECT {METER_COLUMNS} FROM meter_outbox
+             WHERE env_id = ?1 AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR created_at_ms < ?3 OR (created_at_ms = ?3 AND event_id < ?4))
+             ORDER BY created_at_ms DESC, event_id DESC LIMIT ?5"
+        );
+        let (before_ms, before_id) = match &q.before {
+            Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
+            None => (None, None),
+        };
+        let mut st = self.0.prepare_cached(&sql).map_err(internal)?;
+        let rows = st
+            .query_map(
+                params![
+                    q.env.0,
+                    q.status.map(MeterStatus::as_str),
+                    before_ms,
+                    before_id,
+                    q.limit as i64
+                ],
+                meter_text,
+            )
+            .map_err(internal)?;
+        rows.map(|r| meter_row(r.map_err(internal)?)).collect()
+    }
+
+    fn retry_meter_event(
+        &mut self,
+        env: EnvId,
+        event_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        self.0
+            .prepare_cached(
+                "UPDATE meter_outbox SET status = 'pending', next_attempt_at_ms = ?3,
+                     lease_until_ms = NULL
+                 WHERE env_id = ?1 AND event_id = ?2",
+            )
+            .and_then(|mut st| st.execute(params![env.0, event_id, ms(now)]))
+            .map(|n| n > 0)
+            .map_err(internal)
+    }
+
+    fn settings(&mut self, env: EnvId) -> StoreResult<Option<StoredSettings>> {
+        self.0
+            .prepare_cached("SELECT document, updated_at_ms FROM settings WHERE env_id = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![env.0], |r| {
+                    Ok(StoredSettings {
+                        document: r.get(0)?,
+                        updated_at: ts(r.get(1)?),
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)
+    }
+
+    fn put_settings(&mut self, env: EnvId, document: &str, now: Timestamp) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO settings (env_id, document, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (env_id) DO UPDATE SET
+                     document = excluded.document, updated_at_ms = excluded.updated_at_ms",
+            )
+            .and_then(|mut st| st.execute(params![env.0, document, ms(now)]))
+            .map(|_| ())
+            .map_err(internal)
+    }
 }
 
 /// The columns of a grant row, in the order [`grant_text`] reads them.
@@ -1367,6 +1889,106 @@ fn ledger_entry(text: LedgerText) -> StoreResult<LedgerEntry> {
         event_id,
         external_ref,
         reason,
+    })
+}
+
+/// An integration row as stored: env, biller, endpoint id, config, updated at.
+type IntegrationText = (i64, String, String, String, i64);
+
+fn integration_text(r: &Row<'_>) -> rusqlite::Result<IntegrationText> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn integration_row(text: IntegrationText) -> StoreResult<Integration> {
+    let (env, biller, endpoint_id, config, updated_at) = text;
+    Ok(Integration {
+        env: EnvId(env),
+        biller: Biller::parse(&biller).ok_or_else(|| corrupt("biller", &biller))?,
+        endpoint_id,
+        config,
+        updated_at: ts(updated_at),
+    })
+}
+
+/// The columns of a received biller event, in the order [`biller_event_text`] reads them.
+const BILLER_EVENT_COLUMNS: &str = "biller, event_id, event_type, received_at_ms, customer_id,
+    status, note, body, deliveries";
+
+type BillerEventText = (
+    (String, String, String, i64, Option<String>),
+    (String, String, String, i64),
+);
+
+fn biller_event_text(r: &Row<'_>) -> rusqlite::Result<BillerEventText> {
+    Ok((
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+        (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+    ))
+}
+
+fn biller_event_row(text: BillerEventText) -> StoreResult<StoredBillerEvent> {
+    let ((biller, event_id, event_type, received_at, customer_id), rest) = text;
+    let (status, note, body, deliveries) = rest;
+    Ok(StoredBillerEvent {
+        biller: Biller::parse(&biller).ok_or_else(|| corrupt("biller", &biller))?,
+        status: BillerEventStatus::parse(&status)
+            .ok_or_else(|| corrupt("biller event status", &status))?,
+        event_id,
+        event_type,
+        received_at: ts(received_at),
+        customer_id,
+        note,
+        body,
+        deliveries: u32::try_from(deliveries).unwrap_or(u32::MAX),
+    })
+}
+
+/// The columns of a meter outbox row, in the order [`meter_text`] reads them.
+const METER_COLUMNS: &str = "env_id, event_id, meter_event_name, user_id, value, occurred_at_ms,
+    status, attempts, next_attempt_at_ms, last_status, last_error, created_at_ms";
+
+type MeterText = (
+    (i64, String, String, String, i64, i64),
+    (String, i64, i64, Option<i64>, Option<String>, i64),
+);
+
+fn meter_text(r: &Row<'_>) -> rusqlite::Result<MeterText> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ),
+        (
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+        ),
+    ))
+}
+
+fn meter_row(text: MeterText) -> StoreResult<MeterEventRow> {
+    let ((env, event_id, meter_event_name, user_id, value, occurred_at), rest) = text;
+    let (status, attempts, next_attempt_at, last_status, last_error, created_at) = rest;
+    Ok(MeterEventRow {
+        env: EnvId(env),
+        status: MeterStatus::parse(&status).ok_or_else(|| corrupt("meter status", &status))?,
+        event_id,
+        meter_event_name,
+        user_id,
+        value: value as u64,
+        occurred_at: ts(occurred_at),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        next_attempt_at: ts(next_attempt_at),
+        last_status: last_status.and_then(|s| u16::try_from(s).ok()),
+        last_error,
+        created_at: ts(created_at),
     })
 }
 

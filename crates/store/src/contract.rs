@@ -4,9 +4,11 @@
 //! A backend's test file calls the macro with an async constructor that returns a fresh, empty
 //! store and a guard that keeps its resources (a temp dir, a database) alive for the test.
 
+mod billers;
 mod carry;
 mod credits;
 mod credits_property;
+pub use billers::*;
 pub use carry::*;
 pub use credits::*;
 pub use credits_property::*;
@@ -46,7 +48,15 @@ macro_rules! store_contract_suite {
             grants_and_credit_holds_expire_through_the_ledger,
             revoke_by_grant_or_reference,
             credits_pay_where_no_plan_applies,
-            ledger_balances_hold_for_any_sequence
+            ledger_balances_hold_for_any_sequence,
+            biller_snapshots_apply_once_and_in_order,
+            unresolved_biller_events_apply_once_the_customer_is_mapped,
+            a_biller_purchase_grants_its_pack_once,
+            committed_usage_is_queued_for_its_stripe_meter,
+            integrations_and_settings_are_kept,
+            a_failed_biller_event_is_applied_when_retried,
+            concurrent_snapshots_of_one_subscription_end_on_the_newest,
+            concurrent_meter_claims_take_each_row_once
         );
     };
     (@each $make:path; $($name:ident),*) => {

@@ -40,7 +40,9 @@ pub fn apply_event(
     tx.lock_subjects(env, &[&key])?;
     let seen = tx.biller_event(env, ev.biller, &ev.event_id)?;
     if let Some(prev) = &seen {
-        if !cmd.replay {
+        // A delivery whose processing failed was answered 5xx so that the biller retries it:
+        // its retry is applied, not answered as a duplicate.
+        if !cmd.replay && prev.status != BillerEventStatus::Failed {
             let mut again = prev.clone();
             again.deliveries = again.deliveries.saturating_add(1);
             tx.put_biller_event(env, &again)?;
@@ -174,6 +176,10 @@ fn apply_snapshot(
     snap: &SubscriptionSnapshot,
 ) -> StoreResult<Applied> {
     let (env, biller, created) = (cmd.env, cmd.event.biller, cmd.event.created);
+    // Snapshots of one subscription (events with other ids) are applied one at a time, so the
+    // order check below reads the snapshot the previous one wrote.
+    let key = format!("{}-subscription:{}", biller.as_str(), snap.subscription_id);
+    tx.lock_subjects(env, &[&key])?;
     let known = tx.biller_snapshot(env, biller, &snap.subscription_id)?;
     let customer = snap.customer_id.as_deref();
     let fallback = known.as_ref().map(|k| k.subject.as_str());
