@@ -858,23 +858,67 @@ fn tollgate(s: &TestServer, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_sets_integrations_and_lists_and_replays_events() {
     let (s, c) = TestServer::with_plans(plans()).await;
-    let (ok, out, err) = tollgate(&s, &["integrations", "set", "stripe", "--secret", STRIPE_SECRET]);
+    let (ok, out, err) = tollgate(
+        &s,
+        &["integrations", "set", "stripe", "--secret", STRIPE_SECRET],
+    );
     assert!(ok, "{out}{err}");
-    assert!(out.contains("/webhooks/stripe/we_") && out.contains("whsec_…cret"), "{out}");
-    assert!(!out.contains(STRIPE_SECRET), "the secret is never printed: {out}");
-    let path = c.get("/v1/integrations/stripe").await.ok()["webhookPath"].as_str().unwrap().to_string();
+    assert!(
+        out.contains("/webhooks/stripe/we_") && out.contains("whsec_…cret"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(STRIPE_SECRET),
+        "the secret is never printed: {out}"
+    );
+    let path = c.get("/v1/integrations/stripe").await.ok()["webhookPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let now = c.now().await;
-    let event = samples::stripe_subscription("evt_cli", now, "sub_c", "cus_c", None, "price_pro", "active", (now, now + 30 * DAY), true);
+    let event = samples::stripe_subscription(
+        "evt_cli",
+        now,
+        "sub_c",
+        "cus_c",
+        None,
+        "price_pro",
+        "active",
+        (now, now + 30 * DAY),
+        true,
+    );
     assert_eq!(deliver(&s, &path, &event).await["status"], "unresolved");
-    let (ok, out, _) = tollgate(&s, &["webhooks", "list", "stripe", "--status", "unresolved"]);
-    assert!(ok && out.contains("evt_cli") && out.contains("unresolved"), "{out}");
-    let (ok, out, err) = tollgate(&s, &["integrations", "map-customer", "stripe", "cus_c", "--user", "u_c"]);
+    let (ok, out, _) = tollgate(
+        &s,
+        &["webhooks", "list", "stripe", "--status", "unresolved"],
+    );
+    assert!(
+        ok && out.contains("evt_cli") && out.contains("unresolved"),
+        "{out}"
+    );
+    let (ok, out, err) = tollgate(
+        &s,
+        &[
+            "integrations",
+            "map-customer",
+            "stripe",
+            "cus_c",
+            "--user",
+            "u_c",
+        ],
+    );
     assert!(ok, "{err}");
-    assert!(out.contains("evt_cli applied"), "the waiting event applied: {out}");
+    assert!(
+        out.contains("evt_cli applied"),
+        "the waiting event applied: {out}"
+    );
     let (ok, out, _) = tollgate(&s, &["webhooks", "replay", "stripe", "evt_cli"]);
     assert!(ok && out.contains("evt_cli applied"), "{out}");
     let (ok, out, _) = tollgate(&s, &["webhooks", "show", "stripe", "evt_cli"]);
     assert!(ok && out.contains("\"sub_c\""), "the raw body: {out}");
-    let (ok, _, err) = tollgate(&s, &["integrations", "set", "stripe", "--secret", "sk_test_oops"]);
+    let (ok, _, err) = tollgate(
+        &s,
+        &["integrations", "set", "stripe", "--secret", "sk_test_oops"],
+    );
     assert!(!ok && err.contains("whsec_"), "{err}");
 }
