@@ -301,6 +301,11 @@ CREATE TABLE rollovers (
 
 ALTER TABLE events ADD COLUMN credits_used BIGINT NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- 7: an account subscription's own seat cap (per-seat pricing); NULL: the plan's `seats`.
+-- BIGINT: a cap goes up to 2^32-1, past INTEGER.
+ALTER TABLE subscriptions ADD COLUMN seats BIGINT;
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

@@ -294,6 +294,10 @@ CREATE TABLE rollovers (
 
 ALTER TABLE events ADD COLUMN credits_used INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- 7: an account subscription's own seat cap (per-seat pricing); NULL: the plan's `seats`.
+ALTER TABLE subscriptions ADD COLUMN seats INTEGER;
+"#,
 ];
 
 /// Brings the database to the newest schema version, each step in its own transaction.

@@ -7,9 +7,11 @@
 mod carry;
 mod credits;
 mod credits_property;
+mod seats;
 pub use carry::*;
 pub use credits::*;
 pub use credits_property::*;
+pub use seats::*;
 
 use crate::*;
 use jiff::{SignedDuration, Timestamp};
@@ -46,7 +48,9 @@ macro_rules! store_contract_suite {
             grants_and_credit_holds_expire_through_the_ledger,
             revoke_by_grant_or_reference,
             credits_pay_where_no_plan_applies,
-            ledger_balances_hold_for_any_sequence
+            ledger_balances_hold_for_any_sequence,
+            subscription_seats_override_the_plans_cap,
+            seats_are_refused_on_a_users_subscription
         );
     };
     (@each $make:path; $($name:ident),*) => {
