@@ -22,6 +22,10 @@ pub const CANCEL_REASON_BYTES_MAX: usize = 500;
 pub const CUSTOM_LIMITS_MAX: usize = tollgate_core::plan::LIMITS_PER_PLAN_MAX;
 /// Longest `timezone` name, in bytes (the longest IANA name is about 30).
 pub const TIMEZONE_NAME_BYTES_MAX: usize = 64;
+/// Fewest `seats` an account's subscription can have (0 would let no member in).
+pub const SEATS_MIN: u32 = 1;
+/// Most `seats` an account's subscription can have.
+pub const SEATS_MAX: u32 = u32::MAX;
 /// The `source` of changes made through this API (webhooks use their biller's name).
 pub const SOURCE_API: &str = "api";
 
@@ -120,6 +124,18 @@ pub struct SubscriptionUpsertRequest {
     )]
     #[schema(value_type = Option<String>, example = "Asia/Tokyo")]
     pub timezone: Option<Option<String>>,
+    /// Accounts only: the account's seat cap for this subscription (per-seat pricing),
+    /// overriding the plan's `seats`; `null` clears it (the plan's cap applies again).
+    /// Lowering it below the current members removes nobody; new members are refused until
+    /// there is room.
+    #[serde(
+        default,
+        deserialize_with = "explicit_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    // int64: a u32 goes past OpenAPI's (signed) int32.
+    #[schema(value_type = Option<u32>, format = Int64, minimum = 1, maximum = 4294967295.0, example = 10)]
+    pub seats: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +163,7 @@ impl SubscriptionUpsertRequest {
             Some(None) => Some(None),
             Some(Some(name)) => Some(Some(zone(&name)?)),
         };
+        let seats = seats(&subject, self.seats)?;
         Ok(UpsertInput {
             subject,
             request: UpsertRequest {
@@ -156,6 +173,7 @@ impl SubscriptionUpsertRequest {
                 custom_limits,
                 status: self.status.map(CoreStatus::from),
                 timezone,
+                seats,
                 source: SOURCE_API.to_string(),
             },
         })
@@ -177,6 +195,35 @@ fn zone(name: &str) -> Result<TimeZone, FieldError> {
             format!("unknown time zone {name:?}; use an IANA name such as Asia/Tokyo"),
         )
     })
+}
+
+/// `seats` as asked: accounts only (a user's subscription has no members to cap), and
+/// `SEATS_MIN ..= SEATS_MAX` when not `null`. Taken as a u64 so a value past u32 is refused
+/// with the range, not a type error.
+fn seats(subject: &Subject, seats: Option<Option<u64>>) -> Result<Option<Option<u32>>, FieldError> {
+    let Some(seats) = seats else { return Ok(None) };
+    if let Subject::User(_) = subject {
+        return Err(FieldError::new(
+            "seats",
+            "seats cap the members of an account; give accountId, not userId",
+        ));
+    }
+    let Some(n) = seats else {
+        return Ok(Some(None));
+    };
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (SEATS_MIN..=SEATS_MAX).contains(n))
+        .map(|n| Some(Some(n)))
+        .ok_or_else(|| {
+            convert::refuse(
+                "seats",
+                InputError::OutOfRange {
+                    min: SEATS_MIN.into(),
+                    max: SEATS_MAX.into(),
+                },
+            )
+        })
 }
 
 fn custom_limits(map: BTreeMap<String, u64>) -> Result<BTreeMap<String, u64>, FieldError> {
@@ -245,6 +292,11 @@ pub struct SubscriptionResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "Asia/Tokyo")]
     pub timezone: Option<String>,
+    /// The account's seat cap bought with this subscription, overriding the plan's `seats`
+    /// while it is in force; `null` when the plan's cap applies (and always for a user).
+    #[serde(default)]
+    #[schema(required = true, format = Int64, minimum = 1, maximum = 4294967295.0, example = 10)]
+    pub seats: Option<u32>,
     #[schema(format = DateTime)]
     pub created_at: String,
     /// Whether the upsert changed anything (upsert answers only).
@@ -278,6 +330,7 @@ impl SubscriptionResponse {
                 .as_ref()
                 .and_then(|tz| tz.iana_name())
                 .map(str::to_string),
+            seats: sub.seats,
             created_at: format_timestamp(sub.created_at),
             changed,
         }
@@ -413,6 +466,32 @@ mod tests {
     }
 
     #[test]
+    fn seats_are_for_accounts_in_range_and_null_clears() {
+        let parse = |body: &str| {
+            from_json_str::<SubscriptionUpsertRequest>(body)
+                .and_then(SubscriptionUpsertRequest::parse)
+                .map(|i| i.request.seats)
+        };
+        let acct = |seats: &str| {
+            parse(&format!(
+                r#"{{"accountId":"a","planId":"t","seats":{seats}}}"#
+            ))
+        };
+        assert_eq!(acct("10").unwrap(), Some(Some(10)));
+        assert_eq!(acct("1").unwrap(), Some(Some(1)));
+        assert_eq!(acct("4294967295").unwrap(), Some(Some(u32::MAX)));
+        assert_eq!(acct("null").unwrap(), Some(None));
+        assert_eq!(parse(r#"{"accountId":"a","planId":"t"}"#).unwrap(), None);
+        for bad in ["0", "4294967296", "-1", "1.5", "\"3\""] {
+            assert_eq!(acct(bad).unwrap_err().field, "seats", "seats: {bad}");
+        }
+        for with_user in ["3", "null"] {
+            let body = format!(r#"{{"userId":"u","planId":"t","seats":{with_user}}}"#);
+            assert_eq!(parse(&body).unwrap_err().field, "seats", "{body}");
+        }
+    }
+
+    #[test]
     fn cancel_at_forms() {
         let at = |s: &str| {
             CancelRequest {
@@ -470,7 +549,8 @@ pub struct AccountMember {
 #[serde(rename_all = "camelCase")]
 pub struct Seats {
     pub used: u64,
-    /// The cap of the account's plan (`seats`), `null` when it has none.
+    /// The seat cap in force: the account's active subscription's `seats`, else its plan's;
+    /// `null` when there is none. It can be below `used` after the seats were lowered.
     pub max: Option<u32>,
 }
 

@@ -3,8 +3,9 @@
 //! limits, one pooled counter per account beside the per-seat `scope: user` counters.
 //!
 //! `team` gives each seat 50 `gen.*` a month (`gen_seat`, per user) and the whole account 120
-//! (`gen_pool`, pooled), with 3 seats. `pro` is a user plan of 500 (`gen_pro`), `free` (the
-//! default) has 5 (`gen_free`). Every window is the UTC calendar month and every test starts at
+//! (`gen_pool`, pooled), with 3 seats; `duo` is the same with 2 seats (for per-seat pricing,
+//! where the subscription's `seats` override the plan's). `pro` is a user plan of 500
+//! (`gen_pro`), `free` (the default) has 5 (`gen_free`). Every window is the UTC calendar month and every test starts at
 //! noon, so no window turns over during a test.
 
 mod common;
@@ -33,6 +34,10 @@ fn account_plans() -> Value {
         "plans": [
             {"id": "free", "limits": [gen_limit("gen_free", 5, "user")]},
             {"id": "team", "seats": 3, "limits": [
+                gen_limit("gen_seat", 50, "user"),
+                gen_limit("gen_pool", 120, "account"),
+            ]},
+            {"id": "duo", "seats": 2, "limits": [
                 gen_limit("gen_seat", 50, "user"),
                 gen_limit("gen_pool", 120, "account"),
             ]},
@@ -335,6 +340,136 @@ async fn seats_cap_the_members_and_removing_one_frees_a_seat() {
     assert_eq!(globex["subscription"], Value::Null, "{globex}");
     let acct = get_account(&c, "acme").await.ok();
     assert_eq!(member_ids(&acct), vec!["alice", "bob", "dave"]);
+}
+
+/// `POST /v1/subscriptions` for `acme` on `duo` with this `seats` member (absent when None).
+async fn subscribe_duo(c: &Client, seats: Option<Value>) -> Value {
+    let mut body = json!({"accountId": "acme", "planId": "duo"});
+    if let Some(seats) = seats {
+        body["seats"] = seats;
+    }
+    let s = c.subscribe(body).await.ok();
+    assert_eq!(
+        (&s["accountId"], &s["planId"]),
+        (&json!("acme"), &json!("duo")),
+        "{s}"
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscription_seats_override_the_plans_cap_and_lowering_removes_nobody() {
+    let (_s, c) = accounts_server().await;
+    c.advance_to_next_utc_hour(12).await;
+
+    // duo caps 2 seats; the subscription buys 3: three members join, the 4th is refused.
+    let s = subscribe_duo(&c, Some(json!(3))).await;
+    assert_eq!(
+        (&s["seats"], &s["changed"]),
+        (&json!(3), &json!(true)),
+        "{s}"
+    );
+    for user in ["alice", "bob", "carol"] {
+        add_member(&c, "acme", user).await;
+    }
+    c.put(&member_path("acme", "dave"), json!({}))
+        .await
+        .err(409, "seat_limit_reached");
+    let acct = get_account(&c, "acme").await.ok();
+    assert_eq!(member_ids(&acct), vec!["alice", "bob", "carol"], "{acct}");
+    assert_seats(&acct, 3, json!(3));
+    assert_eq!(acct["subscription"]["seats"], 3, "{acct}");
+    let g = c.get("/v1/accounts/acme/subscription").await.ok();
+    assert_eq!(g["seats"], 3, "{g}");
+
+    // Not naming seats keeps them: the same call without them is a no-op.
+    let kept = subscribe_duo(&c, None).await;
+    assert_eq!(
+        (&kept["seats"], &kept["changed"]),
+        (&json!(3), &json!(false)),
+        "{kept}"
+    );
+
+    // Lowered to 1: nobody is removed, and nobody new gets in.
+    let lowered = subscribe_duo(&c, Some(json!(1))).await;
+    assert_eq!(
+        (&lowered["seats"], &lowered["changed"]),
+        (&json!(1), &json!(true)),
+        "{lowered}"
+    );
+    let acct = get_account(&c, "acme").await.ok();
+    assert_eq!(member_ids(&acct), vec!["alice", "bob", "carol"], "{acct}");
+    assert_seats(&acct, 3, json!(1));
+    c.put(&member_path("acme", "dave"), json!({}))
+        .await
+        .err(409, "seat_limit_reached");
+    // The members keep their plan, and re-adding one is still a no-op.
+    assert_allowed(&gen(&c, "carol", 1).await, "duo");
+    add_member(&c, "acme", "bob").await;
+    // Until enough have left there is still no room: 1 member of 1 seat.
+    remove_member(&c, "acme", "bob").await;
+    remove_member(&c, "acme", "carol").await;
+    c.put(&member_path("acme", "dave"), json!({}))
+        .await
+        .err(409, "seat_limit_reached");
+    assert_seats(&get_account(&c, "acme").await.ok(), 1, json!(1));
+
+    // null clears the override: the plan's 2 again.
+    let cleared = subscribe_duo(&c, Some(Value::Null)).await;
+    assert_eq!(
+        (&cleared["seats"], &cleared["changed"]),
+        (&Value::Null, &json!(true)),
+        "{cleared}"
+    );
+    add_member(&c, "acme", "dave").await;
+    c.put(&member_path("acme", "erin"), json!({}))
+        .await
+        .err(409, "seat_limit_reached");
+    let acct = get_account(&c, "acme").await.ok();
+    assert_eq!(member_ids(&acct), vec!["alice", "dave"], "{acct}");
+    assert_seats(&acct, 2, json!(2));
+    assert_eq!(acct["subscription"]["seats"], Value::Null, "{acct}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seats_are_for_accounts_only_and_in_range() {
+    let (_s, c) = accounts_server().await;
+    c.advance_to_next_utc_hour(12).await;
+
+    // seats with userId: 400 naming `seats`, and nothing is written.
+    for seats in [json!(3), Value::Null] {
+        c.subscribe(json!({"userId": "u1", "planId": "pro", "seats": seats}))
+            .await
+            .invalid("seats");
+    }
+    c.get_subscription("u1").await.err(404, "not_found");
+    // 1 ..= 2^32-1, integers only.
+    for seats in [
+        json!(0),
+        json!(4_294_967_296_u64),
+        json!(-1),
+        json!(2.5),
+        json!("3"),
+    ] {
+        c.subscribe(json!({"accountId": "acme", "planId": "duo", "seats": seats}))
+            .await
+            .invalid("seats");
+    }
+    c.get("/v1/accounts/acme/subscription")
+        .await
+        .err(404, "not_found");
+    let top = subscribe_duo(&c, Some(json!(4_294_967_295_u64))).await;
+    assert_eq!(top["seats"], 4_294_967_295_u64, "{top}");
+    assert_eq!(
+        c.get("/v1/accounts/acme/subscription").await.ok()["seats"],
+        4_294_967_295_u64
+    );
+    // A user's subscription answers `"seats": null`.
+    let u = c
+        .subscribe(json!({"userId": "u1", "planId": "pro"}))
+        .await
+        .ok();
+    assert_eq!(u.get("seats"), Some(&Value::Null), "{u}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

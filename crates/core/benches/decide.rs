@@ -214,6 +214,7 @@ fn subscription() -> Subscription {
         ends_at: None,
         custom_limits: Default::default(),
         timezone: None,
+        seats: None,
         created_at: anchor,
     }
 }

@@ -300,7 +300,7 @@ pub fn subscription_change(
         (false, None) => None,
     };
     let per_seat = doc.plan(plan_id).is_some_and(|p| p.seats.is_some());
-    let _seats = snap
+    let seats = snap
         .seats
         .or(if per_seat { price.quantity } else { None })
         .and_then(|n| u32::try_from(n).ok())
@@ -310,7 +310,7 @@ pub fn subscription_change(
         cycle_start: period.map(|(start, _)| start),
         ends_at: Some(ends_at),
         status: Some(status),
-        // seats: seats.map(Some), (lands with subscription seats)
+        seats: seats.map(Some),
         source: biller.as_str().to_string(),
         ..UpsertRequest::default()
     })
@@ -403,6 +403,42 @@ mod tests {
         );
         assert_eq!(r.status, Some(SubscriptionStatus::Active));
         assert_eq!(r.source, "stripe");
+    }
+
+    #[test]
+    fn a_per_seat_plans_quantity_is_the_seats() {
+        let now = ts(NOW);
+        let team = snap("price_team", BillerStatus::Active);
+        let r = upsert(subscription_change(
+            &doc(),
+            Biller::Stripe,
+            &team,
+            PastDuePolicy::Keep,
+            now,
+        ));
+        assert_eq!((r.plan_id.as_str(), r.seats), ("team", Some(Some(4))));
+        let pro = snap("price_pro", BillerStatus::Active);
+        let r = upsert(subscription_change(
+            &doc(),
+            Biller::Stripe,
+            &pro,
+            PastDuePolicy::Keep,
+            now,
+        ));
+        assert_eq!(
+            r.seats, None,
+            "a plan without seats: the quantity is not seats"
+        );
+        let mut polar = pro.clone();
+        polar.seats = Some(7);
+        let r = upsert(subscription_change(
+            &doc(),
+            Biller::Stripe,
+            &polar,
+            PastDuePolicy::Keep,
+            now,
+        ));
+        assert_eq!(r.seats, Some(Some(7)), "seats given outright");
     }
 
     #[test]

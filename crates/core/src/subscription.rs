@@ -46,6 +46,10 @@ pub struct Subscription {
     /// The subscriber's own time zone: while the subscription is in force, every calendar
     /// window of its subject is counted in this zone instead of the limit's.
     pub timezone: Option<TimeZone>,
+    /// An account's seat cap bought with this subscription (per-seat pricing: the biller's
+    /// quantity). While the subscription is in force it overrides the plan's `seats`; `None`
+    /// leaves the plan's cap.
+    pub seats: Option<u32>,
     pub created_at: Timestamp,
 }
 
@@ -123,6 +127,9 @@ pub struct UpsertRequest {
     pub status: Option<SubscriptionStatus>,
     /// `Some(None)` clears the subscriber's time zone.
     pub timezone: Option<Option<TimeZone>>,
+    /// The account's seat cap for this subscription: `None` keeps what the subscription has,
+    /// `Some(None)` clears it (the plan's `seats` apply again), `Some(Some(n))` sets it.
+    pub seats: Option<Option<u32>>,
     pub source: String,
 }
 
@@ -156,6 +163,7 @@ pub fn upsert(
         ends_at: req.ends_at.flatten(),
         custom_limits: req.custom_limits.clone().unwrap_or_default(),
         timezone: req.timezone.clone().flatten(),
+        seats: req.seats.flatten(),
         created_at: now,
     };
     let Some(cur) = current else {
@@ -210,6 +218,10 @@ pub fn upsert(
     }
     if let Some(timezone) = &req.timezone {
         sub.timezone = timezone.clone();
+    }
+    // A change of seats alone is a change without a history row: the plan stays the same.
+    if let Some(seats) = req.seats {
+        sub.seats = seats;
     }
     let changed = sub != *cur;
     UpsertOutcome {
@@ -319,6 +331,15 @@ pub struct Resolved<'a> {
     /// The subject's own time zone for calendar windows: its subscription's, kept after the
     /// subscription ended (it describes the subject, not the plan).
     pub timezone: Option<&'a TimeZone>,
+}
+
+impl Resolved<'_> {
+    /// The seat cap in force for an account resolved here: its active subscription's `seats`
+    /// (per-seat pricing), else its plan's; `None` is no cap. An ended subscription's seats
+    /// no longer apply: the fallback plan's cap does.
+    pub fn seats(&self) -> Option<u32> {
+        self.subscription.and_then(|s| s.seats).or(self.plan.seats)
+    }
 }
 
 /// A subject's effective plan at `now`: its active subscription's plan, else the fallback
@@ -465,6 +486,119 @@ mod tests {
         let cleared = upsert(Some(&restarted), &clear, "x", later);
         assert!(cleared.changed);
         assert_eq!(cleared.subscription.timezone, None);
+    }
+
+    fn seats(n: Option<Option<u32>>, plan: &str) -> UpsertRequest {
+        UpsertRequest {
+            seats: n,
+            ..req(plan)
+        }
+    }
+
+    #[test]
+    fn seats_are_set_kept_changed_alone_and_cleared() {
+        let now = ts("2026-01-10T00:00:00Z");
+        let created = upsert(None, &seats(Some(Some(10)), "team"), "sub_1", now);
+        assert_eq!(created.subscription.seats, Some(10));
+        let sub = created.subscription;
+        // Not named: kept, nothing changed.
+        let kept = upsert(Some(&sub), &req("team"), "x", now);
+        assert!(!kept.changed);
+        assert_eq!(kept.subscription.seats, Some(10));
+        // The same value again: no change either.
+        let same = upsert(Some(&sub), &seats(Some(Some(10)), "team"), "x", now);
+        assert!(!same.changed);
+        // A change of seats alone: changed, with no history row.
+        let lowered = upsert(Some(&sub), &seats(Some(Some(3)), "team"), "x", now);
+        assert!(lowered.changed);
+        assert!(lowered.history.is_empty(), "{:?}", lowered.history);
+        assert_eq!(lowered.subscription.seats, Some(3));
+        assert_eq!(lowered.subscription.plan_id, "team");
+        // Kept across a plan change that does not name them.
+        let moved = upsert(Some(&lowered.subscription), &req("big"), "x", now);
+        assert_eq!(moved.subscription.seats, Some(3));
+        assert_eq!(moved.history.len(), 1);
+        assert_eq!(moved.history[0].kind, HistoryKind::PlanChanged);
+        // Null: cleared, a change without a history row.
+        let cleared = upsert(
+            Some(&lowered.subscription),
+            &seats(Some(None), "team"),
+            "x",
+            now,
+        );
+        assert!(cleared.changed);
+        assert!(cleared.history.is_empty());
+        assert_eq!(cleared.subscription.seats, None);
+        // Clearing what is not set changes nothing.
+        let again = upsert(
+            Some(&cleared.subscription),
+            &seats(Some(None), "team"),
+            "x",
+            now,
+        );
+        assert!(!again.changed);
+    }
+
+    #[test]
+    fn a_restart_after_the_end_takes_the_requests_seats() {
+        let start = ts("2026-01-10T00:00:00Z");
+        let sub = upsert(None, &seats(Some(Some(10)), "team"), "sub_1", start).subscription;
+        let ended = Subscription {
+            ends_at: Some(ts("2026-01-20T00:00:00Z")),
+            ..sub
+        };
+        let later = ts("2026-02-01T00:00:00Z");
+        let bare = upsert(Some(&ended), &req("team"), "x", later);
+        assert_eq!(bare.history[0].kind, HistoryKind::Reactivated);
+        assert_eq!(
+            bare.subscription.seats, None,
+            "the old seats do not come back"
+        );
+        let named = upsert(Some(&ended), &seats(Some(Some(4)), "team"), "x", later);
+        assert_eq!(named.subscription.seats, Some(4));
+        assert_eq!(named.subscription.id, "sub_1");
+    }
+
+    #[test]
+    fn the_seat_cap_is_the_active_subscriptions_else_the_plans() {
+        let plan = |id: &str, seats| Plan {
+            id: id.into(),
+            billing: BillingInterval {
+                unit: crate::window::IntervalUnit::Month,
+                count: 1,
+            },
+            seats,
+            limits: Vec::new(),
+        };
+        let doc = PlanDocument {
+            default_plan: Some("free".into()),
+            anonymous_plan: None,
+            unmatched_events: crate::plan::UnmatchedEvents::Deny,
+            plans: vec![plan("free", Some(1)), plan("team", Some(2))],
+            credit_packs: Vec::new(),
+            biller_ids: Default::default(),
+        };
+        let now = ts("2026-01-10T00:00:00Z");
+        let cap = |sub: &Subscription| resolve(&doc, Some(sub), "", now).unwrap().seats();
+        let plain = upsert(None, &req("team"), "sub_1", now).subscription;
+        assert_eq!(cap(&plain), Some(2), "no seats of its own: the plan's");
+        let raised = Subscription {
+            seats: Some(5),
+            ..plain.clone()
+        };
+        assert_eq!(cap(&raised), Some(5));
+        let lowered = Subscription {
+            seats: Some(1),
+            ..plain.clone()
+        };
+        assert_eq!(cap(&lowered), Some(1));
+        // Ended: the default plan's cap, not the subscription's.
+        let ended = Subscription {
+            ends_at: Some(ts("2026-01-01T00:00:00Z")),
+            ..raised
+        };
+        assert_eq!(cap(&ended), Some(1));
+        assert_eq!(resolve(&doc, None, "", now).unwrap().seats(), Some(1));
     }
 
     #[test]

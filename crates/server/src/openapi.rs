@@ -142,4 +142,23 @@ mod tests {
         assert!(doc["components"]["schemas"]["GrantRequest"].is_object());
         assert!(doc["components"]["schemas"]["LedgerEntry"].is_object());
     }
+
+    #[test]
+    fn seats_are_documented_on_the_upsert_and_every_subscription_answer() {
+        let schemas = &openapi_json()["components"]["schemas"];
+        let asked = &schemas["SubscriptionUpsertRequest"]["properties"]["seats"];
+        assert_eq!(asked["minimum"], 1, "{asked}");
+        assert_eq!(asked["maximum"], 4294967295_u64, "{asked}");
+        assert_eq!(asked["format"], "int64", "{asked}");
+        let answer = &schemas["SubscriptionResponse"];
+        let shown = &answer["properties"]["seats"];
+        assert_eq!(
+            shown["type"],
+            serde_json::json!(["integer", "null"]),
+            "{shown}"
+        );
+        assert_eq!(shown["minimum"], 1, "{shown}");
+        let required = answer["required"].as_array().expect("required");
+        assert!(required.iter().any(|r| r == "seats"), "{answer}");
+    }
 }

@@ -36,6 +36,17 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
 
+/// A stored seat cap: NULL, or a value `1 ..= u32::MAX` (anything else is corruption).
+fn stored_seats(n: Option<i64>) -> StoreResult<Option<u32>> {
+    n.map(|n| {
+        u32::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| corrupt("seats", &n.to_string()))
+    })
+    .transpose()
+}
+
 /// The advisory lock key of a subject in an environment.
 fn lock_key(env: EnvId, subject: &str) -> i64 {
     // FNV-1a over the environment and subject: stable across nodes and releases. A collision
@@ -330,7 +341,7 @@ impl MeteringTx for PgTx<'_, '_> {
     fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>> {
         let Some(r) = self.query_opt(
             "SELECT subscription_id, plan_id, status, cycle_start_ms, ends_at_ms, custom_limits,
-                    created_at_ms, timezone
+                    created_at_ms, timezone, seats
              FROM subscriptions WHERE env_id = $1 AND subject = $2",
             &[&env.0, &subject],
         )?
@@ -349,6 +360,7 @@ impl MeteringTx for PgTx<'_, '_> {
             custom_limits: serde_json::from_value(custom)
                 .map_err(|_| corrupt("custom limits", &shown))?,
             timezone: stored_zone(r.get::<_, Option<&str>>(7)),
+            seats: stored_seats(r.get(8))?,
             created_at: ts(r.get(6)),
         }))
     }
@@ -363,13 +375,14 @@ impl MeteringTx for PgTx<'_, '_> {
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         self.execute(
             "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
-                 cycle_start_ms, ends_at_ms, custom_limits, created_at_ms, timezone)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 cycle_start_ms, ends_at_ms, custom_limits, created_at_ms, timezone, seats)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (env_id, subject) DO UPDATE SET
                  subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
                  status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
                  ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
-                 created_at_ms = excluded.created_at_ms, timezone = excluded.timezone",
+                 created_at_ms = excluded.created_at_ms, timezone = excluded.timezone,
+                 seats = excluded.seats",
             &[
                 &env.0,
                 &subject,
@@ -381,6 +394,7 @@ impl MeteringTx for PgTx<'_, '_> {
                 &custom,
                 &ms(s.created_at),
                 &zone_name(s.timezone.as_ref()),
+                &s.seats.map(i64::from),
             ],
         )
         .map(|_| ())

@@ -294,8 +294,10 @@ CREATE TABLE rollovers (
 
 ALTER TABLE events ADD COLUMN credits_used INTEGER NOT NULL DEFAULT 0;
 "#,
-    // 7: placeholder for the `seats` migration landing at the same time (identical entry).
-    "ALTER TABLE subscriptions ADD COLUMN seats INTEGER;",
+    r#"
+-- 7: an account subscription's own seat cap (per-seat pricing); NULL: the plan's `seats`.
+ALTER TABLE subscriptions ADD COLUMN seats INTEGER;
+"#,
     r#"
 -- 8: billers (API.md §10). An environment's integration with each biller (its webhook
 -- endpoint id is unique across the install); which Stripe meter event each usage event name

@@ -26,6 +26,17 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
 
+/// A stored seat cap: NULL, or a value `1 ..= u32::MAX` (anything else is corruption).
+fn stored_seats(n: Option<i64>) -> StoreResult<Option<u32>> {
+    n.map(|n| {
+        u32::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| corrupt("seats", &n.to_string()))
+    })
+    .transpose()
+}
+
 pub(crate) fn metadata_json(m: &Metadata) -> String {
     serde_json::to_string(&m.to_map()).unwrap_or_else(|_| "{}".into())
 }
@@ -77,7 +88,7 @@ impl MeteringTx for SqliteTx<'_> {
             .0
             .prepare_cached(
                 "SELECT subscription_id, plan_id, status, cycle_start_ms, ends_at_ms,
-                        custom_limits, created_at_ms, timezone
+                        custom_limits, created_at_ms, timezone, seats
                  FROM subscriptions WHERE env_id = ?1 AND subject = ?2",
             )
             .and_then(|mut s| {
@@ -91,12 +102,13 @@ impl MeteringTx for SqliteTx<'_> {
                         r.get::<_, String>(5)?,
                         r.get::<_, i64>(6)?,
                         r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
                     ))
                 })
                 .optional()
             })
             .map_err(internal)?;
-        let Some((id, plan_id, status, start, ends, custom, created, zone)) = row else {
+        let Some((id, plan_id, status, start, ends, custom, created, zone, seats)) = row else {
             return Ok(None);
         };
         let custom_limits: BTreeMap<String, u64> =
@@ -109,6 +121,7 @@ impl MeteringTx for SqliteTx<'_> {
             ends_at: ends.map(ts),
             custom_limits,
             timezone: stored_zone(zone.as_deref()),
+            seats: stored_seats(seats)?,
             created_at: ts(created),
         }))
     }
@@ -124,13 +137,14 @@ impl MeteringTx for SqliteTx<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO subscriptions (env_id, subject, subscription_id, plan_id, status,
-                     cycle_start_ms, ends_at_ms, custom_limits, created_at_ms, timezone)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     cycle_start_ms, ends_at_ms, custom_limits, created_at_ms, timezone, seats)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (env_id, subject) DO UPDATE SET
                      subscription_id = excluded.subscription_id, plan_id = excluded.plan_id,
                      status = excluded.status, cycle_start_ms = excluded.cycle_start_ms,
                      ends_at_ms = excluded.ends_at_ms, custom_limits = excluded.custom_limits,
-                     created_at_ms = excluded.created_at_ms, timezone = excluded.timezone",
+                     created_at_ms = excluded.created_at_ms, timezone = excluded.timezone,
+                     seats = excluded.seats",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -144,6 +158,7 @@ impl MeteringTx for SqliteTx<'_> {
                     custom,
                     ms(s.created_at),
                     zone_name(s.timezone.as_ref()),
+                    s.seats.map(i64::from),
                 ])
             })
             .map(|_| ())

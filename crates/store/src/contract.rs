@@ -8,10 +8,12 @@ mod billers;
 mod carry;
 mod credits;
 mod credits_property;
+mod seats;
 pub use billers::*;
 pub use carry::*;
 pub use credits::*;
 pub use credits_property::*;
+pub use seats::*;
 
 use crate::*;
 use jiff::{SignedDuration, Timestamp};
@@ -56,7 +58,9 @@ macro_rules! store_contract_suite {
             integrations_and_settings_are_kept,
             a_failed_biller_event_is_applied_when_retried,
             concurrent_snapshots_of_one_subscription_end_on_the_newest,
-            concurrent_meter_claims_take_each_row_once
+            concurrent_meter_claims_take_each_row_once,
+            subscription_seats_override_the_plans_cap,
+            seats_are_refused_on_a_users_subscription
         );
     };
     (@each $make:path; $($name:ident),*) => {

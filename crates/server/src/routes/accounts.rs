@@ -12,14 +12,14 @@ use tollgate_api as wire;
 use tollgate_api::Subject;
 
 /// Adds a user to an account (moving them out of any other); adding a member again changes
-/// nothing.
+/// nothing. The seat cap is the account's active subscription's `seats`, else its plan's.
 #[utoipa::path(
     put, path = "/v1/accounts/{accountId}/members/{userId}", tag = "accounts",
     params(("accountId" = String, Path), ("userId" = String, Path)),
     responses(
         (status = 200, body = wire::MemberResponse),
         (status = 400, body = wire::ErrorBody),
-        (status = 409, description = "seat_limit_reached: every seat of the account's plan is taken", body = wire::ErrorBody),
+        (status = 409, description = "seat_limit_reached: every seat of the account is taken (its subscription's `seats`, else its plan's)", body = wire::ErrorBody),
     ),
     security(("bearer" = []))
 )]

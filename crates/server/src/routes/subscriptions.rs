@@ -49,13 +49,15 @@ pub fn owner(subject: &Subject) -> Owner {
     }
 }
 
-/// Creates or changes a user's subscription; the same call twice changes nothing.
+/// Creates or changes a user's or an account's subscription; the same call twice changes
+/// nothing. `seats` (an account's own seat cap) is applied by the store, where a biller's
+/// webhook applies it too.
 #[utoipa::path(
     post, path = "/v1/subscriptions", tag = "subscriptions",
     request_body = wire::SubscriptionUpsertRequest,
     responses(
         (status = 200, body = wire::SubscriptionResponse),
-        (status = 400, body = wire::ErrorBody),
+        (status = 400, description = "invalid_request (`seats` with `userId` names `field: \"seats\"`)", body = wire::ErrorBody),
         (status = 404, description = "unknown plan", body = wire::ErrorBody),
     ),
     security(("bearer" = []))

@@ -58,6 +58,7 @@ fn upsert(plan: &str, cycle_start: Option<Timestamp>, tz: Option<&str>) -> Upser
         custom_limits: None,
         status: None,
         timezone: tz.map(|z| Some(jiff::tz::TimeZone::get(z).expect("a known zone"))),
+        seats: None,
         source: "api".into(),
     }
 }

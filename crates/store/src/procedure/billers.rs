@@ -224,7 +224,11 @@ fn apply_snapshot(
     let ended = snap.status == BillerStatus::Ended;
     let applied = match change {
         SubscriptionChange::Nothing { note } => Applied::new(BillerEventStatus::Ignored, note),
-        SubscriptionChange::Upsert(req) => {
+        SubscriptionChange::Upsert(mut req) => {
+            // Seats cap an account's members; a user's own subscription has none.
+            if matches!(owner, Owner::User(_)) {
+                req.seats = None;
+            }
             let outcome = upsert_subscription(
                 tx,
                 env,

@@ -12,6 +12,7 @@ pub fn upsert_subscription(
     new_id: &str,
     now: Timestamp,
 ) -> StoreResult<UpsertOutcome> {
+    check_seats(owner, request.seats)?;
     let subject = owner.subject();
     tx.lock_subjects(env, &[&subject])?;
     let current = tx.subscription(env, &subject)?;
@@ -31,6 +32,25 @@ pub fn upsert_subscription(
         tx.append_history(env, &subject, h)?;
     }
     Ok(outcome)
+}
+
+/// Seats cap an account's members, so only an account's subscription has them, and a cap of
+/// 0 would lock every member out of joining (a plan refuses `seats: 0` for the same reason).
+/// Checked here, not only in the API, because a biller's webhook upserts through here too.
+fn check_seats(owner: &Owner, seats: Option<Option<u32>>) -> StoreResult<()> {
+    let refuse = |message: &str| {
+        Err(StoreError::Invalid {
+            field: "seats".into(),
+            message: message.into(),
+        })
+    };
+    match (owner, seats) {
+        (Owner::User(_), Some(Some(_))) => {
+            refuse("seats cap the members of an account; a user's subscription has none")
+        }
+        (_, Some(Some(0))) => refuse("must be from 1 to 4294967295"),
+        _ => Ok(()),
+    }
 }
 
 /// A counter is keyed by its window's start, so a subscription change can move a subject to
@@ -106,13 +126,14 @@ fn carry_into_new_windows(
 }
 
 /// The plan in force for an account's members (its active subscription's, else the default
-/// plan), and its seat cap.
+/// plan), and the subscription that put it there; its seat cap is [`subscription::Resolved::seats`]
+/// (the active subscription's `seats`, else the plan's).
 fn account_plan<'p>(
     plans: &'p PlanDocument,
     sub: Option<&'p Subscription>,
     now: Timestamp,
-) -> Option<&'p tollgate_core::plan::Plan> {
-    subscription::resolve(plans, sub, "", now).map(|r| r.plan)
+) -> Option<subscription::Resolved<'p>> {
+    subscription::resolve(plans, sub, "", now)
 }
 
 /// Locks a user and an account for a change of membership.
@@ -141,7 +162,9 @@ pub fn add_member(
         }
     }
     let sub = tx.subscription(env, &account_subject(account))?;
-    if let Some(max) = account_plan(plans, sub.as_ref(), now).and_then(|p| p.seats) {
+    // `>=`, not `==`: seats lowered below the members there are remove nobody, and refuse
+    // every add until enough members have left.
+    if let Some(max) = account_plan(plans, sub.as_ref(), now).and_then(|r| r.seats()) {
         if tx.members(env, account)?.len() >= max as usize {
             return Err(StoreError::SeatLimitReached { max });
         }
@@ -178,11 +201,13 @@ pub fn account_view(
     if members.is_empty() && sub.is_none() {
         return Err(StoreError::NotFound);
     }
-    let plan = account_plan(plans, sub.as_ref(), now);
+    let resolved = account_plan(plans, sub.as_ref(), now);
+    let plan_id = resolved.map(|r| r.plan.id.clone());
+    let seats_max = resolved.and_then(|r| r.seats());
     Ok(AccountView {
         members,
-        plan_id: plan.map(|p| p.id.clone()),
-        seats_max: plan.and_then(|p| p.seats),
+        plan_id,
+        seats_max,
         subscription: sub,
     })
 }
