@@ -300,7 +300,7 @@ async fn bad_signatures_are_refused_and_not_applied() {
         post_signed_stripe(&s, &path, &event, &sign_stripe(&other, STRIPE_SECRET, t)).await;
     let e = tampered.err(400, "invalid_signature");
     assert!(
-        !e["error"]["message"].as_str().unwrap().contains("evt_sig"),
+        !e["message"].as_str().unwrap().contains("evt_sig"),
         "no body in errors: {e}"
     );
     // Wrong secret.
@@ -764,7 +764,7 @@ async fn committed_usage_reaches_the_stripe_meter_once_each() {
     )
     .await
     .ok();
-    let tracked = c.track_q("u1", "image.render", 2).await;
+    let tracked = c.track_q("u1", "image.render", 1).await;
     let r = c
         .reserve(json!({"userId": "u1", "event": "image.render", "quantity": 1}))
         .await
@@ -827,7 +827,7 @@ async fn committed_usage_reaches_the_stripe_meter_once_each() {
                 .as_str()
         })
         .collect();
-    assert_eq!(values, ["2", "1"]);
+    assert_eq!(values, ["1", "1"]);
     assert!(
         seen.iter().all(|(i, ..)| ids.contains(i)),
         "nothing else forwarded"
