@@ -922,3 +922,79 @@ async fn the_cli_sets_integrations_and_lists_and_replays_events() {
     );
     assert!(!ok && err.contains("whsec_"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_seat_quantity_caps_the_accounts_members() {
+    let (s, c, path) = stripe_server().await;
+    let now = c.now().await;
+    let team = samples::stripe_subscription(
+        "evt_t1",
+        now,
+        "sub_t",
+        "cus_t",
+        None,
+        "price_team_seat",
+        "active",
+        (now, now + 30 * DAY),
+        true,
+    );
+    let team = samples::with_field(team, "/data/object/metadata", json!({"account_id": "acme"}));
+    let team = samples::with_field(team, "/data/object/items/data/0/quantity", json!(3));
+    let a = deliver(&s, &path, &team).await;
+    assert_eq!(a["applied"], true, "{a}");
+    let acct = c.get("/v1/accounts/acme").await.ok();
+    assert_eq!(
+        acct["seats"]["max"], 3,
+        "the quantity bought, not the plan's 2: {acct}"
+    );
+    for u in ["m1", "m2", "m3"] {
+        c.put(&format!("/v1/accounts/acme/members/{u}"), json!({}))
+            .await
+            .ok();
+    }
+    c.put("/v1/accounts/acme/members/m4", json!({}))
+        .await
+        .err(409, "seat_limit_reached");
+    // Polar's seats do the same.
+    let i = c
+        .put("/v1/integrations/polar", json!({"webhookSecrets": ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"], "accountIdFrom": ["metadata.account_id"]}))
+        .await
+        .ok();
+    let polar_path = i["webhookPath"].as_str().unwrap().to_string();
+    let sub = samples::polar_subscription(
+        "subscription.created",
+        now,
+        "ps-t",
+        "pc-t",
+        None,
+        "prod-team-uuid",
+        "active",
+        (now, now + 30 * DAY),
+        Some(5),
+    );
+    let sub = samples::with_field(sub, "/data/metadata", json!({"account_id": "beta"}));
+    let t = jiff::Timestamp::now().as_second();
+    let sig = sign_standard(
+        "msg_t",
+        t,
+        &samples::body(&sub),
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        false,
+    );
+    let ts = t.to_string();
+    let r = s
+        .anonymous()
+        .post_with_headers(
+            &polar_path,
+            sub,
+            &[
+                ("webhook-id", "msg_t"),
+                ("webhook-timestamp", &ts),
+                ("webhook-signature", &sig),
+            ],
+        )
+        .await
+        .ok();
+    assert_eq!(r["applied"], true, "{r}");
+    assert_eq!(c.get("/v1/accounts/beta").await.ok()["seats"]["max"], 5);
+}
