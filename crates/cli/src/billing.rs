@@ -2,7 +2,7 @@
 //! integrations and the biller events they received, through the HTTP API (API.md §10). The
 //! server checks every value; these commands build the request and print the answer.
 
-use crate::remote::Remote;
+use crate::remote::{print_json, Remote};
 use crate::RemoteArgs;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -126,11 +126,6 @@ pub enum WebhooksCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn print_json(value: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 fn set_body(args: &SetArgs) -> Result<Value> {

@@ -2,7 +2,7 @@
 //! HTTP API (API.md §8). The server checks every value; this command only builds the request
 //! and prints the answer for a person (or as JSON with `--json`).
 
-use crate::remote::Remote;
+use crate::remote::{print_json, Remote};
 use crate::table::Table;
 use crate::RemoteArgs;
 use anyhow::Result;
@@ -136,11 +136,6 @@ pub struct GrantArgs {
     /// Print the raw JSON answer
     #[arg(long)]
     json: bool,
-}
-
-fn print_json(value: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 pub async fn run(command: CreditsCommand) -> Result<()> {

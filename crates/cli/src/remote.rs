@@ -102,7 +102,8 @@ impl Remote {
     }
 }
 
-fn print_json(value: &Value) -> Result<()> {
+/// Prints an answer as pretty JSON (`--json`).
+pub fn print_json(value: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -839,22 +839,6 @@ async fn committed_usage_reaches_the_stripe_meter_once_each() {
     );
 }
 
-/// Runs `tollgate ARGS --url … --key …` against `s`: (success, stdout, stderr).
-fn tollgate(s: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .args(["--url", &s.base_url, "--key", &s.keys.test_secret])
-        .env_remove("TOLLGATE_URL")
-        .env_remove("TOLLGATE_KEY")
-        .output()
-        .expect("run tollgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_sets_integrations_and_lists_and_replays_events() {
     let (s, c) = TestServer::with_plans(plans()).await;

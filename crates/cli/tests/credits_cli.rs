@@ -5,22 +5,6 @@ mod common;
 
 use common::*;
 
-/// Runs `tollgate ARGS --url … --key …` against `s`: (success, stdout, stderr).
-fn tollgate(s: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .args(["--url", &s.base_url, "--key", &s.keys.test_secret])
-        .env_remove("TOLLGATE_URL")
-        .env_remove("TOLLGATE_KEY")
-        .output()
-        .expect("run tollgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[track_caller]
 fn succeeds(run: (bool, String, String)) -> String {
     assert!(run.0, "the command failed: {}{}", run.1, run.2);

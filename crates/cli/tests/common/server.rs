@@ -506,3 +506,20 @@ async fn spawn_serve(
         ),
     }
 }
+
+/// Runs `tollgate ARGS --url … --key …` (the test secret key) against `s`: (success, stdout,
+/// stderr).
+pub fn tollgate(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .args(["--url", &s.base_url, "--key", &s.keys.test_secret])
+        .env_remove("TOLLGATE_URL")
+        .env_remove("TOLLGATE_KEY")
+        .output()
+        .expect("run tollgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -21,8 +21,9 @@ use serde::Deserialize;
 use tollgate_api as wire;
 use tollgate_api::{BillerKind, IntegrationConfig, Settings};
 use tollgate_billers::{parse_polar, parse_stripe, verify_standard, verify_stripe, Sources};
-use tollgate_core::biller::{Biller, BillerEvent, BillerFact, PastDuePolicy};
+use tollgate_core::biller::{Biller, BillerEvent, PastDuePolicy};
 use tollgate_core::input::{AccountId, UserId};
+use tollgate_store::procedure::billers::customer_of;
 use tollgate_store::{
     BillerEventCommand, BillerEventOutcome, BillerEventStatus, BillerEventsQuery, EnvId,
     MeterEventRow, MeterEventsQuery, MeterStatus, Owner, StoredBillerEvent,
@@ -441,15 +442,6 @@ pub async fn receive(
     Ok(Json(answer(event_id, &outcome)))
 }
 
-fn customer_of(fact: &BillerFact) -> Option<String> {
-    match fact {
-        BillerFact::Subscription(s) => s.customer_id.clone(),
-        BillerFact::Purchase(p) => p.customer_id.clone(),
-        BillerFact::Customer { customer_id, .. } => Some(customer_id.clone()),
-        BillerFact::Ignored { .. } => None,
-    }
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -487,6 +479,14 @@ fn cursor(given: Option<&str>) -> Result<Option<(Timestamp, String)>, ApiError> 
 
 fn next_cursor(at: Timestamp, id: &str) -> String {
     format!("{}.{id}", at.as_millisecond())
+}
+
+/// Cuts `rows` (read with one extra) to a page of `limit`; the next page's cursor if there is
+/// one.
+fn page<T>(rows: &mut Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Option<String> {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    more.then(|| rows.last().map(cursor_of)).flatten()
 }
 
 fn event_view(e: StoredBillerEvent, with_body: bool) -> wire::BillerEventView {
@@ -543,15 +543,28 @@ pub async fn list_events(
             before: cursor(params.cursor.as_deref())?,
         })
         .await?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next = more
-        .then(|| rows.last().map(|r| next_cursor(r.received_at, &r.event_id)))
-        .flatten();
+    let next = page(&mut rows, limit, |r| {
+        next_cursor(r.received_at, &r.event_id)
+    });
     Ok(Json(wire::BillerEventsResponse {
         events: rows.into_iter().map(|e| event_view(e, false)).collect(),
         next_cursor: next,
     }))
+}
+
+/// A received event; `404` if there is none with this id.
+async fn received(
+    state: &AppState,
+    env: EnvId,
+    (biller, name): (Biller, &str),
+    event_id: &str,
+) -> Result<StoredBillerEvent, ApiError> {
+    biller_id("eventId", event_id)?;
+    state
+        .store
+        .biller_event(env, biller, event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no {name} event {event_id:?} was received")))
 }
 
 /// One received event, with its raw body.
@@ -571,12 +584,7 @@ pub async fn get_event(
     ApiPath((name, event_id)): ApiPath<(String, String)>,
 ) -> Result<Json<wire::BillerEventView>, ApiError> {
     let (biller, _) = biller(&name)?;
-    biller_id("eventId", &event_id)?;
-    let stored = state
-        .store
-        .biller_event(caller.auth.env, biller, &event_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no {name} event {event_id:?} was received")))?;
+    let stored = received(&state, caller.auth.env, (biller, &name), &event_id).await?;
     Ok(Json(event_view(stored, true)))
 }
 
@@ -599,13 +607,8 @@ pub async fn replay_event(
     ApiPath((name, event_id)): ApiPath<(String, String)>,
 ) -> Result<Json<wire::WebhookAnswer>, ApiError> {
     let (biller, _) = biller(&name)?;
-    biller_id("eventId", &event_id)?;
     let env = caller.auth.env;
-    let stored = state
-        .store
-        .biller_event(env, biller, &event_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no {name} event {event_id:?} was received")))?;
+    let stored = received(&state, env, (biller, &name), &event_id).await?;
     let integration =
         state.store.integration(env, biller).await?.ok_or_else(|| {
             ApiError::not_found(format!("no {name} integration in this environment"))
@@ -699,11 +702,7 @@ pub async fn list_meter_events(
             before: cursor(params.cursor.as_deref())?,
         })
         .await?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next = more
-        .then(|| rows.last().map(|r| next_cursor(r.created_at, &r.event_id)))
-        .flatten();
+    let next = page(&mut rows, limit, |r| next_cursor(r.created_at, &r.event_id));
     Ok(Json(wire::MeterEventsResponse {
         meter_events: rows.into_iter().map(meter_view).collect(),
         next_cursor: next,

@@ -91,7 +91,8 @@ pub fn apply_event(
     })
 }
 
-fn customer_of(fact: &BillerFact) -> Option<String> {
+/// The biller customer an event names, if any.
+pub fn customer_of(fact: &BillerFact) -> Option<String> {
     match fact {
         BillerFact::Subscription(s) => s.customer_id.clone(),
         BillerFact::Purchase(p) => p.customer_id.clone(),
