@@ -747,7 +747,7 @@ fn decode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn committed_usage_reaches_the_stripe_meter_once_each() {
     let (base, seen) = fake_stripe().await;
-    let (_s, c) = TestServer::with_plans(plans()).await;
+    let (s, c) = TestServer::with_plans(plans()).await;
     let i = c
         .put(
             "/v1/integrations/stripe",
@@ -837,6 +837,13 @@ async fn committed_usage_reaches_the_stripe_meter_once_each() {
         retried.is_some(),
         "the event answered 500 was sent twice: {delivered:?}"
     );
+    let metrics = s.anonymous().get("/metrics").await.text;
+    for line in [
+        r#"tollgate_meter_event_attempts_total{outcome="delivered"} 2"#,
+        r#"tollgate_meter_event_attempts_total{outcome="retry"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,6 +8,7 @@
 //! with backoff on 429, 5xx, a network failure or a customer not mapped yet; failed on any other
 //! 4xx (shown in `GET /v1/integrations/stripe/meter-events`, sent again by its retry route).
 
+use crate::metrics::Metrics;
 use jiff::{SignedDuration, Timestamp};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 const ERROR_CHARS_MAX: usize = 300;
 
 /// Runs until `stop` turns true (or its sender is dropped).
-pub async fn run(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
+pub async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
     let client = match reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
@@ -64,7 +65,7 @@ pub async fn run(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
             purge(store.as_ref()).await;
             last_purge = Some(tokio::time::Instant::now());
         }
-        forward_due(store.as_ref(), &client).await;
+        forward_due(store.as_ref(), &client, &metrics).await;
     }
 }
 
@@ -82,7 +83,7 @@ async fn purge(store: &dyn Store) {
 }
 
 /// Sends every due outbox row once; returns how many were delivered.
-pub async fn forward_due(store: &dyn Store, client: &reqwest::Client) -> usize {
+pub async fn forward_due(store: &dyn Store, client: &reqwest::Client, metrics: &Metrics) -> usize {
     let now = Timestamp::now();
     let lease = now + SignedDuration::from_secs(LEASE_SECONDS);
     let rows = match store
@@ -108,9 +109,15 @@ pub async fn forward_due(store: &dyn Store, client: &reqwest::Client) -> usize {
         };
         let env_now = now + SignedDuration::from_secs(offset);
         let attempt = attempt(store, client, config.as_ref(), &row, env_now).await;
-        if matches!(attempt, MeterAttempt::Delivered { .. }) {
-            delivered += 1;
-        }
+        let outcome = match attempt {
+            MeterAttempt::Delivered { .. } => {
+                delivered += 1;
+                "delivered"
+            }
+            MeterAttempt::Retry { .. } => "retry",
+            MeterAttempt::Failed { .. } => "failed",
+        };
+        metrics.observe_meter_attempt(outcome);
         if let Err(e) = store
             .finish_meter_event(row.env, &row.event_id, attempt, env_now)
             .await

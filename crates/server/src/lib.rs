@@ -75,6 +75,7 @@ pub async fn run(
     ));
     let forwarder = tokio::spawn(forwarder::run(
         state.store.clone(),
+        state.metrics.clone(),
         stop_sweeper.subscribe(),
     ));
     let app = router(state.clone());

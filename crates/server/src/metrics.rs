@@ -42,6 +42,17 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BillerEventLabels {
+    biller: &'static str,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MeterAttemptLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     operation: &'static str,
     outcome: &'static str,
@@ -84,6 +95,8 @@ pub struct Metrics {
     writer_queue_depth: Gauge,
     plan_load_failures: Counter,
     plan_documents_not_loaded: Gauge,
+    biller_events: Family<BillerEventLabels, Counter>,
+    meter_attempts: Family<MeterAttemptLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -152,7 +165,22 @@ impl Metrics {
              serves an older version instead",
             plan_documents_not_loaded.clone(),
         );
+        let biller_events = Family::<BillerEventLabels, Counter>::default();
+        registry.register(
+            "tollgate_biller_events",
+            "Verified biller webhook deliveries, by biller and what they did (applied, \
+             ignored, stale, unresolved, failed, duplicate)",
+            biller_events.clone(),
+        );
+        let meter_attempts = Family::<MeterAttemptLabels, Counter>::default();
+        registry.register(
+            "tollgate_meter_event_attempts",
+            "Attempts to send usage to a Stripe meter, by outcome (delivered, retry, failed)",
+            meter_attempts.clone(),
+        );
         Self {
+            biller_events,
+            meter_attempts,
             registry,
             requests,
             durations,
@@ -190,6 +218,20 @@ impl Metrics {
                 outcome: if allowed { "allowed" } else { "denied" },
                 reason,
             })
+            .inc();
+    }
+
+    /// One verified biller delivery and what it did (`duplicate` for one received before).
+    pub fn observe_biller_event(&self, biller: &'static str, status: &'static str) {
+        self.biller_events
+            .get_or_create(&BillerEventLabels { biller, status })
+            .inc();
+    }
+
+    /// One attempt to send a meter event: `delivered`, `retry` or `failed`.
+    pub fn observe_meter_attempt(&self, outcome: &'static str) {
+        self.meter_attempts
+            .get_or_create(&MeterAttemptLabels { outcome })
             .inc();
     }
 

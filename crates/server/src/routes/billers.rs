@@ -434,6 +434,12 @@ pub async fn receive(
     let outcome = apply(&state, &target, event, (text, false)).await?;
     tracing::info!(biller = biller.as_str(), event_id = %event_id, status = outcome.status.as_str(),
         duplicate = outcome.duplicate, "biller event received");
+    let counted = if outcome.duplicate {
+        "duplicate"
+    } else {
+        outcome.status.as_str()
+    };
+    state.metrics.observe_biller_event(biller.as_str(), counted);
     if outcome.status == BillerEventStatus::Applied && !outcome.duplicate {
         if let Some(customer) = customer {
             replay_waiting(&state, &target, &customer).await?;
