@@ -179,7 +179,7 @@ fn check(i: usize, script: &str, answers: &[Value], stdout: &str, what: &str) {
         assert!(stdout.contains("3 plans"), "{what}");
         let account = answers
             .iter()
-            .find(|a| a.get("seats").is_some())
+            .find(|a| a.get("members").is_some())
             .expect(what);
         assert_eq!(account["planId"], "team", "{what}");
         assert_eq!(account["seats"], json!({"used": 1, "max": 3}), "{what}");

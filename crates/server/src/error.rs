@@ -225,8 +225,8 @@ impl ApiError {
                  stands for one user"
             ),
             ApiError::SeatLimitReached(max) => format!(
-                "the account's plan has {max} seat(s) and every one is taken; remove a member \
-                 or move the account to a plan with more seats"
+                "the account has {max} seat(s) and every one is taken; remove a member, raise the \
+                 subscription's seats, or move the account to a plan with more seats"
             ),
             ApiError::InvalidSignature(why) => format!(
                 "the webhook signature does not verify ({why}); check the signing secret set \

@@ -474,7 +474,8 @@ pub struct AccountView {
     /// Sorted by user id.
     pub members: Vec<Member>,
     /// The plan in force for the account's members (its active subscription's, else the
-    /// default plan), and that plan's seat cap.
+    /// default plan), and the seat cap in force: the active subscription's `seats`, else that
+    /// plan's.
     pub plan_id: Option<String>,
     pub seats_max: Option<u32>,
     pub subscription: Option<Subscription>,
@@ -1003,7 +1004,8 @@ pub enum StoreError {
     IdempotencyConflict,
     #[error("subscription has already ended")]
     AlreadyCanceled,
-    /// Adding a member to an account whose plan caps its seats, all taken.
+    /// Adding a member to an account whose seat cap (its subscription's `seats`, else its
+    /// plan's) is reached.
     #[error("every seat of the account is taken ({max})")]
     SeatLimitReached { max: u32 },
     /// An identify of an anonymous id that already stands for another user.
@@ -1152,7 +1154,7 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- accounts
     /// Adds a user to an account (moving them from another one); `SeatLimitReached` if the
-    /// plan in force for the account caps its seats and they are all taken. Adding a member
+    /// seat cap in force (the subscription's `seats`, else its plan's) is reached. Adding a member
     /// again changes nothing. Returns when the user joined the account.
     async fn add_member(
         &self,
