@@ -649,3 +649,41 @@ async fn a_key_revoked_on_one_node_is_refused_by_the_other_within_a_second() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A test-clock advance answered by one node is in force on the other at once: its clock reads
+/// the new offset, and a reservation made through it expires by the advanced clock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_clock_advanced_on_one_node_is_the_others_at_once() {
+    let Some(url) = postgres_url_from_env() else {
+        eprintln!("{SKIP}");
+        return;
+    };
+    let cluster = Cluster::start(&url).await;
+    let (a, b) = (cluster.nodes[0].client(), cluster.nodes[1].client());
+    a.put_plans(free_plan(json!([
+        {"id": "images", "quota": 5, "window": lifetime(), "match": [{"event": "image.*"}]}
+    ])))
+    .await
+    .ok();
+    // Node b has used (and would have cached) the key before the advance.
+    assert_eq!(b.clock().await.ok()["offsetSeconds"], 0);
+    let r = b
+        .reserve(json!({"userId": "u1", "event": "image.render", "quantity": 2, "ttlSeconds": 60}))
+        .await
+        .ok();
+    let id = r["reservationId"].as_str().unwrap().to_string();
+    let advanced = a.advance_clock(3600).await;
+    assert_eq!(advanced["offsetSeconds"], 3600);
+    assert_eq!(
+        b.clock().await.ok()["offsetSeconds"],
+        3600,
+        "node b reads the advance at once"
+    );
+    let view = b.get(&format!("/v1/reservations/{id}")).await.ok();
+    assert_eq!(view["status"], "expired", "{view}");
+    b.commit(&id, json!({}))
+        .await
+        .err(409, "reservation_not_pending");
+    let usage = b.usage("u1").await.ok();
+    assert_counts(limit(&usage, "images"), 5, 0, 0);
+}

@@ -6,9 +6,11 @@
 //!
 //! A valid key's context is cached in memory for [`AUTH_CACHE_MS`], so the hot path reads no
 //! table to authenticate. Revoking a key or moving the test clock through this node clears the
-//! cache at once; through another node (several nodes on one PostgreSQL database) the change is
-//! in force here within that time. Unknown keys are never cached, so a key created anywhere
-//! works at once.
+//! cache at once; a revocation through another node (several nodes on one PostgreSQL database)
+//! is in force here within that time. A test-environment key is not cached when other nodes
+//! share the database: its context carries the test clock's offset, and every node must decide
+//! with the same `now` from the moment an advance is answered, wherever it was made. Unknown
+//! keys are never cached, so a key created anywhere works at once.
 //!
 //! A token that authenticates as nothing is `401 invalid_key`. When it starts like a Stripe
 //! secret (`sk_test_…`, `whsec_…`), the message says so: Tollgate's keys sit beside Stripe's in
@@ -48,6 +50,7 @@ impl AuthCache {
         hash: [u8; 32],
     ) -> Result<Option<AuthContext>, ApiError> {
         let fresh = Duration::from_millis(AUTH_CACHE_MS);
+        let shared = store.shared_by_nodes();
         if let Some((auth, read)) = self
             .entries
             .read()
@@ -62,6 +65,9 @@ impl AuthCache {
         let found = store.authenticate(hash).await?;
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         match &found {
+            Some(auth) if shared && auth.mode == Mode::Test => {
+                entries.remove(&hash);
+            }
             Some(auth) => {
                 if entries.len() >= AUTH_CACHE_KEYS_MAX {
                     entries.clear();

@@ -681,5 +681,9 @@ impl Store for PgStore {
         self.pool.queue_depth()
     }
 
+    fn shared_by_nodes(&self) -> bool {
+        true
+    }
+
     async fn shutdown(&self) {}
 }

@@ -1260,6 +1260,11 @@ pub trait Store: Send + Sync + 'static {
     async fn ready(&self) -> Result<(), String>;
     /// Commands waiting for the writer now.
     fn queue_depth(&self) -> usize;
+    /// Whether other nodes may write to this storage (several `serve` processes on one
+    /// database). A node then cannot learn another's test-clock advance from its own memory.
+    fn shared_by_nodes(&self) -> bool {
+        false
+    }
     /// Finishes queued writes and stops the writer.
     async fn shutdown(&self);
 }
