@@ -2,7 +2,7 @@
 // in front of the real server that loses answers or plays dead.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { Tollgate, TollgateNetworkError } from "../dist/esm/index.js";
+import { Tollgate, TollgateError, TollgateNetworkError } from "../dist/esm/index.js";
 import { FIVE_IMAGES, deadUrl, startProxy, startServer } from "./support.mjs";
 
 let server;
@@ -62,6 +62,25 @@ describe("retries", () => {
     const [first, second] = seen.requests.map((request) => request.headers["idempotency-key"]);
     assert.notEqual(first, second);
     assert.equal(images(await direct().usage("u_keys")).reserved, 2);
+  });
+
+  test("a 503 is retried after its Retry-After, and surfaces as a typed error when retries run out", async () => {
+    const busy = await proxy(({ count }) => (count === 1 ? "unavailable" : "forward"));
+    const tg = new Tollgate({ baseUrl: busy.url, secretKey: server.key });
+    const started = Date.now();
+    const answer = await tg.reserve({ userId: "u_busy", event: "image.render" });
+    assert.equal(answer.allowed, true);
+    assert.ok(Date.now() - started >= 1_000, "waited the Retry-After of 1 s");
+    assert.equal(busy.requests.length, 2);
+
+    const always = await proxy(() => "unavailable");
+    const noRetry = new Tollgate({ baseUrl: always.url, secretKey: server.key, maxRetries: 0 });
+    const error = await noRetry.usage("u_busy").catch((caught) => caught);
+    assert.ok(error instanceof TollgateError);
+    assert.equal(error.status, 503);
+    assert.equal(error.code, "unavailable");
+    assert.equal(error.retryAfterMs, 1_000);
+    assert.equal(always.requests.length, 1);
   });
 
   test("gives up after maxRetries with a TollgateNetworkError", async () => {

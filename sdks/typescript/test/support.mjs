@@ -82,7 +82,8 @@ export const FIVE_IMAGES = {
 /**
  * A proxy in front of `upstream`. `decide({ method, path, headers, count })` answers
  * `"forward"`, `"drop"` (close the connection without forwarding: the server is unreachable)
- * or `"forward-then-drop"` (the server applies the request, its answer is lost).
+ * `"forward-then-drop"` (the server applies the request, its answer is lost) or `"unavailable"`
+ * (answer `503 unavailable` with `Retry-After: 1` without forwarding, as an overloaded server does).
  * `requests` records every request seen.
  */
 export async function startProxy(upstream, decide = () => "forward") {
@@ -97,6 +98,11 @@ export async function startProxy(upstream, decide = () => "forward") {
       const action = decide({ ...seen, count: requests.length });
       if (action === "drop") {
         req.socket.destroy();
+        return;
+      }
+      if (action === "unavailable") {
+        res.writeHead(503, { "content-type": "application/json", "retry-after": "1" });
+        res.end(JSON.stringify({ error: { code: "unavailable", message: "overloaded; nothing was applied" } }));
         return;
       }
       const upstreamRequest = httpRequest(
