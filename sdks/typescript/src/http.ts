@@ -91,7 +91,7 @@ export class Transport {
       } catch (cause) {
         throw networkError(spec, cause, timedOut, this.options.timeoutMs);
       }
-      if (response.ok) return parseJson(text) as T;
+      if (response.ok) return parseJson(text, response) as T;
       throw errorFromResponse(response, text);
     } finally {
       clearTimeout(timer);
@@ -123,9 +123,19 @@ function networkError(
   return new TollgateNetworkError(`${what} failed: ${detail}`, { cause });
 }
 
-function parseJson(text: string): unknown {
+/** A 2xx body that is not JSON (a misconfigured proxy, say) is a typed error, not a SyntaxError. */
+function parseJson(text: string, response: Response): unknown {
   if (text.trim() === "") return {};
-  return JSON.parse(text);
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new TollgateError({
+      code: "invalid_response",
+      status: response.status,
+      message: `the answer (HTTP ${response.status}) is not JSON; is baseUrl a Tollgate server?`,
+      requestId: response.headers.get("x-request-id") ?? undefined,
+    });
+  }
 }
 
 /** Builds the typed error from a non-2xx answer, tolerating bodies that are not the API's. */

@@ -39,3 +39,15 @@ test("the constructor refuses missing or bad options", () => {
     /onUnreachable/,
   );
 });
+
+test("a 2xx answer that is not JSON is a typed invalid_response error", async () => {
+  const client = new esm.Tollgate({
+    baseUrl: "http://127.0.0.1:1",
+    secretKey: "tg_sk_test_x",
+    fetch: async () => new Response("<html>hello</html>", { status: 200 }),
+  });
+  const error = await client.usage("u").catch((caught) => caught);
+  assert.ok(error instanceof esm.TollgateError);
+  assert.equal(error.code, "invalid_response");
+  assert.equal(error.status, 200);
+});
