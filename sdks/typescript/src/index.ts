@@ -1,0 +1,18 @@
+/**
+ * `@tollgate/sdk`: a dependency-free client for the Tollgate HTTP API, for Node 18+, Bun,
+ * Deno, edge runtimes and browsers (secret-key calls belong on a server).
+ */
+export { Tollgate } from "./client.js";
+export type {
+  CommitSpec,
+  FlushResult,
+  ReservationHandle,
+  TollgateOptions,
+  UnreachablePolicy,
+  WithReservationInput,
+  WithReservationResult,
+} from "./client.js";
+export { QuotaExceededError, TollgateError, TollgateNetworkError } from "./errors.js";
+export type { PendingFailOpenUsage } from "./failopen.js";
+export type { FetchLike } from "./http.js";
+export * from "./types.js";
