@@ -140,6 +140,7 @@ class Proxy:
         self.upstream = (host, int(port))
         self.mode = "pass"
         self.drop_path = ""
+        self.retry_after = "0"
         self.seen: List[str] = []
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
@@ -174,11 +175,12 @@ class Proxy:
             if once and self.mode == "unavailable":
                 self.mode = "pass"
                 body = b'{"error":{"code":"unavailable","message":"test proxy"}}'
-                conn.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Retry-After: 0\r\nConnection: close\r\nContent-Length: "
-                    + str(len(body)).encode() + b"\r\n\r\n" + body
-                )  # fmt: skip
+                head = (
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    f"Retry-After: {self.retry_after}\r\nConnection: close\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
+                conn.sendall(head.encode() + body)
                 return
             answer = self._forward(request)
             if once:

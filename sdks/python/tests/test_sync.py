@@ -37,7 +37,12 @@ def test_reserve_then_commit_counts_the_final_quantity(tg: Tollgate, server: Ser
     assert used_reserved(server, user) == (2, 0)
 
     got = tg.get_reservation(r.reservation_id)
-    assert (got.status, got.quantity, got.event_id, got.user_id) == ("committed", 2, c.event_id, user)
+    assert (got.status, got.quantity, got.event_id, got.user_id) == (
+        "committed",
+        2,
+        c.event_id,
+        user,
+    )
     page = tg.events(user_id=user, status="committed")
     assert [(e.event_id, e.quantity, e.cost_micros) for e in page.events] == [(c.event_id, 2, 1500)]
 
@@ -103,6 +108,15 @@ def test_a_503_is_retried_and_counts_once(server: Server, proxy: Proxy, user: st
     assert used_reserved(server, user) == (2, 0)
 
 
+def test_retry_after_is_honoured(server: Server, proxy: Proxy, user: str):
+    proxy.mode, proxy.drop_path, proxy.retry_after = "unavailable", "/v1/check", "1"
+    with Tollgate(base_url=proxy.url, secret_key=server.secret) as tg:
+        started = time.monotonic()
+        assert tg.check(user_id=user, event="image.render").allowed is True
+        assert time.monotonic() - started >= 1.0
+    assert proxy.seen.count("POST /v1/check") == 2
+
+
 def test_no_retry_when_max_retries_is_zero(server: Server, proxy: Proxy, user: str):
     proxy.mode, proxy.drop_path = "unavailable", "/v1/reserve"
     with Tollgate(base_url=proxy.url, secret_key=server.secret, max_retries=0) as tg:
@@ -123,7 +137,11 @@ def test_bad_key_is_401(server: Server, user: str):
 def test_negative_quantity_is_400_naming_the_field(tg: Tollgate, user: str):
     with pytest.raises(TollgateError) as err:
         tg.reserve(user_id=user, event="image.render", quantity=-1)
-    assert (err.value.status, err.value.code, err.value.field) == (400, "invalid_request", "quantity")
+    assert (err.value.status, err.value.code, err.value.field) == (
+        400,
+        "invalid_request",
+        "quantity",
+    )
 
 
 def test_unknown_reservation_is_404(tg: Tollgate):
@@ -165,7 +183,9 @@ def test_unreachable_closed_raises_a_network_error(user: str):
 def test_fail_open_admits_within_budget_then_flushes_once(server: Server, proxy: Proxy, user: str):
     proxy.mode = "down"
     policy = FailOpen(units_per_user_per_hour=3)
-    with Tollgate(base_url=proxy.url, secret_key=server.secret, max_retries=0, on_unreachable=policy) as tg:
+    with Tollgate(
+        base_url=proxy.url, secret_key=server.secret, max_retries=0, on_unreachable=policy
+    ) as tg:
         a = tg.reserve(user_id=user, event="image.render", quantity=2)
         assert (a.allowed, a.fail_open, a.limits) == (True, True, [])
         assert a.reservation_id is not None and a.reservation_id.startswith("local_")
@@ -209,7 +229,7 @@ def test_helper_releases_on_exception_and_reraises(tg: Tollgate, server: Server,
     with pytest.raises(ZeroDivisionError):
         with tg.reservation(user_id=user, event="image.render", quantity=2) as r:
             assert used_reserved(server, user) == (0, 2)
-            1 / 0
+            raise ZeroDivisionError("the provider failed")
     assert used_reserved(server, user) == (0, 0)
     assert tg.get_reservation(r.reservation_id).status == "released"
 

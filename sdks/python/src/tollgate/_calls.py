@@ -134,7 +134,9 @@ def track(
     )
 
 
-def check(user_id: str, event: str, quantity: Optional[int], metadata: Metadata) -> Call[CheckResult]:
+def check(
+    user_id: str, event: str, quantity: Optional[int], metadata: Metadata
+) -> Call[CheckResult]:
     body = compact(userId=user_id, event=event, quantity=quantity, metadata=metadata)
     # No side effect: always safe to retry.
     return Call("POST", "/v1/check", CheckResult.from_dict, body=body, fail_open="check")

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, TypeVar, Union
 from urllib.parse import quote
 
 from .errors import TollgateError, TollgateNetworkError, error_from_answer
@@ -161,7 +161,7 @@ class LocalLedger:
 
     policy: FailOpen
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _spent: Dict[tuple, int] = field(default_factory=dict)
+    _spent: Dict[Tuple[str, int], int] = field(default_factory=dict)
     _reservations: Dict[str, _LocalReservation] = field(default_factory=dict)
     _pending: List[PendingUsage] = field(default_factory=list)
 

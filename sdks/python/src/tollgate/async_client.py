@@ -156,7 +156,9 @@ class AsyncTollgate:
         """Hold ``quantity`` of every limit matching the event, or answer
         ``allowed=False`` (not an error). One idempotency key is generated per call
         (unless given) and reused on retries, so a retried reserve holds once."""
-        call = _calls.reserve(user_id, event, quantity, metadata, ttl_seconds, idempotency_key, prompt)
+        call = _calls.reserve(
+            user_id, event, quantity, metadata, ttl_seconds, idempotency_key, prompt
+        )
         local = self._local
         return await self._run(
             call, (lambda: local.reserve(user_id, event, quantity, metadata)) if local else None
@@ -177,7 +179,9 @@ class AsyncTollgate:
         outran its TTL instead of answering 409."""
         if is_local(reservation_id):
             ledger = self._ledger(reservation_id)
-            return CommitResult.from_dict(ledger.commit(reservation_id, quantity, cost_micros, metadata))
+            return CommitResult.from_dict(
+                ledger.commit(reservation_id, quantity, cost_micros, metadata)
+            )
         return await self._send(
             _calls.commit(reservation_id, quantity, cost_micros, metadata, if_expired, response)
         )
@@ -195,7 +199,9 @@ class AsyncTollgate:
             return ReleaseResult.from_dict(self._ledger(reservation_id).release(reservation_id))
         return await self._send(_calls.release(reservation_id, reason, error_code, response))
 
-    async def extend(self, reservation_id: str, *, ttl_seconds: Optional[int] = None) -> ExtendResult:
+    async def extend(
+        self, reservation_id: str, *, ttl_seconds: Optional[int] = None
+    ) -> ExtendResult:
         """Set the reservation's expiry to now + ``ttl_seconds`` (server default 60)."""
         if is_local(reservation_id):
             return ExtendResult.from_dict(self._ledger(reservation_id).extend(reservation_id))
@@ -268,7 +274,9 @@ class AsyncTollgate:
             _calls.events(user_id, account_id, event, status, from_, to, metadata, limit, cursor)
         )
 
-    async def identify(self, *, anonymous_id: str, user_id: str, traits: Metadata = None) -> IdentifyResult:
+    async def identify(
+        self, *, anonymous_id: str, user_id: str, traits: Metadata = None
+    ) -> IdentifyResult:
         """Merge an anonymous visitor's usage into the user they turned out to be."""
         return await self._send(_calls.identify(anonymous_id, user_id, traits))
 
@@ -290,8 +298,15 @@ class AsyncTollgate:
         """Create or change the subscription of a user or an account."""
         return await self._send(
             _calls.upsert_subscription(
-                plan_id, user_id, account_id, cycle_start, ends_at, custom_limits, seats,
-                status, timezone,
+                plan_id,
+                user_id,
+                account_id,
+                cycle_start,
+                ends_at,
+                custom_limits,
+                seats,
+                status,
+                timezone,
             )  # fmt: skip
         )
 

@@ -155,7 +155,9 @@ class Tollgate:
         """Hold ``quantity`` of every limit matching the event, or answer
         ``allowed=False`` (not an error). One idempotency key is generated per call
         (unless given) and reused on retries, so a retried reserve holds once."""
-        call = _calls.reserve(user_id, event, quantity, metadata, ttl_seconds, idempotency_key, prompt)
+        call = _calls.reserve(
+            user_id, event, quantity, metadata, ttl_seconds, idempotency_key, prompt
+        )
         local = self._local
         return self._run(
             call, (lambda: local.reserve(user_id, event, quantity, metadata)) if local else None
@@ -176,7 +178,9 @@ class Tollgate:
         outran its TTL instead of answering 409."""
         if is_local(reservation_id):
             ledger = self._ledger(reservation_id)
-            return CommitResult.from_dict(ledger.commit(reservation_id, quantity, cost_micros, metadata))
+            return CommitResult.from_dict(
+                ledger.commit(reservation_id, quantity, cost_micros, metadata)
+            )
         return self._send(
             _calls.commit(reservation_id, quantity, cost_micros, metadata, if_expired, response)
         )
@@ -267,7 +271,9 @@ class Tollgate:
             _calls.events(user_id, account_id, event, status, from_, to, metadata, limit, cursor)
         )
 
-    def identify(self, *, anonymous_id: str, user_id: str, traits: Metadata = None) -> IdentifyResult:
+    def identify(
+        self, *, anonymous_id: str, user_id: str, traits: Metadata = None
+    ) -> IdentifyResult:
         """Merge an anonymous visitor's usage into the user they turned out to be."""
         return self._send(_calls.identify(anonymous_id, user_id, traits))
 
@@ -289,8 +295,15 @@ class Tollgate:
         """Create or change the subscription of a user or an account."""
         return self._send(
             _calls.upsert_subscription(
-                plan_id, user_id, account_id, cycle_start, ends_at, custom_limits, seats,
-                status, timezone,
+                plan_id,
+                user_id,
+                account_id,
+                cycle_start,
+                ends_at,
+                custom_limits,
+                seats,
+                status,
+                timezone,
             )  # fmt: skip
         )
 

@@ -72,9 +72,7 @@ class QuotaExceeded(TollgateError):
         self.denied_by = answer.denied_by
 
 
-def error_from_answer(
-    status: int, body: Any, request_id: Optional[str] = None
-) -> TollgateError:
+def error_from_answer(status: int, body: Any, request_id: Optional[str] = None) -> TollgateError:
     """Build the typed error of a non-2xx answer, tolerating a body that is not the
     documented shape (a proxy's HTML page, an empty body)."""
     detail = body.get("error") if isinstance(body, dict) else None
