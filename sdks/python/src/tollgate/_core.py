@@ -93,7 +93,6 @@ class Call(Generic[T]):
     retry: bool = True
     idempotency_key: Optional[str] = None
     fail_open: Optional[str] = None
-    local: Optional[Callable[[], T]] = None
 
 
 def seg(value: str) -> str:

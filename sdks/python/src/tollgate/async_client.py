@@ -58,7 +58,8 @@ class AsyncTollgate:
     ``max_retries`` is how many times a call that is safe to repeat is retried on a
     network error, a timeout, ``429`` or ``503``. ``on_unreachable`` is
     ``"closed"`` (raise :class:`TollgateNetworkError`) or
-    ``FailOpen(units_per_user_per_hour=N)``. ``transport`` is for tests only.
+    ``FailOpen(units_per_user_per_hour=N)``. ``publishable_key`` is kept for the
+    browser routes (user tokens) that are still to come. ``transport`` is for tests only.
     """
 
     def __init__(

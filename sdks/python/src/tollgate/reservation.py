@@ -74,7 +74,9 @@ class _ScopeState:
 
     @staticmethod
     def _error_code(exc: BaseException) -> str:
-        return type(exc).__name__[:RELEASE_ERROR_CODE_BYTES_MAX]
+        """The exception's class name, cut to the server's byte limit."""
+        name = type(exc).__name__.encode()[:RELEASE_ERROR_CODE_BYTES_MAX]
+        return name.decode(errors="ignore")
 
 
 class ReservationScope(_ScopeState):
