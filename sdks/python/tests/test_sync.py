@@ -283,3 +283,20 @@ def test_subscriptions_identify_and_credits(tg: Tollgate, server: Server, user: 
     assert rv.revoked[0].quantity == 20
     ledger = tg.credit_ledger(user, limit=10)
     assert [e.type for e in ledger.entries] == ["revoke", "grant"]
+
+
+def test_a_fail_open_track_that_reached_the_server_is_not_flushed_twice(
+    server: Server, proxy: Proxy, user: str
+):
+    # The track is applied but its answer is lost: the client records it locally too.
+    proxy.mode, proxy.drop_path = "drop", "/v1/track"
+    policy = FailOpen(units_per_user_per_hour=10)
+    with Tollgate(
+        base_url=proxy.url, secret_key=server.secret, max_retries=0, on_unreachable=policy
+    ) as tg:
+        t = tg.track(user_id=user, event="image.render", quantity=2)
+        assert (t.fail_open, [p.quantity for p in tg.pending_fail_open()]) == (True, [2])
+        assert used_reserved(server, user) == (2, 0)
+        assert tg.flush() == []  # the server already has it: dropped, not counted again
+        assert tg.pending_fail_open() == []
+    assert used_reserved(server, user) == (2, 0)

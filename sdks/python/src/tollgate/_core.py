@@ -200,9 +200,14 @@ class LocalLedger:
         cost_micros: Optional[int],
         occurred_at: Optional[str],
         enforce: bool,
+        idempotency_key: str,
     ) -> TrackResult:
         """Track while unreachable: kept for flush and counted in the hour's budget;
-        an enforced track past the budget records nothing, as the server would."""
+        an enforced track past the budget records nothing, as the server would.
+
+        The usage keeps the track call's own idempotency key: if the call did reach
+        the server (only its answer was lost), the flush is refused as an
+        idempotency conflict instead of counting it twice."""
         with self._lock:
             hour = self._hour()
             if enforce and quantity > self._room(user_id, hour):
@@ -214,7 +219,7 @@ class LocalLedger:
                     event=event,
                     quantity=quantity,
                     occurred_at=occurred_at or now_rfc3339(),
-                    idempotency_key=new_idempotency_key(),
+                    idempotency_key=idempotency_key,
                     metadata=metadata,
                     cost_micros=cost_micros,
                 )
@@ -298,6 +303,13 @@ def _local_not_pending(reservation_id: str) -> TollgateError:
 
 def is_local(reservation_id: str) -> bool:
     return reservation_id.startswith(LOCAL_RESERVATION_PREFIX)
+
+
+def already_recorded(error: TollgateError) -> bool:
+    """A flushed usage refused as an idempotency conflict: its key (unique to the
+    SDK call that recorded it) was already used on the server, so the original
+    track reached it and counted; drop it instead of counting it again."""
+    return error.code == "idempotency_conflict"
 
 
 def flush_call(item: PendingUsage) -> Call[TrackResult]:

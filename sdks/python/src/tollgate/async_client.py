@@ -15,6 +15,7 @@ from ._core import (
     LocalLedger,
     OnUnreachable,
     Outcome,
+    already_recorded,
     backoff_seconds,
     base_headers,
     check_policy,
@@ -233,12 +234,20 @@ class AsyncTollgate:
         )  # fmt: skip
         local = self._local
         units = 1 if quantity is None else quantity
+        key = call.idempotency_key or ""
         return await self._run(
             call,
             (
                 lambda: local.track(
-                    user_id, event, units, metadata, cost_micros, occurred_at, bool(enforce)
-                )
+                    user_id,
+                    event,
+                    units,
+                    metadata,
+                    cost_micros,
+                    occurred_at,
+                    bool(enforce),
+                    key,
+                )  # fmt: skip
             )
             if local
             else None,
@@ -378,13 +387,19 @@ class AsyncTollgate:
 
     async def flush(self) -> List[TrackResult]:
         """Report fail-open usage to the server as ``track`` calls, each with the
-        idempotency key it got when recorded (a retried flush counts once). Stops at
-        the first failure, which it raises; what was not sent stays pending."""
+        idempotency key it got when recorded (a retried flush counts once; a usage
+        whose original track did reach the server is dropped, not counted again).
+        Stops at the first failure, which it raises; what was not sent stays pending.
+        Answers the track results of what it recorded."""
         results: List[TrackResult] = []
         if self._local is None:
             return results
         for item in self._local.pending():
-            results.append(await self._send(flush_call(item)))
+            try:
+                results.append(await self._send(flush_call(item)))
+            except TollgateError as error:
+                if not already_recorded(error):
+                    raise
             self._local.forget(item)
         return results
 
