@@ -1,0 +1,422 @@
+"""The asyncio client, :class:`AsyncTollgate`: the methods of :class:`~tollgate.Tollgate`
+as coroutines (same arguments, same answers, same retry and fail-open rules)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Dict, List, Optional, TypeVar
+
+import httpx
+
+from . import _calls
+from ._core import (
+    _UNSET,
+    Call,
+    LocalLedger,
+    OnUnreachable,
+    Outcome,
+    already_recorded,
+    backoff_seconds,
+    base_headers,
+    check_policy,
+    check_settings,
+    flush_call,
+    is_local,
+    network_outcome,
+    read_response,
+    request_headers,
+)
+from .errors import TollgateError, TollgateNetworkError
+from .models import (
+    CancelResult,
+    CheckResult,
+    CommitResult,
+    Credits,
+    EventsPage,
+    ExtendResult,
+    GrantResult,
+    IdentifyResult,
+    LedgerPage,
+    PendingUsage,
+    ReleaseResult,
+    Reservation,
+    ReserveResult,
+    RevokeResult,
+    Subscription,
+    TrackResult,
+    Usage,
+)
+from .reservation import AsyncReservationScope
+
+T = TypeVar("T")
+Metadata = Optional[Dict[str, Any]]
+
+
+class AsyncTollgate:
+    """Asyncio client of a Tollgate server, for server-side code (it holds a secret key).
+
+    Share one per event loop. ``timeout`` is in seconds per attempt;
+    ``max_retries`` is how many times a call that is safe to repeat is retried on a
+    network error, a timeout, ``429`` or ``503``. ``on_unreachable`` is
+    ``"closed"`` (raise :class:`TollgateNetworkError`) or
+    ``FailOpen(units_per_user_per_hour=N)``. ``publishable_key`` is kept for the
+    browser routes (user tokens) that are still to come. ``transport`` is for tests only.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        secret_key: str,
+        *,
+        publishable_key: Optional[str] = None,
+        timeout: float = 10.0,
+        max_retries: int = 2,
+        on_unreachable: OnUnreachable = "closed",
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+    ) -> None:
+        check_settings(base_url, secret_key, max_retries, timeout)
+        policy = check_policy(on_unreachable)
+        self.base_url = base_url.rstrip("/")
+        self.publishable_key = publishable_key
+        self.max_retries = max_retries
+        self._local = LocalLedger(policy) if policy is not None else None
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=base_headers(secret_key),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncTollgate:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    # -- sending -----------------------------------------------------------------
+
+    async def _attempt(self, call: Call[Any]) -> Outcome:
+        try:
+            resp = await self._http.request(
+                call.method,
+                call.path,
+                json=call.body if call.method != "GET" else None,
+                params=call.params,
+                headers=request_headers(call),
+            )
+        except httpx.TimeoutException as exc:
+            return network_outcome(exc, timeout=True)
+        except httpx.TransportError as exc:
+            return network_outcome(exc, timeout=False)
+        return read_response(resp.status_code, resp.headers, resp.content)
+
+    async def _send(self, call: Call[T]) -> T:
+        """Send a call, retrying what is safe to retry, and read its answer."""
+        attempts = 1 + (self.max_retries if call.retry else 0)
+        for attempt in range(attempts):
+            outcome = await self._attempt(call)
+            if outcome.error is None:
+                return call.parse(outcome.body)
+            if not outcome.retryable or attempt + 1 >= attempts:
+                raise outcome.error
+            await asyncio.sleep(backoff_seconds(attempt, outcome.retry_after))
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _run(self, call: Call[T], local: Optional[Callable[[], T]] = None) -> T:
+        """Send a call; under fail-open, answer locally when the server is unreachable."""
+        try:
+            return await self._send(call)
+        except TollgateNetworkError:
+            if self._local is None or local is None:
+                raise
+            return local()
+
+    def _ledger(self, reservation_id: str) -> LocalLedger:
+        if self._local is None:
+            raise TollgateError("not_found", f"unknown local reservation {reservation_id}", 404)
+        return self._local
+
+    # -- metering ----------------------------------------------------------------
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        event: str,
+        quantity: int = 1,
+        metadata: Metadata = None,
+        ttl_seconds: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
+        prompt: Optional[str] = None,
+    ) -> ReserveResult:
+        """Hold ``quantity`` of every limit matching the event, or answer
+        ``allowed=False`` (not an error). One idempotency key is generated per call
+        (unless given) and reused on retries, so a retried reserve holds once."""
+        call = _calls.reserve(
+            user_id, event, quantity, metadata, ttl_seconds, idempotency_key, prompt
+        )
+        local = self._local
+        return await self._run(
+            call, (lambda: local.reserve(user_id, event, quantity, metadata)) if local else None
+        )
+
+    async def commit(
+        self,
+        reservation_id: str,
+        *,
+        quantity: Optional[int] = None,
+        cost_micros: Optional[int] = None,
+        metadata: Metadata = None,
+        if_expired: Optional[str] = None,
+        response: Optional[str] = None,
+    ) -> CommitResult:
+        """Record the work of a reservation; ``quantity`` is the final amount
+        (default: the reserved one). ``if_expired="record"`` records a job that
+        outran its TTL instead of answering 409."""
+        if is_local(reservation_id):
+            ledger = self._ledger(reservation_id)
+            return CommitResult.from_dict(
+                ledger.commit(reservation_id, quantity, cost_micros, metadata)
+            )
+        return await self._send(
+            _calls.commit(reservation_id, quantity, cost_micros, metadata, if_expired, response)
+        )
+
+    async def release(
+        self,
+        reservation_id: str,
+        *,
+        reason: Optional[str] = None,
+        error_code: Optional[str] = None,
+        response: Optional[str] = None,
+    ) -> ReleaseResult:
+        """Give a reservation's hold back (the work failed or was not done)."""
+        if is_local(reservation_id):
+            return ReleaseResult.from_dict(self._ledger(reservation_id).release(reservation_id))
+        return await self._send(_calls.release(reservation_id, reason, error_code, response))
+
+    async def extend(
+        self, reservation_id: str, *, ttl_seconds: Optional[int] = None
+    ) -> ExtendResult:
+        """Set the reservation's expiry to now + ``ttl_seconds`` (server default 60)."""
+        if is_local(reservation_id):
+            return ExtendResult.from_dict(self._ledger(reservation_id).extend(reservation_id))
+        return await self._send(_calls.extend(reservation_id, ttl_seconds))
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        """Read a reservation (``status`` pending, committed, released or expired)."""
+        return await self._send(_calls.get_reservation(reservation_id))
+
+    async def track(
+        self,
+        *,
+        user_id: str,
+        event: str,
+        quantity: Optional[int] = None,
+        metadata: Metadata = None,
+        cost_micros: Optional[int] = None,
+        occurred_at: Optional[str] = None,
+        enforce: Optional[bool] = None,
+        idempotency_key: Optional[str] = None,
+        prompt: Optional[str] = None,
+        response: Optional[str] = None,
+    ) -> TrackResult:
+        """Record usage in one step (``enforce=True``: only if it fits)."""
+        call = _calls.track(
+            user_id, event, quantity, metadata, cost_micros, occurred_at, enforce,
+            idempotency_key, prompt, response,
+        )  # fmt: skip
+        local = self._local
+        units = 1 if quantity is None else quantity
+        key = call.idempotency_key or ""
+        return await self._run(
+            call,
+            (
+                lambda: local.track(
+                    user_id,
+                    event,
+                    units,
+                    metadata,
+                    cost_micros,
+                    occurred_at,
+                    bool(enforce),
+                    key,
+                )  # fmt: skip
+            )
+            if local
+            else None,
+        )
+
+    async def check(
+        self, *, user_id: str, event: str, quantity: Optional[int] = None, metadata: Metadata = None
+    ) -> CheckResult:
+        """Would a reserve be allowed now? Changes nothing."""
+        call = _calls.check(user_id, event, quantity, metadata)
+        local = self._local
+        units = 1 if quantity is None else quantity
+        return await self._run(call, (lambda: local.check(user_id, units)) if local else None)
+
+    async def usage(self, user_id: str, *, event: Optional[str] = None) -> Usage:
+        """Every limit of the user's plan (or those matching ``event``) and their credits."""
+        return await self._send(_calls.usage(user_id, event))
+
+    async def events(
+        self,
+        *,
+        user_id: Optional[str] = None,
+        account_id: Optional[str] = None,
+        event: Optional[str] = None,
+        status: Optional[str] = None,
+        from_: Optional[str] = None,
+        to: Optional[str] = None,
+        metadata: Optional[Dict[str, str]] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> EventsPage:
+        """One page of usage events, newest first (``GET /v1/events``)."""
+        return await self._send(
+            _calls.events(user_id, account_id, event, status, from_, to, metadata, limit, cursor)
+        )
+
+    async def identify(
+        self, *, anonymous_id: str, user_id: str, traits: Metadata = None
+    ) -> IdentifyResult:
+        """Merge an anonymous visitor's usage into the user they turned out to be."""
+        return await self._send(_calls.identify(anonymous_id, user_id, traits))
+
+    # -- subscriptions -------------------------------------------------------------
+
+    async def upsert_subscription(
+        self,
+        *,
+        plan_id: str,
+        user_id: Optional[str] = None,
+        account_id: Optional[str] = None,
+        cycle_start: Optional[str] = None,
+        ends_at: Optional[str] = None,
+        custom_limits: Optional[Dict[str, int]] = None,
+        seats: Optional[int] = None,
+        status: Optional[str] = None,
+        timezone: Optional[str] = None,
+    ) -> Subscription:
+        """Create or change the subscription of a user or an account."""
+        return await self._send(
+            _calls.upsert_subscription(
+                plan_id,
+                user_id,
+                account_id,
+                cycle_start,
+                ends_at,
+                custom_limits,
+                seats,
+                status,
+                timezone,
+            )  # fmt: skip
+        )
+
+    async def cancel_subscription(
+        self,
+        *,
+        user_id: Optional[str] = None,
+        account_id: Optional[str] = None,
+        at: Optional[str] = None,
+        reason: Optional[str] = None,
+    ) -> CancelResult:
+        """End a subscription ``at`` ``"now"``, ``"period_end"`` or a timestamp."""
+        return await self._send(_calls.cancel_subscription(user_id, account_id, at, reason))
+
+    async def get_subscription(
+        self, *, user_id: Optional[str] = None, account_id: Optional[str] = None
+    ) -> Subscription:
+        """The subscription of a user or an account (404 if never had one)."""
+        return await self._send(_calls.get_subscription(user_id, account_id))
+
+    # -- credits -------------------------------------------------------------------
+
+    async def grant_credits(
+        self,
+        *,
+        pack_id: str,
+        user_id: Optional[str] = None,
+        account_id: Optional[str] = None,
+        quantity: Optional[int] = None,
+        external_ref: Optional[str] = None,
+        expires_at: Any = _UNSET,
+        source: Optional[str] = None,
+        note: Optional[str] = None,
+    ) -> GrantResult:
+        """Grant ``quantity`` credit packs. ``expires_at=None`` never expires (left
+        out: the pack's expiry). Retried only with an ``external_ref``."""
+        return await self._send(
+            _calls.grant_credits(
+                pack_id, user_id, account_id, quantity, external_ref, expires_at, source, note
+            )
+        )
+
+    async def revoke_credits(
+        self,
+        *,
+        grant_id: Optional[str] = None,
+        external_ref: Optional[str] = None,
+        reason: Optional[str] = None,
+    ) -> RevokeResult:
+        """Remove what remains of a grant (or of every grant of an external ref)."""
+        return await self._send(_calls.revoke_credits(grant_id, external_ref, reason))
+
+    async def credits(self, user_id: str) -> Credits:
+        """A user's unexpired grants and balances per pack item."""
+        return await self._send(_calls.credits(user_id))
+
+    async def credit_ledger(
+        self, user_id: str, *, limit: Optional[int] = None, cursor: Optional[str] = None
+    ) -> LedgerPage:
+        """One page of a user's credit ledger, newest first."""
+        return await self._send(_calls.credit_ledger(user_id, limit, cursor))
+
+    # -- fail-open -------------------------------------------------------------------
+
+    def pending_fail_open(self) -> List[PendingUsage]:
+        """Usage admitted locally while the server was unreachable, not yet flushed."""
+        return self._local.pending() if self._local is not None else []
+
+    async def flush(self) -> List[TrackResult]:
+        """Report fail-open usage to the server as ``track`` calls, each with the
+        idempotency key it got when recorded (a retried flush counts once; a usage
+        whose original track did reach the server is dropped, not counted again).
+        Stops at the first failure, which it raises; what was not sent stays pending.
+        Answers the track results of what it recorded."""
+        results: List[TrackResult] = []
+        if self._local is None:
+            return results
+        for item in self._local.pending():
+            try:
+                results.append(await self._send(flush_call(item)))
+            except TollgateError as error:
+                if not already_recorded(error):
+                    raise
+            self._local.forget(item)
+        return results
+
+    # -- the helper --------------------------------------------------------------------
+
+    def reservation(
+        self,
+        *,
+        user_id: str,
+        event: str,
+        quantity: int = 1,
+        metadata: Metadata = None,
+        ttl_seconds: Optional[int] = None,
+        prompt: Optional[str] = None,
+    ) -> AsyncReservationScope:
+        """``async with atg.reservation(...) as r:`` reserve on enter (raise
+        :class:`QuotaExceeded` if denied), commit ``r.quantity`` on a clean exit
+        (recording it even if the TTL ran out), release on an exception, and extend
+        in the background while the block runs."""
+        return AsyncReservationScope(self, user_id, event, quantity, metadata, ttl_seconds, prompt)
