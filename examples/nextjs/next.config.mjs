@@ -1,6 +1,9 @@
-/** @type {import('next').NextConfig} */
+/**
+ * Nothing special is needed: `@tollgate/sdk` is a plain ESM/CJS package with no runtime
+ * dependencies, so Next bundles it for the route handler like any other dependency.
+ * @type {import('next').NextConfig}
+ */
 const nextConfig = {
-  // The SDK is a local package (file:../../sdks/typescript): let Next bundle it like any other.
   reactStrictMode: true,
 };
 
