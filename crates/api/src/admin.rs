@@ -39,6 +39,11 @@ pub struct KeyPair {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProjectRequest {
     #[schema(example = "my-app")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub name: String,
 }
 
@@ -85,6 +90,11 @@ pub struct CreateKeyRequest {
     pub environment: Environment,
     pub kind: KeyKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub name: Option<String>,
 }
 
@@ -153,6 +163,7 @@ pub struct ClockResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdvanceClockRequest {
     /// How far to move the clock forward, `0 ..= 316224000` (about ten years).
+    #[schema(maximum = 316224000)]
     pub seconds: u64,
 }
 

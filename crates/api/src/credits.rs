@@ -50,19 +50,36 @@ pub struct GrantRequest {
     /// The user the credits are for (give this or `accountId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "u_42")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_id: Option<String>,
     /// The account the credits are for; its members spend them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub account_id: Option<String>,
     /// A pack of the plan document's `creditPacks`.
     #[schema(example = "pack50")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub pack_id: String,
     /// How many packs, 1 to 10000 (default 1); each item grants `item.quantity × quantity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: Option<u64>,
     /// 1–256 bytes. The same reference again grants nothing and answers the first grants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "pi_3Qx7")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub external_ref: Option<String>,
     /// When the grants expire, after now; `null`: never. Absent: the pack's
     /// `expiresAfterDays` from now.
@@ -78,6 +95,10 @@ pub struct GrantRequest {
     pub source: Option<CreditSource>,
     /// At most 500 bytes, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub note: Option<String>,
 }
 
@@ -236,9 +257,18 @@ pub struct RevokeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub external_ref: Option<String>,
     /// At most 500 bytes; shown in the ledger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub reason: Option<String>,
 }
 
@@ -380,9 +410,11 @@ pub fn ledger_cursor(seq: i64) -> String {
 
 /// A `cursor` back as the position it names.
 pub fn parse_ledger_cursor(s: &str) -> Result<i64, FieldError> {
+    // At most 18 significant digits, as the OpenAPI pattern says: a sequence never gets there.
+    let significant = s.trim_start_matches('0').len();
     s.parse::<i64>()
         .ok()
-        .filter(|&seq| seq > 0 && s.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|&seq| seq > 0 && significant <= 18 && s.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| FieldError::new("cursor", "not a cursor this API gave"))
 }
 
@@ -534,7 +566,17 @@ mod tests {
         );
         assert_eq!(parse_ledger_limit(Some(0)).unwrap_err().field, "limit");
         assert_eq!(parse_ledger_cursor(&ledger_cursor(42)).unwrap(), 42);
-        for bad in ["", "x", "-3", "0", "+7", "1.5", "99999999999999999999"] {
+        assert_eq!(parse_ledger_cursor("007").unwrap(), 7);
+        for bad in [
+            "",
+            "x",
+            "-3",
+            "0",
+            "+7",
+            "1.5",
+            "99999999999999999999",
+            "1000000000000000000",
+        ] {
             assert_eq!(
                 parse_ledger_cursor(bad).unwrap_err().field,
                 "cursor",

@@ -59,7 +59,14 @@ pub fn index_path(parent: &str, index: usize) -> String {
 }
 
 /// Deserializes a parsed JSON value into `T`, naming the field of the first error.
+///
+/// Every body of the API is a JSON object; serde would also read a struct from an array of its
+/// fields in order (`["u_42", "image.render"]` as a reserve, `[null]` as a plan document), so
+/// anything but an object is refused first.
 pub fn from_json_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, FieldError> {
+    if !value.is_object() {
+        return Err(FieldError::new("", "the body must be a JSON object"));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| describe(e.path(), e.inner()))
 }
 
@@ -152,6 +159,16 @@ mod tests {
             let e = from_json_str::<Outer>(&text).unwrap_err();
             assert_eq!(e.field, "items[0].quantity", "{bad}");
         }
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        for bad in [r#"["u", []]"#, "[null, null]", "null", "1", r#""u""#] {
+            let e = from_json_str::<Outer>(bad).unwrap_err();
+            assert_eq!(e.field, "", "{bad}");
+            assert_eq!(e.message, "the body must be a JSON object", "{bad}");
+        }
+        assert!(from_json_str::<Outer>(r#"{"userId":"u"}"#).is_ok());
     }
 
     #[test]

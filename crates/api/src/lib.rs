@@ -15,6 +15,7 @@ pub mod error;
 pub mod field;
 pub mod metering;
 pub mod plans;
+pub mod schema;
 pub mod subscriptions;
 pub mod time;
 

@@ -167,18 +167,28 @@ pub enum MatchStatus {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReserveRequest {
     #[schema(example = "u_42")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_id: String,
     #[schema(example = "image.render")]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub event: String,
     /// At least 1; default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub quantity: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::metadata_or_null)]
     pub metadata: Option<WireMetadata>,
     /// 1–3600; default 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub ttl_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
@@ -243,11 +253,14 @@ pub struct ReserveResponse {
 pub struct CommitRequest {
     /// The final quantity (default: the reserved one); may be 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub quantity: Option<u64>,
     /// Merged over the reserve's metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::metadata_or_null)]
     pub metadata: Option<WireMetadata>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub cost_micros: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
@@ -321,9 +334,17 @@ pub struct CommitResponse {
 pub struct ReleaseRequest {
     /// At most 500 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub reason: Option<String>,
     /// At most 100 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
@@ -366,6 +387,7 @@ pub struct ReleaseResponse {
 pub struct ExtendRequest {
     /// 1–3600; the new expiry is now + ttlSeconds. Default 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub ttl_seconds: Option<u64>,
 }
 
@@ -410,21 +432,31 @@ pub struct ReservationResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrackRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_id: String,
     #[schema(example = "llm.tokens")]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub event: String,
     /// Default 1; may be 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub quantity: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::metadata_or_null)]
     pub metadata: Option<WireMetadata>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
     pub idempotency_key: Option<String>,
     /// Default now; at most 35 days back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub occurred_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub cost_micros: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
@@ -519,12 +551,20 @@ pub struct TrackResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_id: String,
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub event: String,
     /// At least 1; default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub quantity: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::metadata_or_null)]
     pub metadata: Option<WireMetadata>,
 }
 
@@ -682,6 +722,45 @@ mod tests {
         };
         assert_eq!(long.parse().unwrap_err().field, "errorCode");
     }
+
+    #[test]
+    fn cursors_are_taken_only_in_the_shape_they_are_given() {
+        let cursor = events_cursor(1_764_417_600_000, "evt_0VcWs0aA1N0sJO8Z");
+        assert_eq!(
+            parse_events_cursor(&cursor).unwrap(),
+            (1_764_417_600_000, "evt_0VcWs0aA1N0sJO8Z".to_string())
+        );
+        assert_eq!(parse_events_cursor("-0:e").unwrap(), (0, "e".to_string()));
+        let long_id = format!("1:{}", "e".repeat(65));
+        let wide_id = format!("1:{}", "é".repeat(40));
+        for bad in [
+            "",
+            "1",
+            "1:",
+            "+1:e",
+            " 1:e",
+            "x:e",
+            "1:e-f",
+            "123456789012345:e",
+            long_id.as_str(),
+            wide_id.as_str(),
+        ] {
+            assert_eq!(
+                parse_events_cursor(bad).unwrap_err().field,
+                "cursor",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_cursor_millis("99999999999999"),
+            Some(99_999_999_999_999)
+        );
+        assert_eq!(
+            parse_cursor_millis("-99999999999999"),
+            Some(-99_999_999_999_999)
+        );
+        assert_eq!(parse_cursor_millis("--1"), None);
+    }
 }
 
 /// `POST /v1/identify`: an anonymous visitor signed up (or logged in) as a user.
@@ -690,8 +769,18 @@ mod tests {
 pub struct IdentifyRequest {
     /// The id the visitor was metered under, e.g. `anon_…`.
     #[schema(example = "anon_7f3a")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub anonymous_id: String,
     #[schema(example = "u_42")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_id: String,
     /// Refused in this build: person traits are stored with persons (`capture`), which come
     /// later. Send none.
@@ -788,10 +877,26 @@ pub fn events_cursor(occurred_at_ms: i64, event_id: &str) -> String {
     format!("{occurred_at_ms}:{event_id}")
 }
 
-/// A `cursor` back as (time in ms, event id).
+/// Most digits of the time in a cursor: every such millisecond count is a valid timestamp
+/// (year -1199 to 5138), so the OpenAPI pattern `-?[0-9]{1,14}` says exactly what is taken.
+pub const CURSOR_MILLIS_DIGITS_MAX: usize = 14;
+
+/// The time part of a list cursor: an optional `-` and 1 to 14 digits (no `+`, no spaces).
+pub fn parse_cursor_millis(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let plain = (1..=CURSOR_MILLIS_DIGITS_MAX).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    plain.then(|| s.parse::<i64>().ok()).flatten()
+}
+
+/// A `cursor` back as (time in ms, event id): `-?[0-9]{1,14}:[A-Za-z0-9_]{1,64}`, the shape
+/// [`events_cursor`] writes, and nothing else.
 pub fn parse_events_cursor(s: &str) -> Result<(i64, String), FieldError> {
     s.split_once(':')
-        .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())))
-        .filter(|(_, id)| !id.is_empty() && id.len() <= 64)
+        .and_then(|(ms, id)| Some((parse_cursor_millis(ms)?, id.to_string())))
+        .filter(|(_, id)| {
+            (1..=64).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
         .ok_or_else(|| FieldError::new("cursor", "not a cursor this API gave"))
 }

@@ -88,17 +88,22 @@ pub struct PlanDocument {
     /// The plan of users without a subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "free")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub default_plan: Option<String>,
     /// The plan of user ids starting with `anon_` (default: the default plan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub anonymous_plan: Option<String>,
     #[serde(default)]
     pub unmatched_events: UnmatchedEvents,
     #[serde(default)]
+    #[schema(max_items = 200)]
     pub plans: Vec<Plan>,
     #[serde(default)]
+    #[schema(max_items = 200)]
     pub credit_packs: Vec<CreditPack>,
     #[serde(default)]
+    #[schema(max_items = 500)]
     pub costs: Vec<Cost>,
 }
 
@@ -106,8 +111,13 @@ pub struct PlanDocument {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Plan {
     #[schema(example = "pro")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -117,17 +127,22 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub features: Vec<String>,
     #[serde(default)]
     pub billing: Billing,
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub stripe_price_ids: Vec<String>,
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub polar_product_ids: Vec<String>,
     /// Caps the members of an account on this plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub seats: Option<u32>,
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub limits: Vec<Limit>,
 }
 
@@ -135,6 +150,7 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Price {
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub amount: u64,
     #[schema(example = "usd")]
     pub currency: String,
@@ -150,6 +166,7 @@ pub struct Billing {
     #[serde(default = "Billing::default_interval")]
     pub interval: String,
     #[serde(default = "Billing::default_count")]
+    #[schema(minimum = 1, maximum = 100)]
     pub interval_count: u32,
 }
 
@@ -176,12 +193,20 @@ impl Default for Billing {
 pub struct Limit {
     /// Unique within a plan; the same id in two plans is the same counter.
     #[schema(example = "images_daily")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub id: String,
     /// Default: the id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub label: Option<String>,
     #[serde(default = "unit_default")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub unit: String,
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub quota: u64,
     #[serde(default)]
     pub kind: LimitKind,
@@ -191,15 +216,18 @@ pub struct Limit {
     pub enforcement: Enforcement,
     /// Each unit of a matching event counts this many times. Default 1.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub multiplier: u64,
     /// Required, except for a concurrency limit (which ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
     /// The limit counts an event if any rule matches it.
     #[serde(rename = "match")]
+    #[schema(min_items = 1, max_items = 32)]
     pub rules: Vec<MatchRule>,
     /// Thresholds in percent of the quota that notify (default `[80, 100]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 10)]
     pub notify: Option<Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollover: Option<Rollover>,
@@ -230,6 +258,7 @@ pub struct Window {
     #[schema(example = "Europe/Paris")]
     pub timezone: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 34560000)]
     pub seconds: Option<u64>,
 }
 
@@ -254,39 +283,54 @@ pub enum MatchValues {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rollover {
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub max_quantity: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreditPack {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: Option<String>,
     /// Higher is spent first. Default 0.
     #[serde(default)]
     pub priority: i32,
     /// Null: never.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_after_days: Option<u32>,
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub stripe_price_ids: Vec<String>,
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub polar_product_ids: Vec<String>,
     /// Notify when the available balance falls to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub low_at: Option<u64>,
+    #[schema(min_items = 1, max_items = 20)]
     pub items: Vec<CreditItem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreditItem {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub id: String,
     #[serde(default = "unit_default")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub unit: String,
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub quantity: u64,
     #[serde(rename = "match")]
+    #[schema(min_items = 1, max_items = 32)]
     pub rules: Vec<MatchRule>,
 }
 
@@ -296,6 +340,7 @@ pub struct CreditItem {
 pub struct Cost {
     #[serde(rename = "match")]
     pub rule: MatchRule,
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub micros_per_unit: u64,
 }
 

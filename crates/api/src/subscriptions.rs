@@ -93,10 +93,21 @@ where
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionUpsertRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub account_id: Option<String>,
     #[schema(example = "pro")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:-]+$")]
     pub plan_id: String,
     /// The billing anchor (default: the creation time; a later one renews).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,8 +391,18 @@ pub struct HistoryResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub account_id: Option<String>,
     /// `now` (the default), `period_end`, or an RFC 3339 timestamp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,6 +410,10 @@ pub struct CancelRequest {
     pub at: Option<String>,
     /// At most 500 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub reason: Option<String>,
 }
 

@@ -453,10 +453,13 @@ pub async fn receive(
 #[into_params(parameter_in = Query)]
 pub struct EventsParams {
     /// applied, ignored, stale, unresolved, failed
+    #[param(pattern = "^(applied|ignored|stale|unresolved|failed)$")]
     pub status: Option<String>,
     pub customer_id: Option<String>,
     /// 1-500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
+    #[param(pattern = "^-?[0-9]{1,14}\\.[\\s\\S]*$")]
     pub cursor: Option<String>,
 }
 
@@ -475,9 +478,7 @@ fn cursor(given: Option<&str>) -> Result<Option<(Timestamp, String)>, ApiError> 
     let Some(c) = given else { return Ok(None) };
     let bad = || ApiError::invalid("cursor", "not a cursor this list answered");
     let (ms, id) = c.split_once('.').ok_or_else(bad)?;
-    let at = ms
-        .parse::<i64>()
-        .ok()
+    let at = wire::parse_cursor_millis(ms)
         .and_then(|ms| Timestamp::from_millisecond(ms).ok())
         .ok_or_else(bad)?;
     Ok(Some((at, id.to_string())))
@@ -642,9 +643,12 @@ pub async fn replay_event(
 #[into_params(parameter_in = Query)]
 pub struct MeterEventsParams {
     /// pending, delivered, failed
+    #[param(pattern = "^(pending|delivered|failed)$")]
     pub status: Option<String>,
     /// 1-500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
+    #[param(pattern = "^-?[0-9]{1,14}\\.[\\s\\S]*$")]
     pub cursor: Option<String>,
 }
 

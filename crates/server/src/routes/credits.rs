@@ -345,8 +345,10 @@ pub async fn account_credits(
 #[into_params(parameter_in = Query)]
 pub struct LedgerParams {
     /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^0*[1-9][0-9]{0,17}$")]
     cursor: Option<String>,
 }
 

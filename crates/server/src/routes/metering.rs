@@ -378,12 +378,20 @@ pub struct EventsParams {
     /// Only this user's events (including those an identify moved to them).
     #[serde(rename = "userId")]
     #[param(rename = "userId")]
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     user_id: Option<String>,
     /// Only events with this status: committed, released, expired, tracked or denied.
+    #[param(pattern = "^(committed|released|expired|tracked|denied)$")]
     status: Option<String>,
     /// Events per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,14}:[A-Za-z0-9_]{1,64}$")]
     cursor: Option<String>,
 }
 
@@ -469,6 +477,7 @@ pub async fn events(
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// Only the limits that count this event.
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")]
     event: Option<String>,
 }
 
