@@ -13,7 +13,7 @@ use tollgate_api::InitOutput;
 use tollgate_server::{AppState, Metrics, ServerConfig};
 use tollgate_store::{Store, StoreError, StoreObserver};
 use tollgate_store_postgres::PgStore;
-use tollgate_store_sqlite::SqliteStore;
+use tollgate_store_sqlite::{catch_up_log, EngineStore, SqliteStore};
 
 fn settings(storage: &StorageArgs, over: Overrides) -> Result<Settings> {
     let file = FileSettings::load(storage.config.as_deref())?;
@@ -22,21 +22,28 @@ fn settings(storage: &StorageArgs, over: Overrides) -> Result<Settings> {
         Overrides {
             data_dir: storage.data_dir.clone(),
             database_url: storage.database_url.clone(),
+            engine: storage.engine,
             ..over
         },
     )
 }
 
-async fn open_store(
-    database: &Database,
-    observer: Arc<dyn StoreObserver>,
-) -> Result<Arc<dyn Store>> {
+async fn open_store(settings: &Settings, observer: Arc<dyn StoreObserver>) -> Result<Arc<dyn Store>> {
+    let database = &settings.database;
     match database {
         Database::Sqlite { data_dir } => {
             std::fs::create_dir_all(data_dir)
                 .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-            let store = SqliteStore::open(data_dir, observer)
-                .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+            let cannot = || format!("cannot open the database in {}", data_dir.display());
+            if settings.engine {
+                let store = EngineStore::open(data_dir, observer)
+                    .await
+                    .with_context(cannot)?;
+                return Ok(Arc::new(store));
+            }
+            let store = SqliteStore::open(data_dir, observer).with_context(cannot)?;
+            // A command log left by the engine is applied to the tables before anything else.
+            catch_up_log(&store, data_dir).await.with_context(cannot)?;
             Ok(Arc::new(store))
         }
         Database::Postgres { url } => {
@@ -67,7 +74,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
             );
         }
         Database::Sqlite { .. } => {
-            let store = open_store(&settings.database, Arc::new(Metrics::new())).await?;
+            let store = open_store(&settings, Arc::new(Metrics::new())).await?;
             store.shutdown().await;
             println!("{}: the schema is current", settings.database.describe());
         }
@@ -86,7 +93,7 @@ fn already_initialized(database: &Database) -> anyhow::Error {
 /// `tollgate init`: creates the install and prints its secrets once.
 pub async fn init(args: InitArgs) -> Result<()> {
     let settings = settings(&args.storage, Overrides::default())?;
-    let store = open_store(&settings.database, Arc::new(Metrics::new())).await?;
+    let store = open_store(&settings, Arc::new(Metrics::new())).await?;
     let created = create_install(&store, &settings.database).await;
     store.shutdown().await;
     let output = created?;
@@ -149,7 +156,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )?;
     tracing::debug!(?settings, "settings resolved");
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(&settings.database, metrics.clone()).await?;
+    let store = open_store(&settings, metrics.clone()).await?;
     if !store.is_initialized().await? {
         let output = create_install(&store, &settings.database).await?;
         eprintln!(

@@ -77,6 +77,17 @@ struct StorageArgs {
     /// A TOML file with the same settings (see tollgate.example.toml)
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Embedded store only: decide metering from memory and make each write durable with one
+    /// append to a command log, the tables filled behind it (docs/scaling.md) [default: false]
+    #[arg(
+        long,
+        env = "TOLLGATE_ENGINE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    engine: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -32,6 +32,7 @@ pub struct FileSettings {
     pub database_url: Option<String>,
     pub sweep_interval_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub engine: Option<bool>,
 }
 
 impl FileSettings {
@@ -135,6 +136,7 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub sweep_interval_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub engine: Option<bool>,
 }
 
 /// Every setting, resolved and checked.
@@ -142,6 +144,8 @@ pub struct Overrides {
 pub struct Settings {
     pub listen: String,
     pub database: Database,
+    /// The hot-path engine in front of the embedded store.
+    pub engine: bool,
     pub sweep_interval: Duration,
     pub request_timeout: Duration,
 }
@@ -168,12 +172,18 @@ impl Settings {
             .request_timeout_ms
             .or(file.request_timeout_ms)
             .unwrap_or(tollgate_server::config::REQUEST_TIMEOUT_MS_DEFAULT);
+        let engine = over.engine.or(file.engine).unwrap_or(false);
+        let database = Database::resolve(database_url.as_deref(), data_dir)?;
+        if engine && matches!(database, Database::Postgres { .. }) {
+            bail!("engine is for the embedded SQLite store; PostgreSQL keeps state in the database");
+        }
         Ok(Self {
+            engine,
             listen: over
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| LISTEN_DEFAULT.to_string()),
-            database: Database::resolve(database_url.as_deref(), data_dir)?,
+            database,
             sweep_interval: Duration::from_millis(within(
                 "sweep_interval_ms",
                 sweep,

@@ -24,8 +24,8 @@ use tollgate_store::*;
 /// The embedded store. Cheap to clone; all clones share one writer and one reader pool.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: Writer,
-    readers: Arc<Readers>,
+    pub(crate) writer: Writer,
+    pub(crate) readers: Arc<Readers>,
     checkpointer: Arc<Checkpointer>,
     /// An exclusive lock on `DIR/tollgate.lock` for as long as the store lives: one process
     /// per data dir. The OS drops it when the process dies, even by `kill -9`.

@@ -8,6 +8,7 @@
 
 mod admin;
 mod checkpointer;
+mod engine;
 mod schema;
 mod seed;
 mod sql;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use tollgate_store::StoreError;
 
 pub use admin::SqliteStore;
+pub use engine::{catch_up_log, EngineStore, LOG_DIR};
 pub use seed::seed_events;
 
 /// The database file inside a data directory.
@@ -97,7 +99,7 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -109,7 +111,7 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 
 /// A pool of read-only connections; each read borrows one on a blocking thread.
 pub(crate) struct Readers {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: tokio::sync::Semaphore,
 }

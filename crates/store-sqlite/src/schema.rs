@@ -387,6 +387,15 @@ CREATE TABLE settings (
     updated_at_ms INTEGER NOT NULL
 );
 "#,
+    // 9: the engine's command log position the tables hold (see `engine`): every record up to
+    // `applied_lsn` is in the tables, written in the transaction that wrote this row.
+    r#"
+CREATE TABLE engine_log (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    applied_lsn INTEGER NOT NULL
+);
+INSERT INTO engine_log (id, applied_lsn) VALUES (1, 0);
+"#,
 ];
 
 /// Brings the database to the newest schema version, each step in its own transaction.

@@ -6,7 +6,7 @@ use super::*;
 
 /// One counter: a limit, a subject, a window (by its start; 0 for lifetime, concurrency and
 /// rolling limits).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CounterKey {
     pub limit_id: String,
     pub subject: String,
