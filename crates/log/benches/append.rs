@@ -1,11 +1,13 @@
 //! How many records per second the log makes durable, for each way of preallocating segments,
 //! with one `fdatasync` per record and per group of 32, and what creating a segment costs.
 //!
-//! Each round opens a fresh log in a temporary directory on the filesystem of `TMPDIR` (so
-//! point it at the disk Tollgate's data dir will live on), then loops: append `group` records of
-//! `--record-bytes` (200), flush, sync; for `--seconds` (1) per round. This is the owner thread and the
-//! syncer in one thread, so the figure is the disk's sync rate times the group size, the upper
-//! bound a pipelined syncer approaches.
+//! For each group size, three fresh logs (one per preallocation) in temporary directories on
+//! the filesystem of `TMPDIR` (point it at the disk Tollgate's data dir will live on) take
+//! turns: append `group` records of `--record-bytes` (200), flush, sync; for `--seconds` (10).
+//! Taking turns group by group puts whatever else loads the machine on the three alike, which
+//! separate runs on a shared machine do not. This is the owner thread and the syncer in one
+//! thread, so the figure is the disk's sync rate times the group size, the bound a pipelined
+//! syncer approaches.
 //!
 //! `cargo bench -p tollgate-log --bench append [-- --seconds S --record-bytes B]`.
 //! Under `cargo test --benches` (no `--bench` flag) it runs a tiny smoke round instead: it is a
@@ -26,7 +28,7 @@ fn parse() -> Options {
     let benching = args.iter().any(|a| a == "--bench");
     let mut o = if benching {
         Options {
-            seconds: 1.0,
+            seconds: 10.0,
             record_bytes: 200,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
         }
@@ -58,34 +60,18 @@ fn parse() -> Options {
     o
 }
 
-/// Durable appends per second and the mean time of one append+flush+sync group.
-fn round(o: &Options, prealloc: Preallocation, group: usize) -> (f64, Duration) {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let opts = LogOptions {
-        segment_bytes: o.segment_bytes,
-    };
-    let (mut log, _) = LogWriter::open_with(dir.path(), opts, prealloc).expect("open");
-    let payload = vec![0x5Au8; o.record_bytes];
-    let deadline = Duration::from_secs_f64(o.seconds);
+/// Appends `group` records, flushes and syncs: one acknowledged group. Returns its duration.
+fn group_commit(log: &mut LogWriter, payload: &[u8], group: usize) -> Duration {
     let start = Instant::now();
-    let mut records = 0u64;
-    let mut groups = 0u64;
-    while start.elapsed() < deadline {
-        for _ in 0..group {
-            log.append(1, &payload);
-        }
-        log.flush().expect("flush").sync().expect("sync");
-        records += group as u64;
-        groups += 1;
+    for _ in 0..group {
+        log.append(1, payload);
     }
-    let elapsed = start.elapsed();
-    (
-        records as f64 / elapsed.as_secs_f64(),
-        elapsed / groups.max(1) as u32,
-    )
+    log.flush().expect("flush").sync().expect("sync");
+    start.elapsed()
 }
 
-/// Time to create one segment (what a roll-over adds to the flush that causes it).
+/// Time to create one segment (what a roll-over would add to the flush that causes it without
+/// the spare segment prepared in the background).
 fn creation(o: &Options, prealloc: Preallocation) -> Duration {
     let dir = tempfile::tempdir().expect("temporary directory");
     let opts = LogOptions {
@@ -96,53 +82,77 @@ fn creation(o: &Options, prealloc: Preallocation) -> Duration {
     start.elapsed()
 }
 
-/// Rounds of each (preallocation, group) pair, interleaved so that other load on the machine
-/// falls on every pair alike; the table shows the median round.
-const ROUNDS: usize = 5;
+/// Time given to the spare segments' preparation before the logs are measured.
+const SPARE_SETTLE: Duration = Duration::from_millis(1500);
+
+const MODES: [Preallocation; 3] = [
+    Preallocation::None,
+    Preallocation::Fallocate,
+    Preallocation::ZeroFill,
+];
 
 fn main() {
     let o = parse();
     println!(
-        "record {} B payload (+{} B frame), segment {} B, {ROUNDS} interleaved rounds of {} s",
+        "record {} B payload (+{} B frame), segment {} B, {} s per group size, the three \
+         logs taking turns group by group",
         o.record_bytes,
         tollgate_log::RECORD_HEADER_BYTES,
         o.segment_bytes,
         o.seconds
     );
-    let modes = [
-        Preallocation::None,
-        Preallocation::Fallocate,
-        Preallocation::ZeroFill,
-    ];
-    let pairs: Vec<(Preallocation, usize)> =
-        modes.iter().flat_map(|&m| [(m, 1), (m, 32)]).collect();
-    let mut rates = vec![Vec::new(); pairs.len()];
-    let mut creates = vec![Vec::new(); modes.len()];
-    for _ in 0..ROUNDS {
-        for (i, &m) in modes.iter().enumerate() {
-            creates[i].push(creation(&o, m));
-        }
-        for (i, &(m, group)) in pairs.iter().enumerate() {
-            rates[i].push(round(&o, m, group));
-        }
-    }
     println!(
-        "{:<10} {:>6} {:>12} {:>12} {:>12} {:>16}",
-        "prealloc", "group", "appends/s", "(min", "max)", "segment create"
+        "{:<10} {:>6} {:>12} {:>14} {:>14} {:>16}",
+        "prealloc", "group", "appends/s", "p50 sync µs", "p99 sync µs", "segment create"
     );
-    for (i, &(m, group)) in pairs.iter().enumerate() {
-        let r = &mut rates[i];
-        r.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let c = &mut creates[i / 2];
-        c.sort();
-        println!(
-            "{:<10} {:>6} {:>12.0} {:>12.0} {:>12.0} {:>13.1} ms",
-            format!("{m:?}"),
-            group,
-            r[r.len() / 2].0,
-            r[0].0,
-            r[r.len() - 1].0,
-            c[c.len() / 2].as_secs_f64() * 1e3
-        );
+    let payload = vec![0x5Au8; o.record_bytes];
+    let creates: Vec<Duration> = MODES.iter().map(|&m| creation(&o, m)).collect();
+    for group in [1usize, 32] {
+        // One log per preallocation, all on the same disk, committing in turn: whatever else
+        // loads the machine falls on the three alike.
+        let dirs: Vec<_> = MODES
+            .iter()
+            .map(|_| tempfile::tempdir().expect("temporary directory"))
+            .collect();
+        let mut logs: Vec<LogWriter> = MODES
+            .iter()
+            .zip(&dirs)
+            .map(|(&m, d)| {
+                let opts = LogOptions {
+                    segment_bytes: o.segment_bytes,
+                };
+                LogWriter::open_with(d.path(), opts, m).expect("open").0
+            })
+            .collect();
+        // `open` prepares the next segment on a background thread; let it finish so its
+        // writes do not fall into the measured syncs (in steady state it runs once per segment).
+        std::thread::sleep(SPARE_SETTLE);
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); MODES.len()];
+        let deadline = Duration::from_secs_f64(o.seconds);
+        let start = Instant::now();
+        let mut turn = 0;
+        while start.elapsed() < deadline {
+            // Rotate who goes first, so no log always follows the same one.
+            for k in 0..MODES.len() {
+                let i = (turn + k) % MODES.len();
+                times[i].push(group_commit(&mut logs[i], &payload, group));
+            }
+            turn += 1;
+        }
+        for (i, m) in MODES.iter().enumerate() {
+            let t = &mut times[i];
+            let total: Duration = t.iter().sum();
+            t.sort();
+            let rate = (t.len() * group) as f64 / total.as_secs_f64();
+            println!(
+                "{:<10} {:>6} {:>12.0} {:>14.0} {:>14.0} {:>13.1} ms",
+                format!("{m:?}"),
+                group,
+                rate,
+                t[t.len() / 2].as_secs_f64() * 1e6,
+                t[t.len() * 99 / 100].as_secs_f64() * 1e6,
+                creates[i].as_secs_f64() * 1e3
+            );
+        }
     }
 }

@@ -128,8 +128,10 @@ fn every_torn_tail_is_cut_and_the_log_goes_on() {
                 // Preallocated: the missing bytes read as zeros.
                 damage(seg, start + len - lost, lost as usize, |_| 0);
             }
-            let (mut log, rec) = open(dir.path(), 4096, mode);
             let ctx = format!("{mode:?}, {lost} bytes lost");
+            // A reader stops cleanly before the torn record, before any recovery ran.
+            assert_eq!(all_records(dir.path()).len(), 4, "{ctx}");
+            let (log, rec) = open(dir.path(), 4096, mode);
             assert_eq!(rec.last_lsn, 4, "{ctx}");
             if lost == len {
                 assert_eq!(rec.cut, None, "{ctx}: a record never begun is no cut");
@@ -140,6 +142,17 @@ fn every_torn_tail_is_cut_and_the_log_goes_on() {
                 assert!(cut.bytes >= 1 && cut.bytes <= len - lost, "{ctx}: {cut:?}");
             }
             assert_records(dir.path(), 4);
+            // The cut is on disk: opening again finds a clean log.
+            drop(log);
+            let (mut log, rec) = open(dir.path(), 4096, mode);
+            assert_eq!(
+                rec,
+                tollgate_log::Recovered {
+                    last_lsn: 4,
+                    cut: None
+                },
+                "{ctx}"
+            );
             write_records(&mut log, 5, 2, 2);
             drop(log);
             let (_, rec) = open(dir.path(), 4096, mode);
@@ -220,6 +233,15 @@ fn damage_in_a_segment_before_the_last_refuses_to_open() {
         matches!(err, LogError::Corrupt { ref segment, .. } if *segment == segs[1]),
         "{err}"
     );
+    // A reader hands out the records before the damage, then the error, then nothing.
+    let mut reader = read_after(dir.path(), 0).unwrap();
+    let good = reader.by_ref().take_while(|r| r.is_ok()).count() as u64;
+    assert_eq!(
+        good + 1,
+        first_lsn(&segs[2]) - 1,
+        "all but the damaged record"
+    );
+    assert!(reader.next().is_none());
 }
 
 #[test]
@@ -438,4 +460,40 @@ fn a_whole_record_after_a_missing_one_refuses_to_open() {
         matches!(err, LogError::Corrupt { offset, .. } if offset == at(4) as u64),
         "{err}"
     );
+}
+
+#[test]
+fn a_reader_beside_a_live_writer_sees_a_growing_prefix() {
+    const RECORDS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), 2048, Preallocation::ZeroFill);
+    let writer = std::thread::spawn(move || {
+        let mut lsn = 1;
+        while lsn <= RECORDS {
+            let group = (lsn % 7 + 1).min(RECORDS - lsn + 1);
+            write_records_unsynced(&mut log, lsn, group);
+            lsn += group;
+        }
+        log
+    });
+    let mut seen = 0;
+    let start = std::time::Instant::now();
+    while seen < RECORDS {
+        for r in read_after(dir.path(), seen).unwrap() {
+            let r = r.unwrap_or_else(|e| panic!("after {seen}: {e}"));
+            assert_eq!(r.lsn, seen + 1);
+            assert_eq!(r.payload, expected_payload(r.lsn));
+            seen = r.lsn;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(60));
+    }
+    let log = writer.join().unwrap();
+    assert_eq!(log.last_lsn(), RECORDS);
+}
+
+fn write_records_unsynced(log: &mut LogWriter, first: u64, count: u64) {
+    for lsn in first..first + count {
+        log.append((lsn % 3) as u8, &expected_payload(lsn));
+    }
+    log.flush().unwrap();
 }
