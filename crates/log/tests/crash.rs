@@ -120,4 +120,9 @@ fn every_acknowledged_record_survives_kill_9() {
         acked_max > 200,
         "the children wrote enough to mean something: {acked_max}"
     );
+    let segments = common::segment_files(dir.path()).len();
+    assert!(
+        segments > KILLS,
+        "the kills fell among roll-overs: {segments} segments"
+    );
 }

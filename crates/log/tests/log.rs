@@ -497,3 +497,23 @@ fn write_records_unsynced(log: &mut LogWriter, first: u64, count: u64) {
     }
     log.flush().unwrap();
 }
+
+#[test]
+fn the_writer_moves_to_its_owner_thread_and_sync_points_to_the_syncer() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<LogWriter>();
+    send_sync::<tollgate_log::SyncPoint>();
+    send::<tollgate_log::ReadAfter>();
+
+    // A flush with nothing new answers for the same last lsn.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), 4096, Preallocation::None);
+    write_records(&mut log, 1, 3, 3);
+    let again = log.flush().unwrap();
+    assert_eq!(again.lsn(), 3);
+    again.sync().unwrap();
+    assert_eq!(log.flushed_lsn(), 3);
+    log.append(1, b"buffered");
+    assert_eq!((log.last_lsn(), log.flushed_lsn()), (4, 3));
+}
