@@ -9,13 +9,18 @@
 //! thread, so the figure is the disk's sync rate times the group size, the bound a pipelined
 //! syncer approaches.
 //!
+//! A second table runs the engine's shape: an owner thread appending for N callers that each
+//! wait for their answer, and a syncer thread syncing the newest flush whenever it is idle.
+//!
 //! `cargo bench -p tollgate-log --bench append [-- --seconds S --record-bytes B]`.
 //! Under `cargo test --benches` (no `--bench` flag) it runs a tiny smoke round instead: it is a
 //! benchmark, never a timed test, and nothing here asserts a speed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tollgate_log::{LogOptions, LogWriter, Preallocation, SEGMENT_BYTES_DEFAULT};
+use tollgate_log::{LogOptions, LogWriter, Preallocation, SyncPoint, SEGMENT_BYTES_DEFAULT};
 
 struct Options {
     seconds: f64,
@@ -154,5 +159,78 @@ fn main() {
                 creates[i].as_secs_f64() * 1e3
             );
         }
+    }
+    pipelined_table(&o, &payload);
+}
+
+/// The engine's shape: an owner thread appends for `clients` callers that each wait for their
+/// answer, flushes, and hands the newest [`SyncPoint`] to a syncer thread whenever it is idle;
+/// groups form by themselves. Durable records per second and the mean group per sync.
+fn pipelined(o: &Options, payload: &[u8], clients: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let opts = LogOptions {
+        segment_bytes: o.segment_bytes,
+    };
+    let (mut log, _) = LogWriter::open(dir.path(), opts).expect("open");
+    std::thread::sleep(SPARE_SETTLE);
+    let durable = Arc::new(AtomicU64::new(0));
+    let syncs = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::sync_channel::<SyncPoint>(1);
+    let syncer = {
+        let (durable, syncs) = (Arc::clone(&durable), Arc::clone(&syncs));
+        std::thread::spawn(move || {
+            for sp in rx {
+                sp.sync().expect("sync");
+                durable.store(sp.lsn(), Ordering::Release);
+                syncs.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let deadline = Duration::from_secs_f64(o.seconds);
+    let start = Instant::now();
+    let mut waiting: Option<SyncPoint> = None;
+    while start.elapsed() < deadline {
+        // Every caller whose answer arrived sends its next request.
+        let outstanding = log.last_lsn() - durable.load(Ordering::Acquire);
+        for _ in outstanding..clients {
+            log.append(1, payload);
+        }
+        if log.last_lsn() > log.flushed_lsn() {
+            waiting = Some(log.flush().expect("flush"));
+        }
+        match waiting.take().map(|sp| tx.try_send(sp)) {
+            Some(Err(mpsc::TrySendError::Full(sp))) => {
+                waiting = Some(sp);
+                std::thread::yield_now();
+            }
+            Some(Err(mpsc::TrySendError::Disconnected(_))) => panic!("syncer died"),
+            Some(Ok(())) | None => std::thread::yield_now(),
+        }
+    }
+    let elapsed = start.elapsed();
+    let acked = durable.load(Ordering::Acquire);
+    drop(tx);
+    syncer.join().expect("syncer");
+    let syncs = syncs.load(Ordering::Relaxed).max(1);
+    (
+        acked as f64 / elapsed.as_secs_f64(),
+        acked as f64 / syncs as f64,
+    )
+}
+
+fn pipelined_table(o: &Options, payload: &[u8]) {
+    println!();
+    println!(
+        "pipelined (owner + syncer threads, {:?}), {} s each",
+        tollgate_log::PREALLOCATION_DEFAULT,
+        o.seconds
+    );
+    println!(
+        "{:>8} {:>14} {:>16}",
+        "clients", "durable/s", "records/sync"
+    );
+    for clients in [1, 50, 256] {
+        let (rate, group) = pipelined(o, payload, clients);
+        println!("{clients:>8} {rate:>14.0} {group:>16.1}");
     }
 }
