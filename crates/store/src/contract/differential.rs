@@ -419,6 +419,10 @@ fn zone(index: usize) -> TimeZone {
     TimeZone::get(ZONES[index % ZONES.len()]).expect("a zone of the tz database")
 }
 
+fn calendar(period: CalendarPeriod, timezone: TimeZone) -> WindowSpec {
+    WindowSpec::Calendar { period, timezone }
+}
+
 /// The case's plan document: `free` (the default), `pro`, `team` (with a seat cap), `anon`
 /// (the anonymous plan), and credit packs `boost` and `promo`.
 ///
@@ -428,66 +432,49 @@ fn zone(index: usize) -> TimeZone {
 fn plan_document(case: &Case) -> Arc<PlanDocument> {
     let q = case.quotas;
     let limits = |scale: u64, rollover: Option<u64>| {
-        vec![
+        let day = CalendarPeriod::Day;
+        let (images, texts) = (rule("image.*", &[]), rule("text.*", &[]));
+        let premium = rule("image.*", &[("model", &["premium"])]);
+        let mut l = vec![
             limit(
                 "lifetime",
                 q.lifetime * scale,
                 WindowSpec::Lifetime,
-                rule("image.*", &[]),
+                images.clone(),
             ),
-            Limit {
-                rollover,
-                ..limit(
-                    "daily",
-                    q.daily * scale,
-                    WindowSpec::Calendar {
-                        period: CalendarPeriod::Day,
-                        timezone: zone(case.zone),
-                    },
-                    rule("image.*", &[]),
-                )
-            },
-            Limit {
-                multiplier: 2,
-                ..limit(
-                    "rolling",
-                    q.rolling * scale,
-                    WindowSpec::Rolling { seconds: 3600 },
-                    rule("text.*", &[]),
-                )
-            },
+            limit(
+                "daily",
+                q.daily * scale,
+                calendar(day, zone(case.zone)),
+                images.clone(),
+            ),
+            limit(
+                "rolling",
+                q.rolling * scale,
+                WindowSpec::Rolling { seconds: 3600 },
+                texts.clone(),
+            ),
             limit(
                 "premium",
                 q.premium * scale,
                 WindowSpec::Subscription,
-                rule("image.*", &[("model", &["premium"])]),
+                premium,
             ),
-            Limit {
-                kind: LimitKind::Concurrency,
-                ..limit(
-                    "concurrent",
-                    q.concurrent,
-                    WindowSpec::Lifetime,
-                    rule("image.*", &[]),
-                )
-            },
-            Limit {
-                enforcement: Enforcement::Soft,
-                ..limit(
-                    "soft",
-                    q.soft * scale,
-                    WindowSpec::Calendar {
-                        period: CalendarPeriod::Month,
-                        timezone: TimeZone::UTC,
-                    },
-                    rule("text.*", &[]),
-                )
-            },
-            Limit {
-                scope: Scope::Account,
-                ..limit("pool", q.pool * scale, WindowSpec::Lifetime, rule("*", &[]))
-            },
-        ]
+            limit("concurrent", q.concurrent, WindowSpec::Lifetime, images),
+            limit(
+                "soft",
+                q.soft * scale,
+                calendar(CalendarPeriod::Month, TimeZone::UTC),
+                texts,
+            ),
+            limit("pool", q.pool * scale, WindowSpec::Lifetime, rule("*", &[])),
+        ];
+        l[1].rollover = rollover;
+        l[2].multiplier = 2;
+        l[4].kind = LimitKind::Concurrency;
+        l[5].enforcement = Enforcement::Soft;
+        l[6].scope = Scope::Account;
+        l
     };
     let plan = |id: &str, seats, limits| Plan {
         id: id.into(),
@@ -815,9 +802,74 @@ impl Book {
 
     /// The commands of step `i`, built from the case and what was sent before.
     fn commands(&mut self, ctx: &Ctx, i: usize, step: &Step) -> Vec<Command> {
-        let (env, now, plans) = (ctx.env, self.now, ctx.plans.clone());
-        let ids = IdSeed(format!("s{i}_"));
+        let s = Sent {
+            env: ctx.env,
+            now: self.now,
+            plans: ctx.plans.clone(),
+            i,
+        };
         match *step {
+            Step::Reserve { .. } | Step::Track { .. } | Step::Retry { .. } => {
+                self.request(&s, step)
+            }
+            Step::Commit { .. } | Step::Release { .. } | Step::Extend { .. } => {
+                self.settle(&s, step)
+            }
+            Step::Advance { seconds, sweep } => {
+                self.now = s.now + SignedDuration::from_secs(seconds);
+                let mut c = vec![Command::AdvanceClock(seconds)];
+                c.extend(sweep.then(|| Command::ExpireDue(s.ids())));
+                c
+            }
+            Step::Check {
+                who,
+                event,
+                quantity,
+            } => {
+                let (name, metadata) = event_of(event);
+                vec![Command::Check(CheckCommand {
+                    env: s.env,
+                    now: s.now,
+                    plans: s.plans,
+                    user_id: self.who(who),
+                    event: name,
+                    quantity: Quantity::positive(quantity).expect("a valid quantity"),
+                    metadata,
+                })]
+            }
+            Step::Read { who, pick } => {
+                let mut reads = vec![
+                    Command::Usage(UsageQuery {
+                        env: s.env,
+                        now: s.now,
+                        plans: s.plans,
+                        user_id: self.who(who),
+                        event: None,
+                    }),
+                    Command::Credits(CreditsQuery {
+                        env: s.env,
+                        now: s.now,
+                        owner: Owner::User(self.who(who)),
+                    }),
+                ];
+                if let Some(id) = pick_from(&self.reservation_ids, pick) {
+                    reads.push(Command::Reservation(id.clone(), s.now));
+                }
+                reads
+            }
+            Step::Identify { .. }
+            | Step::Subscribe { .. }
+            | Step::Cancel { .. }
+            | Step::AddMember { .. }
+            | Step::RemoveMember { .. } => self.subject(&s, step),
+            Step::Grant { .. } | Step::Revoke { .. } => self.credit(&s, step),
+        }
+    }
+
+    /// A reserve, a track, or the retry of an earlier keyed one.
+    fn request(&mut self, s: &Sent, step: &Step) -> Vec<Command> {
+        let (rsv, evt) = (format!("rsv_s{}", s.i), format!("evt_s{}", s.i));
+        let command = match *step {
             Step::Reserve {
                 who,
                 event,
@@ -829,12 +881,12 @@ impl Book {
                 let (name, metadata) = event_of(event);
                 let ttl = TtlSeconds::new(ttl).expect("a valid ttl");
                 let fingerprint = format!("reserve {u} {name} {quantity} {metadata:?} {ttl:?}");
-                let c = Command::Reserve(ReserveCommand {
-                    env,
-                    now,
-                    plans,
-                    reservation_id: format!("rsv_s{i}"),
-                    event_id: format!("evt_s{i}"),
+                Command::Reserve(ReserveCommand {
+                    env: s.env,
+                    now: s.now,
+                    plans: s.plans.clone(),
+                    reservation_id: rsv,
+                    event_id: evt,
                     user_id: u,
                     event: name,
                     quantity: Quantity::positive(quantity).expect("a valid quantity"),
@@ -847,103 +899,8 @@ impl Book {
                         fingerprint,
                         render: render_reserve,
                     }),
-                    ids,
-                });
-                self.reservation_ids.push(format!("rsv_s{i}"));
-                if key.is_some() {
-                    self.keyed.push(c.clone());
-                }
-                vec![c]
-            }
-            Step::Retry { pick, same_body } => {
-                let Some(earlier) = pick_from(&self.keyed, pick) else {
-                    return Vec::new();
-                };
-                match earlier.clone() {
-                    Command::Reserve(mut c) => {
-                        (c.now, c.ids) = (now, ids);
-                        c.reservation_id = format!("rsv_s{i}");
-                        c.event_id = format!("evt_s{i}");
-                        if !same_body {
-                            c.quantity = Quantity::positive(c.quantity.get() + 1).expect("valid");
-                            if let Some(k) = &mut c.idempotency {
-                                k.fingerprint.push_str(" +1");
-                            }
-                        }
-                        self.reservation_ids.push(c.reservation_id.clone());
-                        vec![Command::Reserve(c)]
-                    }
-                    Command::Track(mut c) => {
-                        (c.now, c.ids) = (now, ids);
-                        c.event_id = format!("evt_s{i}");
-                        if !same_body {
-                            c.quantity = Quantity::new(c.quantity.get() + 1).expect("valid");
-                            if let Some(k) = &mut c.idempotency {
-                                k.fingerprint.push_str(" +1");
-                            }
-                        }
-                        vec![Command::Track(c)]
-                    }
-                    _ => Vec::new(),
-                }
-            }
-            Step::Commit {
-                pick,
-                how,
-                record,
-                premium,
-            } => {
-                let Some((id, reserved)) = pick_from(&self.held, pick).cloned() else {
-                    return Vec::new();
-                };
-                let quantity = match how {
-                    Final::Less(d) => Some(reserved.saturating_sub(d)),
-                    Final::Equal => None,
-                    Final::More(d) => Some(reserved + d),
-                };
-                vec![Command::Commit(CommitCommand {
-                    env,
-                    now,
-                    plans,
-                    reservation_id: id,
-                    quantity: quantity.map(|q| Quantity::new(q).expect("a valid quantity")),
-                    metadata: premium.then(|| event_of(2).1),
-                    cost_micros: Some(i as u64 * 1000),
-                    response: None,
-                    if_expired: if record {
-                        IfExpired::Record
-                    } else {
-                        IfExpired::Reject
-                    },
-                    late_event_id: format!("evt_late_s{i}"),
-                    ids,
-                })]
-            }
-            Step::Release { pick } => {
-                let Some((id, _)) = pick_from(&self.held, pick).cloned() else {
-                    return Vec::new();
-                };
-                vec![Command::Release(ReleaseCommand {
-                    env,
-                    now,
-                    plans,
-                    reservation_id: id,
-                    reason: Some("upstream failed".into()),
-                    error_code: None,
-                    response: None,
-                    ids,
-                })]
-            }
-            Step::Extend { pick, ttl } => {
-                let Some((id, _)) = pick_from(&self.held, pick).cloned() else {
-                    return Vec::new();
-                };
-                vec![Command::Extend(ExtendCommand {
-                    env,
-                    now,
-                    reservation_id: id,
-                    ttl: TtlSeconds::new(ttl).expect("a valid ttl"),
-                })]
+                    ids: s.ids(),
+                })
             }
             Step::Track {
                 who,
@@ -955,14 +912,14 @@ impl Book {
             } => {
                 let u = self.who(who);
                 let (name, metadata) = event_of(event);
-                let occurred_at = now - SignedDuration::from_secs(back);
+                let occurred_at = s.now - SignedDuration::from_secs(back);
                 let fingerprint =
                     format!("track {u} {name} {quantity} {metadata:?} {enforce} {occurred_at}");
-                let c = Command::Track(TrackCommand {
-                    env,
-                    now,
-                    plans,
-                    event_id: format!("evt_s{i}"),
+                Command::Track(TrackCommand {
+                    env: s.env,
+                    now: s.now,
+                    plans: s.plans.clone(),
+                    event_id: evt,
                     user_id: u,
                     event: name,
                     quantity: Quantity::new(quantity).expect("a valid quantity"),
@@ -978,64 +935,125 @@ impl Book {
                         fingerprint,
                         render: render_track,
                     }),
-                    ids,
-                });
-                if key.is_some() {
-                    self.keyed.push(c.clone());
+                    ids: s.ids(),
+                })
+            }
+            Step::Retry { pick, same_body } => {
+                let Some(earlier) = pick_from(&self.keyed, pick) else {
+                    return Vec::new();
+                };
+                // The client's retry: the same key (and body, unless `same_body` is false),
+                // new ids from the server, now.
+                let more = |q: Quantity, key: Option<&mut String>| {
+                    key.into_iter().for_each(|k| k.push_str(" +1"));
+                    Quantity::positive(q.get() + 1).expect("a valid quantity")
+                };
+                match earlier.clone() {
+                    Command::Reserve(mut c) => {
+                        (c.now, c.ids, c.reservation_id, c.event_id) = (s.now, s.ids(), rsv, evt);
+                        if !same_body {
+                            let key = c.idempotency.as_mut().map(|k| &mut k.fingerprint);
+                            c.quantity = more(c.quantity, key);
+                        }
+                        self.reservation_ids.push(c.reservation_id.clone());
+                        return vec![Command::Reserve(c)];
+                    }
+                    Command::Track(mut c) => {
+                        (c.now, c.ids, c.event_id) = (s.now, s.ids(), evt);
+                        if !same_body {
+                            let key = c.idempotency.as_mut().map(|k| &mut k.fingerprint);
+                            c.quantity = more(c.quantity, key);
+                        }
+                        return vec![Command::Track(c)];
+                    }
+                    _ => return Vec::new(),
                 }
-                vec![c]
             }
-            Step::Check {
-                who,
-                event,
-                quantity,
-            } => {
-                let (name, metadata) = event_of(event);
-                vec![Command::Check(CheckCommand {
-                    env,
-                    now,
-                    plans,
-                    user_id: self.who(who),
-                    event: name,
-                    quantity: Quantity::positive(quantity).expect("a valid quantity"),
-                    metadata,
-                })]
-            }
-            Step::Read { who, pick } => {
-                let mut reads = vec![
-                    Command::Usage(UsageQuery {
-                        env,
-                        now,
-                        plans,
-                        user_id: self.who(who),
-                        event: None,
-                    }),
-                    Command::Credits(CreditsQuery {
-                        env,
-                        now,
-                        owner: Owner::User(self.who(who)),
-                    }),
-                ];
-                if let Some(id) = pick_from(&self.reservation_ids, pick) {
-                    reads.push(Command::Reservation(id.clone(), now));
+            _ => return Vec::new(),
+        };
+        match &command {
+            Command::Reserve(c) => {
+                self.reservation_ids.push(c.reservation_id.clone());
+                if c.idempotency.is_some() {
+                    self.keyed.push(command.clone());
                 }
-                reads
             }
-            Step::Advance { seconds, sweep } => {
-                self.now = now + SignedDuration::from_secs(seconds);
-                let mut c = vec![Command::AdvanceClock(seconds)];
-                if sweep {
-                    c.push(Command::ExpireDue(ids));
+            Command::Track(c) if c.idempotency.is_some() => self.keyed.push(command.clone()),
+            _ => {}
+        }
+        vec![command]
+    }
+
+    /// A commit, release or extend of a reservation an earlier reserve made.
+    fn settle(&mut self, s: &Sent, step: &Step) -> Vec<Command> {
+        let (Step::Commit { pick, .. } | Step::Release { pick } | Step::Extend { pick, .. }) =
+            *step
+        else {
+            return Vec::new();
+        };
+        let Some((id, reserved)) = pick_from(&self.held, pick).cloned() else {
+            return Vec::new();
+        };
+        let command = match *step {
+            Step::Commit {
+                how,
+                record,
+                premium,
+                ..
+            } => Command::Commit(CommitCommand {
+                env: s.env,
+                now: s.now,
+                plans: s.plans.clone(),
+                reservation_id: id,
+                quantity: match how {
+                    Final::Less(d) => Some(reserved.saturating_sub(d)),
+                    Final::Equal => None,
+                    Final::More(d) => Some(reserved + d),
                 }
-                c
-            }
-            Step::Identify { user } => vec![Command::Identify(IdentifyCommand {
-                env,
+                .map(|q| Quantity::new(q).expect("a valid quantity")),
+                metadata: premium.then(|| event_of(2).1),
+                cost_micros: Some(s.i as u64 * 1000),
+                response: None,
+                if_expired: if record {
+                    IfExpired::Record
+                } else {
+                    IfExpired::Reject
+                },
+                late_event_id: format!("evt_late_s{}", s.i),
+                ids: s.ids(),
+            }),
+            Step::Release { .. } => Command::Release(ReleaseCommand {
+                env: s.env,
+                now: s.now,
+                plans: s.plans.clone(),
+                reservation_id: id,
+                reason: Some("upstream failed".into()),
+                error_code: None,
+                response: None,
+                ids: s.ids(),
+            }),
+            Step::Extend { ttl, .. } => Command::Extend(ExtendCommand {
+                env: s.env,
+                now: s.now,
+                reservation_id: id,
+                ttl: TtlSeconds::new(ttl).expect("a valid ttl"),
+            }),
+            _ => return Vec::new(),
+        };
+        vec![command]
+    }
+
+    /// An identify, a subscription write or a membership change.
+    fn subject(&self, s: &Sent, step: &Step) -> Vec<Command> {
+        let now = s.now;
+        let command = match *step {
+            Step::Identify { user } => Command::Identify(IdentifyCommand {
+                env: s.env,
                 now,
-                plans,
+                plans: s.plans.clone(),
                 anonymous_id: self.who(self.ids.len() - 1),
                 user_id: self.member(user),
-            })],
+            }),
             Step::Subscribe {
                 owner,
                 plan,
@@ -1056,14 +1074,15 @@ impl Book {
                     seats: seats.filter(|_| is_account).map(Some),
                     source: "api".into(),
                 };
-                vec![Command::Subscribe {
+                let new_id = format!("sub_s{}", s.i);
+                Command::Subscribe {
                     owner,
                     request,
-                    new_id: format!("sub_s{i}"),
+                    new_id,
                     now,
-                }]
+                }
             }
-            Step::Cancel { owner, at } => vec![Command::Cancel {
+            Step::Cancel { owner, at } => Command::Cancel {
                 owner: self.owner(owner),
                 at: match at {
                     0 => CancelAt::Now,
@@ -1071,9 +1090,17 @@ impl Book {
                     h => CancelAt::At(now + SignedDuration::from_hours(i64::from(h))),
                 },
                 now,
-            }],
-            Step::AddMember { user } => vec![Command::AddMember(self.member(user), now)],
-            Step::RemoveMember { user } => vec![Command::RemoveMember(self.member(user))],
+            },
+            Step::AddMember { user } => Command::AddMember(self.member(user), now),
+            Step::RemoveMember { user } => Command::RemoveMember(self.member(user)),
+            _ => return Vec::new(),
+        };
+        vec![command]
+    }
+
+    /// A grant of a pack (its items made as the server makes them) or a revoke.
+    fn credit(&mut self, s: &Sent, step: &Step) -> Vec<Command> {
+        match *step {
             Step::Grant {
                 owner,
                 pack,
@@ -1081,13 +1108,13 @@ impl Book {
                 expires_in,
                 reference,
             } => {
-                let pack = ctx.plans.credit_packs[pack % ctx.plans.credit_packs.len()].clone();
+                let pack = &s.plans.credit_packs[pack % s.plans.credit_packs.len()];
                 let items: Vec<NewGrant> = pack
                     .items
                     .iter()
                     .enumerate()
                     .map(|(j, item)| NewGrant {
-                        grant_id: format!("grt_s{i}_{j}"),
+                        grant_id: format!("grt_s{}_{j}", s.i),
                         item_id: item.id.clone(),
                         unit: item.unit.clone(),
                         quantity: item.quantity * packs,
@@ -1098,18 +1125,18 @@ impl Book {
                 let external_ref = reference.map(|r| format!("ref{r}"));
                 self.refs.extend(external_ref.clone());
                 vec![Command::Grant(GrantCommand {
-                    env,
-                    now,
+                    env: s.env,
+                    now: s.now,
                     owner: self.owner(owner),
                     pack_id: pack.id.clone(),
                     priority: pack.priority,
                     packs,
                     items,
-                    expires_at: expires_in.map(|s| now + SignedDuration::from_secs(s)),
+                    expires_at: expires_in.map(|e| s.now + SignedDuration::from_secs(e)),
                     source: GrantSource::Purchase,
                     external_ref,
                     note: None,
-                    ids,
+                    ids: s.ids(),
                 })]
             }
             Step::Revoke { pick, by_ref } => {
@@ -1121,13 +1148,14 @@ impl Book {
                     },
                 };
                 vec![Command::Revoke(RevokeCommand {
-                    env,
-                    now,
+                    env: s.env,
+                    now: s.now,
                     target,
                     reason: Some("refunded".into()),
-                    ids,
+                    ids: s.ids(),
                 })]
             }
+            _ => Vec::new(),
         }
     }
 
@@ -1160,6 +1188,21 @@ impl Book {
             reads.push(Command::Reservation(id.clone(), now));
         }
         reads
+    }
+}
+
+/// What every command of one step shares.
+struct Sent {
+    env: EnvId,
+    now: Timestamp,
+    plans: Arc<PlanDocument>,
+    /// The step's index: every id the step's commands carry is made from it.
+    i: usize,
+}
+
+impl Sent {
+    fn ids(&self) -> IdSeed {
+        IdSeed(format!("s{}_", self.i))
     }
 }
 
