@@ -61,6 +61,10 @@ const EVENTS: [(&str, Option<&str>); 5] = [
 const PLANS: [&str; 3] = ["free", "pro", "team"];
 const PACKS: [&str; 2] = ["boost", "promo"];
 const ACCOUNT: &str = "acme";
+/// An `owner` of a step at least this picks the account (drawn below [`OWNERS`]): writes to
+/// the account's subscription and grants come about as often as a user's.
+const OWNER_ACCOUNT: usize = 8;
+const OWNERS: usize = 11;
 const ANONYMOUS: &str = "anon_visitor";
 
 /// Runs `cases` generated cases (see the module doc) through a store from `make_a` and one from
@@ -74,7 +78,9 @@ where
     MB: Fn() -> FB,
     FB: Future<Output = Made>,
 {
-    let seed = std::env::var("TOLLGATE_DIFF_SEED").ok();
+    let seed = std::env::var("TOLLGATE_DIFF_SEED")
+        .ok()
+        .filter(|s| !s.is_empty());
     let mut runner = match seed.as_deref().map(str::parse::<u64>) {
         Some(Ok(seed)) => {
             let bytes: Vec<u8> = seed.to_le_bytes().repeat(4);
@@ -101,13 +107,15 @@ where
             .collect();
         panic!(
             "stores A and B differ in case {n} (seed {}), shrunk in {runs} replays:\n{why}\n\n\
-             the case: {} users, zone {}, start {}, quotas {:?}, unmatched events allowed: {}\n\
+             the case: {} users, zone {}, start {}, quotas {:?}, default plan: {}, unmatched events \
+             allowed: {}\n\
              steps:\n{}",
             seed.as_deref().unwrap_or("deterministic"),
             case.users,
             ZONES[case.zone],
             STARTS[case.start],
             case.quotas,
+            case.default_plan,
             case.unmatched_allow,
             steps.join("\n")
         );
@@ -170,7 +178,8 @@ where
 }
 
 /// The quotas of the `free` plan (`pro` doubles the consumable ones), the credit packs' units,
-/// the daily limit's rollover in `pro` and the `team` plan's seat cap.
+/// the daily limit's rollover (`free`: none at 0; `pro`: one more) and the `team` plan's seat
+/// cap.
 #[derive(Debug, Clone, Copy)]
 struct Quotas {
     lifetime: u64,
@@ -195,7 +204,7 @@ enum Final {
 }
 
 /// One step of a case. `who` picks a user or the anonymous id, `owner` a user, the anonymous
-/// id or the account, `pick` an earlier reservation, keyed command or grant (all modulo how
+/// id or the account (see [`OWNER_ACCOUNT`]), `pick` an earlier reservation, keyed command or grant (all modulo how
 /// many there are); `event` indexes [`EVENTS`].
 #[derive(Debug, Clone)]
 enum Step {
@@ -207,8 +216,8 @@ enum Step {
         ttl: u64,
         key: Option<u8>,
     },
-    /// An earlier keyed reserve or track sent again with its key: the exact body (a client's
-    /// retry) or another one (a conflict).
+    /// An earlier keyed reserve or track (or a grant with a reference) sent again with its key:
+    /// the exact body (a client's retry) or another one (a conflict).
     Retry {
         pick: usize,
         same_body: bool,
@@ -300,6 +309,8 @@ struct Case {
     zone: usize,
     start: usize,
     quotas: Quotas,
+    /// Whether `free` is the default plan; without, a user with no subscription has no plan.
+    default_plan: bool,
     unmatched_allow: bool,
     steps: Vec<Step>,
 }
@@ -308,7 +319,7 @@ fn quotas_strategy() -> impl Strategy<Value = Quotas> {
     (
         (4u64..=60, 2u64..=30, 2u64..=30, 1u64..=8),
         (1u64..=3, 2u64..=20, 5u64..=60, 1u64..=10),
-        (1u64..=20, 0u64..=6, 1u32..=3),
+        (1u64..=20, 0u64..=6, 1u32..=2),
     )
         .prop_map(
             |(
@@ -367,21 +378,21 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         4 => (seconds, any::<bool>()).prop_map(|(seconds, sweep)| Step::Advance { seconds, sweep }),
         1 => (0usize..4).prop_map(|user| Step::Identify { user }),
         2 => (
-            0usize..6,
+            0usize..OWNERS,
             0usize..PLANS.len(),
             proptest::option::weighted(0.4, 0i64..=40 * 86_400),
             proptest::option::weighted(0.3, proptest::option::weighted(0.7, 0usize..ZONES.len())),
             proptest::option::weighted(0.2, 0u64..=40),
-            proptest::option::weighted(0.3, 1u32..=4),
+            proptest::option::weighted(0.3, 1u32..=2),
         )
             .prop_map(|(owner, plan, cycle_back, zone, custom, seats)| Step::Subscribe {
                 owner, plan, cycle_back, zone, custom, seats
             }),
-        1 => (0usize..6, 0u8..=4).prop_map(|(owner, at)| Step::Cancel { owner, at }),
-        1 => (0usize..4).prop_map(|user| Step::AddMember { user }),
+        1 => (0usize..OWNERS, 0u8..=4).prop_map(|(owner, at)| Step::Cancel { owner, at }),
+        2 => (0usize..4).prop_map(|user| Step::AddMember { user }),
         1 => (0usize..4).prop_map(|user| Step::RemoveMember { user }),
         2 => (
-            0usize..6,
+            0usize..OWNERS,
             0usize..PACKS.len(),
             1u64..=3,
             proptest::option::weighted(0.4, 60i64..=3 * 86_400),
@@ -400,15 +411,17 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         0usize..ZONES.len(),
         0usize..STARTS.len(),
         quotas_strategy(),
+        proptest::bool::weighted(0.75),
         proptest::bool::weighted(0.3),
         proptest::collection::vec(step_strategy(), STEPS_MIN..=STEPS_MAX),
     )
         .prop_map(
-            |(users, zone, start, quotas, unmatched_allow, steps)| Case {
+            |(users, zone, start, quotas, default_plan, unmatched_allow, steps)| Case {
                 users,
                 zone,
                 start,
                 quotas,
+                default_plan,
                 unmatched_allow,
                 steps,
             },
@@ -433,26 +446,26 @@ fn plan_document(case: &Case) -> Arc<PlanDocument> {
     let q = case.quotas;
     let limits = |scale: u64, rollover: Option<u64>| {
         let day = CalendarPeriod::Day;
-        let (images, texts) = (rule("image.*", &[]), rule("text.*", &[]));
+        let (images, texts) = (|| rule("image.*", &[]), || rule("text.*", &[]));
         let premium = rule("image.*", &[("model", &["premium"])]);
         let mut l = vec![
             limit(
                 "lifetime",
                 q.lifetime * scale,
                 WindowSpec::Lifetime,
-                images.clone(),
+                images(),
             ),
             limit(
                 "daily",
                 q.daily * scale,
                 calendar(day, zone(case.zone)),
-                images.clone(),
+                images(),
             ),
             limit(
                 "rolling",
                 q.rolling * scale,
                 WindowSpec::Rolling { seconds: 3600 },
-                texts.clone(),
+                texts(),
             ),
             limit(
                 "premium",
@@ -460,20 +473,21 @@ fn plan_document(case: &Case) -> Arc<PlanDocument> {
                 WindowSpec::Subscription,
                 premium,
             ),
-            limit("concurrent", q.concurrent, WindowSpec::Lifetime, images),
+            limit("concurrent", q.concurrent, WindowSpec::Lifetime, images()),
             limit(
                 "soft",
                 q.soft * scale,
                 calendar(CalendarPeriod::Month, TimeZone::UTC),
-                texts,
+                texts(),
             ),
-            limit("pool", q.pool * scale, WindowSpec::Lifetime, rule("*", &[])),
+            limit("pool", q.pool * scale, WindowSpec::Lifetime, texts()),
         ];
         l[1].rollover = rollover;
         l[2].multiplier = 2;
         l[4].kind = LimitKind::Concurrency;
         l[5].enforcement = Enforcement::Soft;
         l[6].scope = Scope::Account;
+        l[6].rules.push(images());
         l
     };
     let plan = |id: &str, seats, limits| Plan {
@@ -486,8 +500,12 @@ fn plan_document(case: &Case) -> Arc<PlanDocument> {
         limits,
     };
     let plans = vec![
-        plan("free", None, limits(1, None)),
-        plan("pro", None, limits(2, Some(q.rollover))),
+        plan(
+            "free",
+            None,
+            limits(1, (q.rollover > 0).then_some(q.rollover)),
+        ),
+        plan("pro", None, limits(2, Some(q.rollover + 1))),
         plan("team", Some(q.seats), limits(1, None)),
         plan(
             "anon",
@@ -505,8 +523,13 @@ fn plan_document(case: &Case) -> Arc<PlanDocument> {
     } else {
         UnmatchedEvents::Deny
     };
-    let mut doc = PlanDocument::new(Some("free".into()), Some("anon".into()), unmatched, plans)
-        .expect("a valid document");
+    let mut doc = PlanDocument::new(
+        case.default_plan.then(|| "free".into()),
+        Some("anon".into()),
+        unmatched,
+        plans,
+    )
+    .expect("a valid document");
     let item = |id: &str, unit: &str, quantity, pattern| CreditItem {
         id: id.into(),
         unit: unit.into(),
@@ -750,7 +773,7 @@ struct Book {
     held: Vec<(String, u64)>,
     /// Every reservation id a reserve carried.
     reservation_ids: Vec<String>,
-    /// Reserves and tracks sent with an idempotency key.
+    /// Reserves and tracks sent with an idempotency key, grants with an external reference.
     keyed: Vec<Command>,
     /// Every grant id and reference a grant carried.
     grants: Vec<String>,
@@ -784,14 +807,16 @@ impl Book {
 
     /// A user, the anonymous id or the account.
     fn owner(&self, n: usize) -> Owner {
-        match n % (self.ids.len() + 1) {
-            k if k == self.ids.len() => Owner::Account(account()),
-            k => Owner::User(user(&self.ids[k])),
+        if n >= OWNER_ACCOUNT {
+            return Owner::Account(account());
         }
+        Owner::User(user(&self.ids[n % self.ids.len()]))
     }
 
     fn owners(&self) -> Vec<Owner> {
-        (0..=self.ids.len()).map(|n| self.owner(n)).collect()
+        let mut owners: Vec<Owner> = (0..self.ids.len()).map(|n| self.owner(n)).collect();
+        owners.push(self.owner(OWNER_ACCOUNT));
+        owners
     }
 
     fn learn(&mut self, command: &Command, a: &Answer) {
@@ -866,7 +891,7 @@ impl Book {
         }
     }
 
-    /// A reserve, a track, or the retry of an earlier keyed one.
+    /// A reserve, a track, or the retry of an earlier keyed reserve, track or grant.
     fn request(&mut self, s: &Sent, step: &Step) -> Vec<Command> {
         let (rsv, evt) = (format!("rsv_s{}", s.i), format!("evt_s{}", s.i));
         let command = match *step {
@@ -965,6 +990,17 @@ impl Book {
                             c.quantity = more(c.quantity, key);
                         }
                         return vec![Command::Track(c)];
+                    }
+                    Command::Grant(mut c) => {
+                        (c.now, c.ids) = (s.now, s.ids());
+                        let packs = c.packs + u64::from(!same_body);
+                        for (j, item) in c.items.iter_mut().enumerate() {
+                            item.grant_id = format!("grt_s{}_{j}", s.i);
+                            item.quantity = item.quantity / c.packs * packs;
+                            self.grants.push(item.grant_id.clone());
+                        }
+                        c.packs = packs;
+                        return vec![Command::Grant(c)];
                     }
                     _ => return Vec::new(),
                 }
@@ -1124,7 +1160,7 @@ impl Book {
                 self.grants.extend(items.iter().map(|g| g.grant_id.clone()));
                 let external_ref = reference.map(|r| format!("ref{r}"));
                 self.refs.extend(external_ref.clone());
-                vec![Command::Grant(GrantCommand {
+                let grant = Command::Grant(GrantCommand {
                     env: s.env,
                     now: s.now,
                     owner: self.owner(owner),
@@ -1137,7 +1173,11 @@ impl Book {
                     external_ref,
                     note: None,
                     ids: s.ids(),
-                })]
+                });
+                if reference.is_some() {
+                    self.keyed.push(grant.clone());
+                }
+                vec![grant]
             }
             Step::Revoke { pick, by_ref } => {
                 let target = match (by_ref, pick_from(&self.refs, pick)) {
