@@ -40,10 +40,10 @@ const PAGE_ROWS: usize = 200;
 /// cursor fails the case instead of looping.
 const PAGES_MAX: usize = 100;
 
-/// Zones of the daily limit (and of subscribers' own zones): DST in spring, a whole-day
-/// offset, a half-hour DST change.
+/// Zones of the daily limit (and of subscribers' own zones): a DST change in March, a day
+/// that starts at 15:00 UTC, a half-hour DST change in October.
 const ZONES: [&str; 3] = ["America/New_York", "Asia/Tokyo", "Australia/Lord_Howe"];
-/// Where a case's clock starts: hours before New York's DST change, a month end, days before
+/// Where a case's clock starts: hours before New York's DST change, a month end, hours before
 /// Lord Howe's DST change.
 const STARTS: [&str; 3] = [
     "2026-03-07T22:00:00Z",
