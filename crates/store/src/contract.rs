@@ -8,6 +8,7 @@ mod billers;
 mod carry;
 mod credits;
 mod credits_property;
+pub mod differential;
 mod seats;
 pub use billers::*;
 pub use carry::*;
