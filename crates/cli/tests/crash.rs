@@ -33,7 +33,23 @@ struct Acks {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_load_loses_nothing_acknowledged() {
-    let mut server = TestServer::start().await;
+    sigkill_mid_load(TestServer::start().await).await;
+}
+
+/// The same on the hot-path engine: every acknowledged command is in the engine's state after
+/// the restart (read back through the API), and in the tables once they caught up (the usage
+/// read after the restart comes from state loaded from them).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_load_loses_nothing_acknowledged_on_the_engine() {
+    if !matches!(Backend::from_env(), Backend::Sqlite) {
+        eprintln!("skipped: the engine is for the embedded store");
+        return;
+    }
+    let server = TestServer::builder().serve_arg("--engine").start().await;
+    sigkill_mid_load(server).await;
+}
+
+async fn sigkill_mid_load(mut server: TestServer) {
     server
         .client()
         .put_plans(free_plan(json!([

@@ -218,6 +218,11 @@ impl TestServer {
 
     /// `serve` again on the same data dir (stopping it gracefully first if it runs). The port
     /// changes: take new clients afterwards.
+    /// The `serve` arguments the next [`restart`](Self::restart) uses.
+    pub fn set_serve_args(&mut self, args: &[&str]) {
+        self.serve_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     pub async fn restart(&mut self) {
         if self.child.is_some() {
             self.stop().await;

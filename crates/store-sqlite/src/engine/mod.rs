@@ -130,6 +130,9 @@ struct Shared {
     fenced: AtomicBool,
     /// Commands waiting for the engine.
     depth: AtomicU64,
+    /// Metering commands the engine answered from memory, and those it ran on SQLite.
+    carried: AtomicU64,
+    on_sql: AtomicU64,
 }
 
 /// The engine, stopped: where the log stands, and how to start it again.
@@ -256,6 +259,8 @@ impl EngineStore {
             applied: applied_tx,
             fenced: AtomicBool::new(false),
             depth: AtomicU64::new(0),
+            carried: AtomicU64::new(0),
+            on_sql: AtomicU64::new(0),
         });
         let db = open_reader(&sql.readers.path).map_err(internal)?;
         let (tx, rx) = smpsc::sync_channel(WRITER_QUEUE_MAX);
@@ -324,8 +329,12 @@ impl EngineStore {
         Fut: std::future::Future<Output = StoreResult<T>>,
     {
         match self.send(write, f).await? {
-            Answer::Done(v) => v,
+            Answer::Done(v) => {
+                self.shared.carried.fetch_add(1, Ordering::Relaxed);
+                v
+            }
             Answer::OnSql(paused) => {
+                self.shared.on_sql.fetch_add(1, Ordering::Relaxed);
                 self.wait_applied(paused.lsn).await?;
                 let v = on_sql(self.sql.clone()).await;
                 drop(paused);
@@ -371,6 +380,15 @@ impl EngineStore {
                 "the tables are more than {PROJECTION_WAIT_MS} ms behind the command log"
             ))),
         }
+    }
+
+    /// Metering commands answered from memory, and those run on SQLite because the engine does
+    /// not carry something they needed.
+    pub fn carried(&self) -> (u64, u64) {
+        (
+            self.shared.carried.load(Ordering::Relaxed),
+            self.shared.on_sql.load(Ordering::Relaxed),
+        )
     }
 
     /// Records written to the log and not yet in the tables.

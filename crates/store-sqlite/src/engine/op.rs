@@ -81,6 +81,13 @@ pub(crate) enum Op {
     PurgeIdempotency {
         before: Timestamp,
     },
+    AddRolling {
+        env: EnvId,
+        limit_id: String,
+        subject: String,
+        at: Timestamp,
+        units: u64,
+    },
 }
 
 /// An owned [`EventRow`].
@@ -195,6 +202,13 @@ pub(crate) fn apply(tx: &mut impl MeteringTx, op: &Op) -> StoreResult<()> {
         } => tx.set_expiry(*env, id, *expires_at),
         Op::InsertEvent { env, event } => tx.insert_event(*env, &event.as_row()),
         Op::PurgeIdempotency { before } => tx.purge_idempotency(*before),
+        Op::AddRolling {
+            env,
+            limit_id,
+            subject,
+            at,
+            units,
+        } => tx.add_rolling(*env, limit_id, subject, *at, *units),
     }
 }
 
@@ -393,6 +407,20 @@ pub(crate) fn encode(ops: &[Op], out: &mut Vec<u8>) {
             Op::PurgeIdempotency { before } => {
                 e.u8(10);
                 e.time(*before);
+            }
+            Op::AddRolling {
+                env,
+                limit_id,
+                subject,
+                at,
+                units,
+            } => {
+                e.u8(11);
+                e.env(*env);
+                e.str(limit_id);
+                e.str(subject);
+                e.time(*at);
+                e.u64(*units);
             }
         }
     }
@@ -623,6 +651,13 @@ pub(crate) fn decode(version: u8, bytes: &[u8]) -> StoreResult<Vec<Op>> {
                 }
             }
             10 => Op::PurgeIdempotency { before: d.time()? },
+            11 => Op::AddRolling {
+                env: d.env()?,
+                limit_id: d.str()?,
+                subject: d.str()?,
+                at: d.time()?,
+                units: d.u64()?,
+            },
             tag => return Err(bad(&format!("unknown op tag {tag}"))),
         };
         ops.push(op);

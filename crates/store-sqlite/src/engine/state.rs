@@ -11,7 +11,7 @@
 //! entity missing from memory has no write in flight, and SQLite holds its truth.
 //!
 //! **What the engine does not carry yet** (the method sets [`MemTx::unsupported`] and the
-//! engine runs the command on SQLite instead, see `engine`): rolling windows, writes to credits,
+//! engine runs the command on SQLite instead, see `engine`): writes to credits,
 //! subscriptions, accounts, aliases and billers, and the reads that join reservations with
 //! credit holds. Credit reads go to SQLite directly: in this version every credit write runs
 //! there, so SQLite holds every grant and ledger entry.
@@ -25,6 +25,10 @@ use tollgate_core::biller::Biller;
 use tollgate_core::subscription::{HistoryEntry, Subscription};
 use tollgate_store::procedure::*;
 use tollgate_store::*;
+
+/// How much older than a rolling window's start the engine keeps charges in memory, beyond two
+/// windows, in milliseconds.
+const ROLLING_MARGIN_MS: i64 = 24 * 3600 * 1000;
 
 type ByEnv<V> = HashMap<EnvId, HashMap<String, V>>;
 
@@ -72,6 +76,13 @@ impl Holds {
     }
 }
 
+/// One subject's rolling usage of one limit: every charge after `after_ms`, summed by time.
+#[derive(Debug)]
+pub(crate) struct Rolling {
+    after_ms: i64,
+    units: std::collections::BTreeMap<i64, u64>,
+}
+
 /// A reservation in memory.
 #[derive(Debug)]
 pub(crate) struct Res {
@@ -95,6 +106,8 @@ pub(crate) struct State {
     holds: HashMap<(EnvId, CounterKey), Holds>,
     /// Keyed by `limit \0 subject`.
     latest: ByEnv<Option<i64>>,
+    /// Rolling usage, keyed by `limit \0 subject`.
+    rolling: ByEnv<Rolling>,
     pub(crate) res: ByEnv<Option<Res>>,
     /// Pending reservations in memory by expiry (ms).
     pending: BTreeSet<(i64, EnvId, String)>,
@@ -278,6 +291,32 @@ impl<'a> MemTx<'a> {
         self.st.pending.remove(&(exp, env, id.to_string()));
     }
 
+    /// The rolling usage in memory, loaded from the tables for times after `after` (ms) on
+    /// first use; `None` if memory holds less than that (a longer window than it loaded).
+    fn rolling_entry(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        after: i64,
+    ) -> StoreResult<Option<&mut Rolling>> {
+        let k = two(limit_id, subject);
+        if !slot(&mut self.st.rolling, env).contains_key(&k) {
+            let mut units = std::collections::BTreeMap::new();
+            for (at, n) in rolling_after(self.db, env, limit_id, subject, after)? {
+                *units.entry(at).or_default() += n;
+            }
+            let r = Rolling {
+                after_ms: after,
+                units,
+            };
+            slot(&mut self.st.rolling, env).insert(k.clone(), r);
+        }
+        Ok(slot(&mut self.st.rolling, env)
+            .get_mut(&k)
+            .filter(|r| r.after_ms <= after))
+    }
+
     fn touch(&mut self, env: EnvId, id: &str) {
         self.touched.push((env, id.to_string()));
     }
@@ -301,6 +340,52 @@ fn pending_holds(
             params![env.0, key.limit_id, key.subject, key.window_key],
             |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get(2)?)),
         )
+        .map_err(crate::internal)?;
+    rows.collect::<Result<_, _>>().map_err(crate::internal)
+}
+
+/// Rolling usage rows of a subject's limit after `after` (ms): time (ms), units.
+fn rolling_after(
+    db: &Connection,
+    env: EnvId,
+    limit_id: &str,
+    subject: &str,
+    after: i64,
+) -> StoreResult<Vec<(i64, u64)>> {
+    let mut stmt = db
+        .prepare_cached(
+            "SELECT at_ms, units FROM rolling_usage
+             WHERE env_id = ?1 AND limit_id = ?2 AND subject = ?3 AND at_ms > ?4",
+        )
+        .map_err(crate::internal)?;
+    let rows = stmt
+        .query_map(params![env.0, limit_id, subject, after], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })
+        .map_err(crate::internal)?;
+    rows.collect::<Result<_, _>>().map_err(crate::internal)
+}
+
+/// A grant's active holds by pending reservations past their expiry at `now` (ms), in the
+/// tables: reservation, units.
+fn overdue_holds(
+    db: &Connection,
+    env: EnvId,
+    grant_id: &str,
+    now: i64,
+) -> StoreResult<Vec<(String, u64)>> {
+    let mut stmt = db
+        .prepare_cached(
+            "SELECT h.reservation_id, h.held FROM credit_holds h
+             JOIN reservations r ON r.env_id = h.env_id AND r.reservation_id = h.reservation_id
+             WHERE h.env_id = ?1 AND h.grant_id = ?2 AND h.active = 1
+               AND r.status = 'pending' AND r.expires_at_ms <= ?3",
+        )
+        .map_err(crate::internal)?;
+    let rows = stmt
+        .query_map(params![env.0, grant_id, now], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })
         .map_err(crate::internal)?;
     rows.collect::<Result<_, _>>().map_err(crate::internal)
 }
@@ -361,13 +446,37 @@ impl MeteringTx for MemTx<'_> {
 
     fn rolling_used(
         &mut self,
-        _: EnvId,
-        _: &str,
-        _: &str,
-        _: Timestamp,
-        _: Timestamp,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        after: Timestamp,
+        until: Timestamp,
     ) -> StoreResult<(u64, Option<Timestamp>)> {
-        self.unsupported("rolling windows")
+        let (after, until) = (ms(after), ms(until));
+        let Some(r) = self.rolling_entry(env, limit_id, subject, after)? else {
+            return self.unsupported("a rolling window longer than the one in memory");
+        };
+        let first = after.saturating_add(1);
+        let mut sum = 0u64;
+        let mut oldest = None;
+        if until >= first {
+            for (&at, &units) in r.units.range(first..=until) {
+                oldest.get_or_insert(at);
+                sum = sum.saturating_add(units);
+            }
+        }
+        // Charges older than this window are read again only to settle an older reservation
+        // (a commit charges at its reservation's time, within a window either side): keep two
+        // windows and a day more; anything older comes from the tables.
+        let keep = (until - after)
+            .saturating_mul(2)
+            .saturating_add(ROLLING_MARGIN_MS);
+        let boundary = after.saturating_sub(keep);
+        if boundary > r.after_ms {
+            r.units = r.units.split_off(&boundary.saturating_add(1));
+            r.after_ms = boundary;
+        }
+        Ok((sum, oldest.map(crate::ts)))
     }
 
     fn open_counter(
@@ -409,8 +518,35 @@ impl MeteringTx for MemTx<'_> {
         Ok(())
     }
 
-    fn add_rolling(&mut self, _: EnvId, _: &str, _: &str, _: Timestamp, _: u64) -> StoreResult<()> {
-        self.unsupported("rolling windows")
+    fn add_rolling(
+        &mut self,
+        env: EnvId,
+        limit_id: &str,
+        subject: &str,
+        at: Timestamp,
+        units: u64,
+    ) -> StoreResult<()> {
+        let at_ms = ms(at);
+        let loaded = match slot(&mut self.st.rolling, env).get(&two(limit_id, subject)) {
+            Some(r) => r.after_ms < at_ms,
+            None => false,
+        };
+        if !loaded {
+            // Loads what the tables hold from this charge's time on, so the charge is counted
+            // with everything after it.
+            self.rolling_entry(env, limit_id, subject, at_ms - 1)?;
+        }
+        if let Some(r) = self.rolling_entry(env, limit_id, subject, at_ms - 1)? {
+            *r.units.entry(at_ms).or_default() += units;
+        }
+        self.ops.push(Op::AddRolling {
+            env,
+            limit_id: limit_id.to_string(),
+            subject: subject.to_string(),
+            at,
+            units,
+        });
+        Ok(())
     }
 
     fn insert_reservation(&mut self, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
@@ -770,16 +906,46 @@ impl MeteringTx for MemTx<'_> {
             false => Ok(()),
         }
     }
-    fn overdue_held(&mut self, _: EnvId, _: &str, _: Timestamp) -> StoreResult<u64> {
-        self.unsupported("overdue credit holds")
+    // A reservation in memory may be newer than its row (extended, settled); one that holds
+    // credits was loaded from the tables (the engine does not place credit holds yet), so the
+    // tables list every candidate and memory decides about the ones it holds.
+    fn overdue_held(&mut self, env: EnvId, grant_id: &str, now: Timestamp) -> StoreResult<u64> {
+        let mut total = 0u64;
+        for (id, units) in overdue_holds(self.db, env, grant_id, ms(now))? {
+            total += match slot(&mut self.st.res, env).get(&id) {
+                None => units,
+                Some(None) => 0,
+                Some(Some(r)) if r.row.status == ReservationStatus::Pending && r.row.expires_at <= now => r
+                    .credit
+                    .iter()
+                    .filter(|h| h.active && h.grant_id == grant_id)
+                    .map(|h| h.units)
+                    .sum(),
+                Some(Some(_)) => 0,
+            };
+        }
+        Ok(total)
     }
     fn overdue_credit_reservations(
         &mut self,
-        _: EnvId,
-        _: &str,
-        _: Timestamp,
+        env: EnvId,
+        user_id: &str,
+        now: Timestamp,
     ) -> StoreResult<Vec<String>> {
-        self.unsupported("overdue credit holds")
+        let ids = self.sql().overdue_credit_reservations(env, user_id, now)?;
+        let res = slot(&mut self.st.res, env);
+        Ok(ids
+            .into_iter()
+            .filter(|id| match res.get(id) {
+                None => true,
+                Some(None) => false,
+                Some(Some(r)) => {
+                    r.row.status == ReservationStatus::Pending
+                        && r.row.expires_at <= now
+                        && r.credit.iter().any(|h| h.active)
+                }
+            })
+            .collect())
     }
     fn credits_used_by(&mut self, env: EnvId, reservation_id: &str) -> StoreResult<u64> {
         self.sql().credits_used_by(env, reservation_id)
