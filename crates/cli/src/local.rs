@@ -28,7 +28,10 @@ fn settings(storage: &StorageArgs, over: Overrides) -> Result<Settings> {
     )
 }
 
-async fn open_store(settings: &Settings, observer: Arc<dyn StoreObserver>) -> Result<Arc<dyn Store>> {
+async fn open_store(
+    settings: &Settings,
+    observer: Arc<dyn StoreObserver>,
+) -> Result<Arc<dyn Store>> {
     let database = &settings.database;
     match database {
         Database::Sqlite { data_dir } => {

@@ -175,7 +175,9 @@ impl Settings {
         let engine = over.engine.or(file.engine).unwrap_or(false);
         let database = Database::resolve(database_url.as_deref(), data_dir)?;
         if engine && matches!(database, Database::Postgres { .. }) {
-            bail!("engine is for the embedded SQLite store; PostgreSQL keeps state in the database");
+            bail!(
+                "engine is for the embedded SQLite store; PostgreSQL keeps state in the database"
+            );
         }
         Ok(Self {
             engine,

@@ -294,6 +294,14 @@ impl WriteLock {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_past_its_deadline_answers_outcome_unknown_and_may_land_after_it() {
+    if std::env::var("TOLLGATE_ENGINE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"))
+    {
+        // The engine answers a track from memory and its command log, without the tables'
+        // write lock this test holds; its own durability tests are in engine.rs and crash.rs.
+        eprintln!("skipped: the engine does not wait for the tables' write lock");
+        return;
+    }
     let server = TestServer::builder()
         .serve_arg("--request-timeout-ms")
         .serve_arg(SHORT_DEADLINE_MS.to_string())

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 use tollgate_api::ErrorCode;
 use tollgate_core::decision::DenyReason;
-use tollgate_store::StoreObserver;
+use tollgate_store::{EngineStats, StoreObserver};
 
 /// Request duration buckets: 0.25 ms doubling 16 times (to about 8 s).
 const DURATION_BUCKET_START_SECONDS: f64 = 0.000_25;
@@ -39,6 +39,11 @@ struct RouteLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnginePathLabels {
+    path: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +98,8 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     writer_batch_size: Histogram,
     writer_queue_depth: Gauge,
+    engine_lag: Gauge,
+    engine_commands: Family<EnginePathLabels, Gauge>,
     plan_load_failures: Counter,
     plan_documents_not_loaded: Gauge,
     biller_events: Family<BillerEventLabels, Counter>,
@@ -152,6 +159,18 @@ impl Metrics {
             "Commands waiting for the writer",
             writer_queue_depth.clone(),
         );
+        let engine_lag = Gauge::default();
+        registry.register(
+            "tollgate_engine_projection_lag_records",
+            "Command log records the tables do not hold yet (serve --engine)",
+            engine_lag.clone(),
+        );
+        let engine_commands = Family::<EnginePathLabels, Gauge>::default();
+        registry.register(
+            "tollgate_engine_commands",
+            "Metering commands since the start, by where they ran: memory (the engine) or tables",
+            engine_commands.clone(),
+        );
         let plan_load_failures = Counter::default();
         registry.register(
             "tollgate_plan_load_failures",
@@ -188,6 +207,8 @@ impl Metrics {
             errors,
             writer_batch_size,
             writer_queue_depth,
+            engine_lag,
+            engine_commands,
             plan_load_failures,
             plan_documents_not_loaded,
         }
@@ -256,9 +277,18 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric, with the queue depth as of now.
-    pub fn encode(&self, writer_queue_depth: usize) -> String {
+    pub fn encode(&self, writer_queue_depth: usize, engine: Option<EngineStats>) -> String {
         self.writer_queue_depth
             .set(i64::try_from(writer_queue_depth).unwrap_or(i64::MAX));
+        if let Some(e) = engine {
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.engine_lag.set(gauge(e.projection_lag));
+            for (path, n) in [("memory", e.carried), ("tables", e.on_tables)] {
+                self.engine_commands
+                    .get_or_create(&EnginePathLabels { path })
+                    .set(gauge(n));
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -285,7 +315,14 @@ mod tests {
         m.plan_load_failed();
         m.set_plan_documents_not_loaded(2);
         m.observe_error(ErrorCode::OutcomeUnknown);
-        let text = m.encode(7);
+        let text = m.encode(
+            7,
+            Some(EngineStats {
+                projection_lag: 5,
+                carried: 9,
+                on_tables: 1,
+            }),
+        );
         assert!(text.contains(
             r#"tollgate_http_requests_total{method="POST",route="/v1/reserve",status="200"} 1"#
         ));
@@ -296,6 +333,8 @@ mod tests {
         assert!(text.contains("tollgate_writer_batch_size_sum 3"));
         assert!(text.contains(r#"tollgate_errors_total{code="outcome_unknown"} 1"#));
         assert!(text.contains("tollgate_writer_queue_depth 7"));
+        assert!(text.contains("tollgate_engine_projection_lag_records 5"));
+        assert!(text.contains(r#"tollgate_engine_commands{path="memory"} 9"#));
         assert!(text.contains("tollgate_plan_load_failures_total 1"));
         assert!(text.contains("tollgate_plan_documents_not_loaded 2"));
     }

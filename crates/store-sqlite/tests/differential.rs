@@ -57,6 +57,9 @@ mod engine_against_sql {
             .map(EngineStore::carried)
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
         eprintln!("metering commands carried by the engine: {carried}, run on SQLite: {on_sql}");
-        assert!(carried > on_sql, "the comparison must exercise the engine itself");
+        assert!(
+            carried > on_sql,
+            "the comparison must exercise the engine itself"
+        );
     }
 }

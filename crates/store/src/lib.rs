@@ -989,6 +989,18 @@ pub struct StoredSettings {
 }
 
 /// What the server learns about the writer, for `/metrics`.
+/// What the hot-path engine reports for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Records in the command log that the tables do not hold yet.
+    pub projection_lag: u64,
+    /// Metering commands answered from memory since the start.
+    pub carried: u64,
+    /// Metering commands run on the tables since the start (the engine does not carry
+    /// something they needed).
+    pub on_tables: u64,
+}
+
 pub trait StoreObserver: Send + Sync + 'static {
     /// One writer transaction made durable, holding `commands` commands.
     fn batch_committed(&self, commands: usize);
@@ -1264,6 +1276,10 @@ pub trait Store: Send + Sync + 'static {
     /// database). A node then cannot learn another's test-clock advance from its own memory.
     fn shared_by_nodes(&self) -> bool {
         false
+    }
+    /// The hot-path engine's figures, for metrics; `None` for a store without one.
+    fn engine_stats(&self) -> Option<EngineStats> {
+        None
     }
     /// Finishes queued writes and stops the writer.
     async fn shutdown(&self);

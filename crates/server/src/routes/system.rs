@@ -70,7 +70,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<wire::HealthRe
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.encode(state.store.queue_depth());
+    let text = state
+        .metrics
+        .encode(state.store.queue_depth(), state.store.engine_stats());
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -42,7 +42,9 @@ use tokio::sync::{oneshot, watch};
 use tollgate_core::biller::Biller;
 use tollgate_core::input::{AccountId, UserId};
 use tollgate_core::plan::PlanDocument;
-use tollgate_core::subscription::{CancelAt, HistoryEntry, Subscription, UpsertOutcome, UpsertRequest};
+use tollgate_core::subscription::{
+    CancelAt, HistoryEntry, Subscription, UpsertOutcome, UpsertRequest,
+};
 use tollgate_log::{LogOptions, LogWriter, SyncPoint};
 use tollgate_store::procedure;
 use tollgate_store::*;
@@ -55,6 +57,8 @@ pub const LOG_DIR: &str = "log";
 pub const ENGINE_BATCH_MAX: usize = 1024;
 /// Most records the projection applies in one SQLite transaction.
 pub const PROJECTION_BATCH_MAX: usize = 8192;
+/// How long the projection gathers records before applying them, in milliseconds.
+pub const PROJECTION_GATHER_MS: u64 = 5;
 /// How long a read waits for the projection to reach the writes answered before it arrived.
 pub const PROJECTION_WAIT_MS: u64 = 10_000;
 
@@ -62,10 +66,7 @@ pub const PROJECTION_WAIT_MS: u64 = 10_000;
 /// open of the data dir, with or without the engine, so a log left by an engine is never lost.
 pub async fn catch_up_log(store: &SqliteStore, data_dir: &Path) -> StoreResult<u64> {
     let dir = data_dir.join(LOG_DIR);
-    let applied = store
-        .writer
-        .execute(|c| applied_lsn(c))
-        .await?;
+    let applied = store.writer.execute(|c| applied_lsn(c)).await?;
     if !dir.exists() {
         return Ok(applied);
     }
@@ -183,9 +184,11 @@ where
 
     fn answer(self: Box<Self>, durable: Result<(), StoreError>) {
         let value = match durable {
-            Ok(()) => self
-                .value
-                .unwrap_or_else(|| Err(StoreError::Internal("a command ran without an answer".into()))),
+            Ok(()) => self.value.unwrap_or_else(|| {
+                Err(StoreError::Internal(
+                    "a command ran without an answer".into(),
+                ))
+            }),
             Err(e) => Err(e),
         };
         let _ = self.reply.send(Answer::Done(value));
@@ -198,7 +201,9 @@ where
     fn failed(&self) -> bool {
         matches!(
             &self.value,
-            Some(Err(StoreError::Internal(_) | StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_)))
+            Some(Err(StoreError::Internal(_)
+                | StoreError::Unavailable(_)
+                | StoreError::OutcomeUnknown(_)))
         )
     }
 }
@@ -234,8 +239,7 @@ impl EngineStore {
         let sql = SqliteStore::open(data_dir, observer)?;
         let dir = data_dir.join(LOG_DIR);
         let applied = catch_up_log(&sql, data_dir).await?;
-        let (log, recovered) =
-            LogWriter::open(&dir, LogOptions::default()).map_err(log_error)?;
+        let (log, recovered) = LogWriter::open(&dir, LogOptions::default()).map_err(log_error)?;
         if let Some(cut) = &recovered.cut {
             tracing::warn!(
                 segment = %cut.segment.display(),
@@ -281,7 +285,9 @@ impl EngineStore {
         spawn("tollgate-engine-sync", move || syncer(sync_rx, proj_tx, s))?;
         let (s, store) = (shared.clone(), sql.clone());
         let rt = tokio::runtime::Handle::current();
-        spawn("tollgate-projection", move || projection(rt, store, proj_rx, s))?;
+        spawn("tollgate-projection", move || {
+            projection(rt, store, proj_rx, s)
+        })?;
         Ok(Self { sql, tx, shared })
     }
 
@@ -622,9 +628,14 @@ fn projection(
     shared: Arc<Shared>,
 ) {
     while let Ok(first) = rx.recv() {
+        // Gathers what arrives within PROJECTION_GATHER_MS into one transaction: each SQLite
+        // transaction has a fixed cost (its commit, the WAL sync, the page cache's upkeep) that
+        // small batches would pay again and again.
         let mut batch = first;
+        let until = std::time::Instant::now() + Duration::from_millis(PROJECTION_GATHER_MS);
         while batch.len() < PROJECTION_BATCH_MAX {
-            match rx.try_recv() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(more) => batch.extend(more),
                 Err(_) => break,
             }
@@ -704,31 +715,43 @@ impl Store for EngineStore {
     }
 
     async fn reserve(&self, cmd: ReserveCommand) -> StoreResult<Idempotent<ReserveOutcome>> {
+        let cmd = Arc::new(cmd);
         let c = cmd.clone();
-        self.engine(true, move |tx| procedure::reserve(tx, &c), |s| async move {
-            s.reserve(cmd).await
-        })
+        self.engine(
+            true,
+            move |tx| procedure::reserve(tx, &c),
+            |s| async move { s.reserve(Arc::unwrap_or_clone(cmd)).await },
+        )
         .await
     }
     async fn commit(&self, cmd: CommitCommand) -> StoreResult<CommitOutcome> {
+        let cmd = Arc::new(cmd);
         let c = cmd.clone();
-        self.engine(true, move |tx| procedure::commit(tx, &c), |s| async move {
-            s.commit(cmd).await
-        })
+        self.engine(
+            true,
+            move |tx| procedure::commit(tx, &c),
+            |s| async move { s.commit(Arc::unwrap_or_clone(cmd)).await },
+        )
         .await
     }
     async fn release(&self, cmd: ReleaseCommand) -> StoreResult<ReleaseOutcome> {
+        let cmd = Arc::new(cmd);
         let c = cmd.clone();
-        self.engine(true, move |tx| procedure::release(tx, &c), |s| async move {
-            s.release(cmd).await
-        })
+        self.engine(
+            true,
+            move |tx| procedure::release(tx, &c),
+            |s| async move { s.release(Arc::unwrap_or_clone(cmd)).await },
+        )
         .await
     }
     async fn extend(&self, cmd: ExtendCommand) -> StoreResult<ExtendOutcome> {
+        let cmd = Arc::new(cmd);
         let c = cmd.clone();
-        self.engine(true, move |tx| procedure::extend(tx, &c), |s| async move {
-            s.extend(cmd).await
-        })
+        self.engine(
+            true,
+            move |tx| procedure::extend(tx, &c),
+            |s| async move { s.extend(Arc::unwrap_or_clone(cmd)).await },
+        )
         .await
     }
     async fn get_reservation(
@@ -747,30 +770,40 @@ impl Store for EngineStore {
         .await
     }
     async fn track(&self, cmd: TrackCommand) -> StoreResult<Idempotent<TrackOutcome>> {
+        let cmd = Arc::new(cmd);
         let c = cmd.clone();
-        self.engine(true, move |tx| procedure::track(tx, &c), |s| async move {
-            s.track(cmd).await
-        })
+        self.engine(
+            true,
+            move |tx| procedure::track(tx, &c),
+            |s| async move { s.track(Arc::unwrap_or_clone(cmd)).await },
+        )
         .await
     }
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
+        let cmd = Arc::new(cmd);
         let c = cmd.clone();
-        self.engine(false, move |tx| procedure::check(tx, &c), |s| async move {
-            s.check(cmd).await
-        })
+        self.engine(
+            false,
+            move |tx| procedure::check(tx, &c),
+            |s| async move { s.check(Arc::unwrap_or_clone(cmd)).await },
+        )
         .await
     }
     async fn events(&self, query: EventsQuery) -> StoreResult<Vec<StoredEvent>> {
         self.caught_up().await?.events(query).await
     }
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
-        self.exclusive(|s| async move { s.identify(cmd).await }).await
+        self.exclusive(|s| async move { s.identify(cmd).await })
+            .await
     }
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
+        let query = Arc::new(query);
         let q = query.clone();
-        self.engine(false, move |tx| procedure::usage(tx, &q), |s| async move {
-            s.usage(query).await
-        })
+        self.engine(
+            false,
+            move |tx| procedure::usage(tx, &q),
+            |s| async move { s.usage(Arc::unwrap_or_clone(query)).await },
+        )
         .await
     }
     async fn expire_due(&self, real_now: Timestamp, ids: IdSeed) -> StoreResult<usize> {
@@ -784,10 +817,12 @@ impl Store for EngineStore {
     }
 
     async fn grant_credits(&self, cmd: GrantCommand) -> StoreResult<GrantOutcome> {
-        self.exclusive(|s| async move { s.grant_credits(cmd).await }).await
+        self.exclusive(|s| async move { s.grant_credits(cmd).await })
+            .await
     }
     async fn revoke_credits(&self, cmd: RevokeCommand) -> StoreResult<RevokeOutcome> {
-        self.exclusive(|s| async move { s.revoke_credits(cmd).await }).await
+        self.exclusive(|s| async move { s.revoke_credits(cmd).await })
+            .await
     }
     async fn credits(&self, query: CreditsQuery) -> StoreResult<CreditsOutcome> {
         self.caught_up().await?.credits(query).await
@@ -823,7 +858,10 @@ impl Store for EngineStore {
         env: EnvId,
         owner: &Owner,
     ) -> StoreResult<Vec<HistoryEntry>> {
-        self.caught_up().await?.subscription_history(env, owner).await
+        self.caught_up()
+            .await?
+            .subscription_history(env, owner)
+            .await
     }
     async fn cancel_subscription(
         &self,
@@ -863,7 +901,10 @@ impl Store for EngineStore {
         plans: Arc<PlanDocument>,
         now: Timestamp,
     ) -> StoreResult<AccountView> {
-        self.caught_up().await?.account(env, account, plans, now).await
+        self.caught_up()
+            .await?
+            .account(env, account, plans, now)
+            .await
     }
 
     async fn put_integration(
@@ -978,6 +1019,14 @@ impl Store for EngineStore {
             return Err("a sync of the command log failed; restart to recover".into());
         }
         self.sql.ready().await
+    }
+    fn engine_stats(&self) -> Option<EngineStats> {
+        let (carried, on_tables) = self.carried();
+        Some(EngineStats {
+            projection_lag: self.projection_lag(),
+            carried,
+            on_tables,
+        })
     }
     fn queue_depth(&self) -> usize {
         self.shared.depth.load(Ordering::Relaxed) as usize + self.sql.queue_depth()

@@ -20,7 +20,7 @@ use super::op::{stored, Event, Op};
 use crate::{ms, sql::SqliteTx};
 use jiff::Timestamp;
 use rusqlite::{params, Connection};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use tollgate_core::biller::Biller;
 use tollgate_core::subscription::{HistoryEntry, Subscription};
 use tollgate_store::procedure::*;
@@ -29,6 +29,10 @@ use tollgate_store::*;
 /// How much older than a rolling window's start the engine keeps charges in memory, beyond two
 /// windows, in milliseconds.
 const ROLLING_MARGIN_MS: i64 = 24 * 3600 * 1000;
+
+/// The engine's maps hash with foldhash: SipHash (std's default) was a visible part of a
+/// reserve's cost, and the keys come from authenticated callers of one environment.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 type ByEnv<V> = HashMap<EnvId, HashMap<String, V>>;
 
@@ -108,11 +112,17 @@ pub(crate) struct State {
     latest: ByEnv<Option<i64>>,
     /// Rolling usage, keyed by `limit \0 subject`.
     rolling: ByEnv<Rolling>,
-    pub(crate) res: ByEnv<Option<Res>>,
+    /// Boxed: the map moves its entries when it grows, and a reservation is a few hundred bytes.
+    pub(crate) res: ByEnv<Option<Box<Res>>>,
     /// Pending reservations in memory by expiry (ms).
     pending: BTreeSet<(i64, EnvId, String)>,
     /// Settled reservations to drop once the projection has applied their last write.
     pub(crate) settled: VecDeque<(u64, EnvId, String)>,
+    /// The greatest reservation id in the tables, by environment (`None` inside: none), read
+    /// on first use: a new id above it and not in memory is free without a read of the tables
+    /// (ids start with their creation time, so nearly every new id is above it). What runs on
+    /// the tables instead of the engine empties the state, and with it this.
+    ceiling: HashMap<EnvId, Option<String>>,
 }
 
 impl State {
@@ -131,13 +141,14 @@ impl State {
                 if r.last_lsn <= applied && r.row.status != ReservationStatus::Pending);
             if done {
                 slot.remove(&id);
+                // The tables hold it now: a later insert of the same id must read them.
+                if let Some(top) = self.ceiling.get_mut(&env) {
+                    if top.as_deref() < Some(id.as_str()) {
+                        *top = Some(id);
+                    }
+                }
             }
         }
-    }
-
-    /// How many reservations are in memory.
-    pub(crate) fn reservations(&self) -> usize {
-        self.res.values().map(HashMap::len).sum()
     }
 }
 
@@ -199,7 +210,12 @@ impl<'a> MemTx<'a> {
         Ok(self.st.used.entry(k).or_default())
     }
 
-    fn latest_entry(&mut self, env: EnvId, limit: &str, subject: &str) -> StoreResult<&mut Option<i64>> {
+    fn latest_entry(
+        &mut self,
+        env: EnvId,
+        limit: &str,
+        subject: &str,
+    ) -> StoreResult<&mut Option<i64>> {
         let k = two(limit, subject);
         if !slot(&mut self.st.latest, env).contains_key(&k) {
             let v = self.sql().latest_window(env, limit, subject)?;
@@ -241,12 +257,12 @@ impl<'a> MemTx<'a> {
                 Some(row) => {
                     let holds = self.sql().holds(env, id)?;
                     let credit = self.sql().credit_holds(env, id)?;
-                    Some(Res {
+                    Some(Box::new(Res {
                         row,
                         holds,
                         credit,
                         last_lsn: 0,
-                    })
+                    }))
                 }
             };
             if let Some(r) = &loaded {
@@ -256,18 +272,18 @@ impl<'a> MemTx<'a> {
         }
         Ok(slot(&mut self.st.res, env)
             .get_mut(id)
-            .and_then(Option::as_mut))
+            .and_then(|r| r.as_deref_mut()))
     }
 
     /// Adds a reservation's pending holds to its counters and the pending set.
     fn index(&mut self, env: EnvId, r: &Res) {
         let exp = ms(r.row.expires_at);
         for h in r.holds.iter().filter(|h| h.held > 0) {
-            self.st
-                .holds
-                .entry((env, h.key.clone()))
-                .or_default()
-                .put(&r.row.reservation_id, h.held, exp);
+            self.st.holds.entry((env, h.key.clone())).or_default().put(
+                &r.row.reservation_id,
+                h.held,
+                exp,
+            );
         }
         if r.row.status == ReservationStatus::Pending {
             self.st
@@ -342,6 +358,13 @@ fn pending_holds(
         )
         .map_err(crate::internal)?;
     rows.collect::<Result<_, _>>().map_err(crate::internal)
+}
+
+/// The greatest reservation id of an environment in the tables.
+fn max_reservation_id(db: &Connection, env: EnvId) -> StoreResult<Option<String>> {
+    db.prepare_cached("SELECT MAX(reservation_id) FROM reservations WHERE env_id = ?1")
+        .and_then(|mut s| s.query_row([env.0], |r| r.get(0)))
+        .map_err(crate::internal)
 }
 
 /// Rolling usage rows of a subject's limit after `after` (ms): time (ms), units.
@@ -550,7 +573,21 @@ impl MeteringTx for MemTx<'_> {
     }
 
     fn insert_reservation(&mut self, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
-        if self.res_entry(env, &r.reservation_id)?.is_some() {
+        if !self.st.ceiling.contains_key(&env) {
+            let top = max_reservation_id(self.db, env)?;
+            self.st.ceiling.insert(env, top);
+        }
+        let above = match self.st.ceiling.get(&env) {
+            Some(Some(top)) => r.reservation_id.as_str() > top.as_str(),
+            _ => true,
+        };
+        let known = slot(&mut self.st.res, env).get(&r.reservation_id);
+        let taken = match (known, above) {
+            (Some(v), _) => v.is_some(),
+            (None, true) => false,
+            (None, false) => self.res_entry(env, &r.reservation_id)?.is_some(),
+        };
+        if taken {
             return Err(StoreError::AlreadyExists);
         }
         let row = ReservationRow {
@@ -568,9 +605,12 @@ impl MeteringTx for MemTx<'_> {
             last_lsn: 0,
         };
         self.index(env, &res);
-        slot(&mut self.st.res, env).insert(r.reservation_id.clone(), Some(res));
+        slot(&mut self.st.res, env).insert(r.reservation_id.clone(), Some(Box::new(res)));
         self.touch(env, &r.reservation_id);
-        self.ops.push(Op::InsertReservation { env, row: r.clone() });
+        self.ops.push(Op::InsertReservation {
+            env,
+            row: r.clone(),
+        });
         Ok(())
     }
 
@@ -915,12 +955,15 @@ impl MeteringTx for MemTx<'_> {
             total += match slot(&mut self.st.res, env).get(&id) {
                 None => units,
                 Some(None) => 0,
-                Some(Some(r)) if r.row.status == ReservationStatus::Pending && r.row.expires_at <= now => r
-                    .credit
-                    .iter()
-                    .filter(|h| h.active && h.grant_id == grant_id)
-                    .map(|h| h.units)
-                    .sum(),
+                Some(Some(r))
+                    if r.row.status == ReservationStatus::Pending && r.row.expires_at <= now =>
+                {
+                    r.credit
+                        .iter()
+                        .filter(|h| h.active && h.grant_id == grant_id)
+                        .map(|h| h.units)
+                        .sum()
+                }
                 Some(Some(_)) => 0,
             };
         }
@@ -1023,7 +1066,12 @@ impl MeteringTx for MemTx<'_> {
     ) -> StoreResult<()> {
         self.unsupported("biller customers")
     }
-    fn biller_customer_of(&mut self, env: EnvId, b: Biller, s: &str) -> StoreResult<Option<String>> {
+    fn biller_customer_of(
+        &mut self,
+        env: EnvId,
+        b: Biller,
+        s: &str,
+    ) -> StoreResult<Option<String>> {
         self.sql().biller_customer_of(env, b, s)
     }
     fn biller_event(
@@ -1051,7 +1099,12 @@ impl MeteringTx for MemTx<'_> {
     ) -> StoreResult<Option<BillerSnapshotRow>> {
         self.sql().biller_snapshot(env, b, id)
     }
-    fn put_biller_snapshot(&mut self, _: EnvId, _: Biller, _: &BillerSnapshotRow) -> StoreResult<()> {
+    fn put_biller_snapshot(
+        &mut self,
+        _: EnvId,
+        _: Biller,
+        _: &BillerSnapshotRow,
+    ) -> StoreResult<()> {
         self.unsupported("biller snapshots")
     }
     fn live_biller_subscriptions(
