@@ -66,7 +66,7 @@ pub const PROJECTION_WAIT_MS: u64 = 10_000;
 /// open of the data dir, with or without the engine, so a log left by an engine is never lost.
 pub async fn catch_up_log(store: &SqliteStore, data_dir: &Path) -> StoreResult<u64> {
     let dir = data_dir.join(LOG_DIR);
-    let applied = store.writer.execute(|c| applied_lsn(c)).await?;
+    let applied = store.writer.execute(applied_lsn).await?;
     if !dir.exists() {
         return Ok(applied);
     }

@@ -36,7 +36,7 @@ pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 
 type ByEnv<V> = HashMap<EnvId, HashMap<String, V>>;
 
-fn slot<'m, V>(map: &'m mut ByEnv<V>, env: EnvId) -> &'m mut HashMap<String, V> {
+fn slot<V>(map: &mut ByEnv<V>, env: EnvId) -> &mut HashMap<String, V> {
     map.entry(env).or_default()
 }
 
