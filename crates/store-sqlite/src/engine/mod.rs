@@ -357,9 +357,14 @@ impl EngineStore {
         Fut: std::future::Future<Output = StoreResult<T>>,
     {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Pause(reply))
-            .map_err(|_| StoreError::Unavailable("the engine has stopped".into()))?;
+        self.tx.try_send(Msg::Pause(reply)).map_err(|e| match e {
+            smpsc::TrySendError::Full(_) => {
+                StoreError::Unavailable("the engine's queue is full".into())
+            }
+            smpsc::TrySendError::Disconnected(_) => {
+                StoreError::Unavailable("the engine has stopped".into())
+            }
+        })?;
         let paused = rx
             .await
             .map_err(|_| StoreError::Unavailable("the engine has stopped".into()))?;
@@ -369,7 +374,7 @@ impl EngineStore {
         v
     }
 
-    /// Waits until the tables hold every record written before now, then reads `f` from them.
+    /// Waits until the tables hold every record written before now, and gives them to read.
     async fn caught_up(&self) -> StoreResult<SqliteStore> {
         self.wait_applied(self.shared.written.load(Ordering::Acquire))
             .await?;
@@ -479,7 +484,9 @@ impl Engine {
     fn restart_from_tables(&mut self, lsn: u64) {
         let started = std::time::Instant::now();
         let mut warned = 0;
-        while *self.shared.applied.borrow() < lsn {
+        // After a failed sync of the log nothing more reaches the tables; what memory holds
+        // beyond them was never answered, so the tables are the truth to start from.
+        while *self.shared.applied.borrow() < lsn && !self.shared.fenced.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(1));
             let waited = started.elapsed().as_secs() / 10;
             if waited > warned {
@@ -1033,7 +1040,10 @@ impl Store for EngineStore {
     }
     async fn shutdown(&self) {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Msg::Stop(done)).is_ok() {
+        // Off the runtime's threads: a full queue makes `send` wait for room.
+        let tx = self.tx.clone();
+        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Stop(done)).is_ok()).await;
+        if sent.unwrap_or(false) {
             let _ = rx.await;
         }
         let written = self.shared.written.load(Ordering::Acquire);
