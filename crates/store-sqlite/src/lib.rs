@@ -5,6 +5,10 @@
 //! lets proceed while the writer commits; a [`checkpointer`] thread copies the WAL back into the
 //! database file without holding up the writer. Every SQLite call runs off the async runtime.
 //! A failed sync of the WAL fences the store until a restart ([`sync`]).
+//!
+//! [`EngineStore`] (`serve --engine`) puts the hot-path engine in front of the same tables:
+//! metering decided from memory, each write made durable by one command log append, the tables
+//! filled behind by the writer ([`engine`]).
 
 mod admin;
 mod checkpointer;
