@@ -56,16 +56,12 @@ pub enum DenyReason {
     NoSubscription,
 }
 
-impl DenyReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyReason::LimitReached => "limit_reached",
-            DenyReason::ConcurrencyLimitReached => "concurrency_limit_reached",
-            DenyReason::UnmatchedEvent => "unmatched_event",
-            DenyReason::NoSubscription => "no_subscription",
-        }
-    }
-}
+named_enum!(DenyReason {
+    LimitReached => "limit_reached",
+    ConcurrencyLimitReached => "concurrency_limit_reached",
+    UnmatchedEvent => "unmatched_event",
+    NoSubscription => "no_subscription",
+});
 
 /// One matching limit as a decision sees it.
 #[derive(Debug, Clone, Copy)]

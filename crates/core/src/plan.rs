@@ -43,25 +43,6 @@ pub enum Scope {
     Account,
 }
 
-/// The names of the limit enums as the plan document and the stores spell them.
-macro_rules! named_enum {
-    ($name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)*
-                }
-            }
-            pub fn parse(s: &str) -> Option<Self> {
-                match s {
-                    $($text => Some($name::$variant),)*
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
 named_enum!(LimitKind { Consumable => "consumable", Concurrency => "concurrency" });
 named_enum!(Enforcement { Hard => "hard", Soft => "soft" });
 named_enum!(Scope { User => "user", Account => "account" });

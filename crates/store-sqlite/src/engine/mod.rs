@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::Connection;
 use state::{MemTx, State};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as smpsc, Arc};
 use std::time::Duration;
@@ -274,7 +274,6 @@ impl EngineStore {
             state: State::default(),
             db,
             log,
-            dir,
             rx,
             sync_tx,
             shared: shared.clone(),
@@ -424,7 +423,6 @@ struct Engine {
     state: State,
     db: Connection,
     log: LogWriter,
-    dir: PathBuf,
     rx: smpsc::Receiver<Msg>,
     sync_tx: smpsc::Sender<Batch>,
     shared: Arc<Shared>,
@@ -570,7 +568,7 @@ impl Engine {
         let sync = match self.log.flush() {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(error = %e, dir = %self.dir.display(), "cannot write the command log");
+                tracing::error!(error = %e, dir = %self.log.dir().display(), "cannot write the command log");
                 self.shared.fenced.store(true, Ordering::Release);
                 None
             }

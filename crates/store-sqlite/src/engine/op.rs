@@ -511,17 +511,6 @@ impl<'a> Dec<'a> {
     }
 }
 
-fn deny_reason(s: &str) -> Option<DenyReason> {
-    [
-        DenyReason::LimitReached,
-        DenyReason::ConcurrencyLimitReached,
-        DenyReason::UnmatchedEvent,
-        DenyReason::NoSubscription,
-    ]
-    .into_iter()
-    .find(|r| r.as_str() == s)
-}
-
 /// Reads back a record written by [`encode`] in layout `version`.
 pub(crate) fn decode(version: u8, bytes: &[u8]) -> StoreResult<Vec<Op>> {
     if version != RECORD_VERSION {
@@ -625,7 +614,7 @@ pub(crate) fn decode(version: u8, bytes: &[u8]) -> StoreResult<Vec<Op>> {
                 let n = d.u32()? as usize;
                 let mut reasons = Vec::with_capacity(n.min(8));
                 for _ in 0..n {
-                    reasons.push(d.named(deny_reason, "deny reason")?);
+                    reasons.push(d.named(DenyReason::parse, "deny reason")?);
                 }
                 Op::InsertEvent {
                     env,

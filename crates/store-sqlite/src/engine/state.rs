@@ -265,30 +265,38 @@ impl<'a> MemTx<'a> {
                     }))
                 }
             };
-            if let Some(r) = &loaded {
-                self.index(env, r);
-            }
+            let found = loaded.is_some();
             slot(&mut self.st.res, env).insert(id.to_string(), loaded);
+            if found {
+                self.index(env, id);
+            }
         }
         Ok(slot(&mut self.st.res, env)
             .get_mut(id)
             .and_then(|r| r.as_deref_mut()))
     }
 
-    /// Adds a reservation's pending holds to its counters and the pending set.
-    fn index(&mut self, env: EnvId, r: &Res) {
+    /// Adds the pending holds of reservation `id`, as memory holds it, to its counters, and the
+    /// reservation to the pending set if it is pending.
+    fn index(&mut self, env: EnvId, id: &str) {
+        let State {
+            res,
+            holds,
+            pending,
+            ..
+        } = &mut *self.st;
+        let Some(Some(r)) = res.get(&env).and_then(|m| m.get(id)) else {
+            return;
+        };
         let exp = ms(r.row.expires_at);
         for h in r.holds.iter().filter(|h| h.held > 0) {
-            self.st.holds.entry((env, h.key.clone())).or_default().put(
-                &r.row.reservation_id,
-                h.held,
-                exp,
-            );
+            holds
+                .entry((env, h.key.clone()))
+                .or_default()
+                .put(id, h.held, exp);
         }
         if r.row.status == ReservationStatus::Pending {
-            self.st
-                .pending
-                .insert((exp, env, r.row.reservation_id.clone()));
+            pending.insert((exp, env, id.to_string()));
         }
     }
 
@@ -604,8 +612,8 @@ impl MeteringTx for MemTx<'_> {
             credit: Vec::new(),
             last_lsn: 0,
         };
-        self.index(env, &res);
         slot(&mut self.st.res, env).insert(r.reservation_id.clone(), Some(Box::new(res)));
+        self.index(env, &r.reservation_id);
         self.touch(env, &r.reservation_id);
         self.ops.push(Op::InsertReservation {
             env,
@@ -718,27 +726,11 @@ impl MeteringTx for MemTx<'_> {
 
     fn set_expiry(&mut self, env: EnvId, id: &str, expires_at: Timestamp) -> StoreResult<()> {
         if self.res_entry(env, id)?.is_some() {
-            let keys: Vec<CounterKey> = self
-                .res_entry(env, id)?
-                .map(|r| r.holds.iter().map(|h| h.key.clone()).collect())
-                .unwrap_or_default();
-            for key in &keys {
-                self.holds_of(env, key)?;
-            }
             self.unindex(env, id);
-            let mut reindex = None;
             if let Some(r) = self.res_entry(env, id)? {
                 r.row.expires_at = stored(expires_at);
-                reindex = Some(Res {
-                    row: r.row.clone(),
-                    holds: r.holds.clone(),
-                    credit: Vec::new(),
-                    last_lsn: 0,
-                });
             }
-            if let Some(r) = reindex {
-                self.index(env, &r);
-            }
+            self.index(env, id);
             self.touch(env, id);
         }
         self.ops.push(Op::SetExpiry {
