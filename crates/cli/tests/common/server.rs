@@ -17,8 +17,9 @@ use super::client::Client;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-/// How long `init` and `serve` may take to become ready.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `init` and `serve` may take to become ready: a `serve --engine` that replays a log
+/// tail of 100,000 records in a debug build takes tens of seconds.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a graceful shutdown may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Per-request timeout of the test client.
