@@ -237,15 +237,6 @@ impl Counter {
             window,
         }
     }
-
-    /// The counter as shown once this use has opened its window.
-    fn opened(&self) -> Counter {
-        let mut c = self.clone();
-        if let CounterWindow::Fixed { opening, .. } = &mut c.window {
-            *opening = false;
-        }
-        c
-    }
 }
 
 /// The counter of `limit` for `subject` at instant `at`.
@@ -361,8 +352,18 @@ fn load(
 }
 
 fn render(c: &Counter, l: Loaded, at: Timestamp) -> LimitState {
+    render_as(c, l, at, false)
+}
+
+/// The counter as shown once this use has opened its window (a first_use window it opens
+/// shows its bounds), without copying the counter.
+fn render_opened(c: &Counter, l: Loaded, at: Timestamp) -> LimitState {
+    render_as(c, l, at, true)
+}
+
+fn render_as(c: &Counter, l: Loaded, at: Timestamp, opened: bool) -> LimitState {
     let (window_start, resets_at) = match &c.window {
-        CounterWindow::Fixed { opening: true, .. } => (None, None),
+        CounterWindow::Fixed { opening: true, .. } if !opened => (None, None),
         CounterWindow::Fixed { start, end, .. } => (Some(*start), *end),
         CounterWindow::Rolling { seconds } => {
             let span = secs(i64::from(*seconds));

@@ -542,14 +542,7 @@ impl Engine {
             self.buf.clear();
             op::encode(&ops, &mut self.buf);
             let lsn = self.log.append(op::RECORD_VERSION, &self.buf);
-            for (env, id) in touched {
-                if let Some(Some(r)) = self.state.res.get_mut(&env).and_then(|m| m.get_mut(&id)) {
-                    r.last_lsn = lsn;
-                    if r.row.status != ReservationStatus::Pending {
-                        self.state.settled.push_back((lsn, env, id));
-                    }
-                }
-            }
+            self.state.written(touched, lsn);
             records.push((lsn, ops));
         }
         jobs.push(job);

@@ -18,9 +18,12 @@
 
 use super::op::{stored, Event, Op};
 use crate::{ms, sql::SqliteTx};
+use hashbrown::hash_map::RawEntryMut;
+use hashbrown::Equivalent;
 use jiff::Timestamp;
 use rusqlite::{params, Connection};
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use tollgate_core::biller::Biller;
 use tollgate_core::subscription::{HistoryEntry, Subscription};
 use tollgate_store::procedure::*;
@@ -31,13 +34,94 @@ use tollgate_store::*;
 const ROLLING_MARGIN_MS: i64 = 24 * 3600 * 1000;
 
 /// The engine's maps hash with foldhash: SipHash (std's default) was a visible part of a
-/// reserve's cost, and the keys come from authenticated callers of one environment.
-pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// reserve's cost, and the keys come from authenticated callers of one environment. They are
+/// hashbrown's maps so that a lookup borrows its key ([`IdRef`], [`PairRef`], [`KeyRef`])
+/// instead of building an owned one: a key is allocated only when an entry is inserted.
+pub(crate) type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
-type ByEnv<V> = HashMap<EnvId, HashMap<String, V>>;
+/// A reservation id, shared by the reservation's entry, its holds, the pending set and the
+/// settled queue (one allocation per reservation instead of one per index).
+pub(crate) type ResId = Arc<str>;
 
-fn slot<V>(map: &mut ByEnv<V>, env: EnvId) -> &mut HashMap<String, V> {
-    map.entry(env).or_default()
+/// Keyed by environment and one string (a subject, a user, an anonymous id, an event).
+type ById<V> = HashMap<(EnvId, String), V>;
+/// Keyed by environment and two strings (scope and key; limit and subject).
+type ByPair<V> = HashMap<(EnvId, String, String), V>;
+
+/// A borrowed `(EnvId, String)` (or `(EnvId, ResId)`) key: hashes as the owned one does (a
+/// tuple and a tuple struct both hash their fields in order; `String`, `Arc<str>` and `&str`
+/// hash as `str`).
+#[derive(Hash)]
+pub(crate) struct IdRef<'a>(pub EnvId, pub &'a str);
+
+impl Equivalent<(EnvId, String)> for IdRef<'_> {
+    fn equivalent(&self, k: &(EnvId, String)) -> bool {
+        self.0 == k.0 && self.1 == k.1
+    }
+}
+
+impl Equivalent<(EnvId, ResId)> for IdRef<'_> {
+    fn equivalent(&self, k: &(EnvId, ResId)) -> bool {
+        self.0 == k.0 && self.1 == &*k.1
+    }
+}
+
+/// A borrowed `(EnvId, String, String)` key.
+#[derive(Hash)]
+struct PairRef<'a>(EnvId, &'a str, &'a str);
+
+impl Equivalent<(EnvId, String, String)> for PairRef<'_> {
+    fn equivalent(&self, k: &(EnvId, String, String)) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2
+    }
+}
+
+/// A borrowed `(EnvId, CounterKey)` key (`CounterKey` derives `Hash`: limit, subject, window).
+#[derive(Hash)]
+struct KeyRef<'a>(EnvId, &'a str, &'a str, i64);
+
+impl<'a> KeyRef<'a> {
+    fn of(env: EnvId, key: &'a CounterKey) -> Self {
+        KeyRef(env, &key.limit_id, &key.subject, key.window_key)
+    }
+}
+
+impl Equivalent<(EnvId, CounterKey)> for KeyRef<'_> {
+    fn equivalent(&self, k: &(EnvId, CounterKey)) -> bool {
+        self.0 == k.0 && self.3 == k.1.window_key && self.1 == k.1.limit_id && self.2 == k.1.subject
+    }
+}
+
+/// The entry of a map keyed by `(EnvId, String)`, inserted with `load` on a miss.
+fn by_id<'m, V>(
+    map: &'m mut ById<V>,
+    env: EnvId,
+    id: &str,
+    load: impl FnOnce() -> StoreResult<V>,
+) -> StoreResult<&'m mut V> {
+    Ok(match map.raw_entry_mut().from_key(&IdRef(env, id)) {
+        RawEntryMut::Occupied(e) => e.into_mut(),
+        RawEntryMut::Vacant(e) => e.insert((env, id.to_string()), load()?).1,
+    })
+}
+
+/// The entry of a map keyed by `(EnvId, String, String)`, inserted with `load` on a miss.
+fn by_pair<'m, V>(
+    map: &'m mut ByPair<V>,
+    (env, a, b): (EnvId, &str, &str),
+    load: impl FnOnce() -> StoreResult<V>,
+) -> StoreResult<&'m mut V> {
+    Ok(match map.raw_entry_mut().from_key(&PairRef(env, a, b)) {
+        RawEntryMut::Occupied(e) => e.into_mut(),
+        RawEntryMut::Vacant(e) => e.insert((env, a.to_string(), b.to_string()), load()?).1,
+    })
+}
+
+/// One counter in memory: its `used` (once read) and its pending holds.
+#[derive(Debug, Default)]
+pub(crate) struct Counted {
+    used: Option<u64>,
+    holds: Holds,
 }
 
 /// The pending holds on one counter: units and expiry (ms) by reservation.
@@ -45,25 +129,25 @@ fn slot<V>(map: &mut ByEnv<V>, env: EnvId) -> &mut HashMap<String, V> {
 pub(crate) struct Holds {
     /// The holds of reservations that are not in memory have been read from SQLite.
     loaded: bool,
-    by_res: HashMap<String, (u64, i64)>,
+    by_res: HashMap<ResId, (u64, i64)>,
     total: u64,
-    by_expiry: BTreeSet<(i64, String)>,
+    by_expiry: BTreeSet<(i64, ResId)>,
 }
 
 impl Holds {
-    fn put(&mut self, id: &str, held: u64, expires_ms: i64) {
+    fn put(&mut self, id: &ResId, held: u64, expires_ms: i64) {
         self.remove(id);
         if held > 0 {
-            self.by_res.insert(id.to_string(), (held, expires_ms));
+            self.by_res.insert(id.clone(), (held, expires_ms));
             self.total += held;
-            self.by_expiry.insert((expires_ms, id.to_string()));
+            self.by_expiry.insert((expires_ms, id.clone()));
         }
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some((held, exp)) = self.by_res.remove(id) {
+        if let Some((id, (held, exp))) = self.by_res.remove_entry(id) {
             self.total -= held;
-            self.by_expiry.remove(&(exp, id.to_string()));
+            self.by_expiry.remove(&(exp, id));
         }
     }
 
@@ -100,24 +184,23 @@ pub(crate) struct Res {
 /// The decision state.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    subs: ByEnv<Option<Subscription>>,
-    memberships: ByEnv<Option<(String, Timestamp)>>,
-    aliases: ByEnv<Option<String>>,
-    /// Keyed by `scope \0 key`.
-    idem: ByEnv<Option<IdempotencyRow>>,
-    meter_names: ByEnv<Option<String>>,
-    used: HashMap<(EnvId, CounterKey), u64>,
-    holds: HashMap<(EnvId, CounterKey), Holds>,
-    /// Keyed by `limit \0 subject`.
-    latest: ByEnv<Option<i64>>,
-    /// Rolling usage, keyed by `limit \0 subject`.
-    rolling: ByEnv<Rolling>,
+    subs: ById<Option<Subscription>>,
+    memberships: ById<Option<(String, Timestamp)>>,
+    aliases: ById<Option<String>>,
+    /// Keyed by scope and key.
+    idem: ByPair<Option<IdempotencyRow>>,
+    meter_names: ById<Option<String>>,
+    counters: HashMap<(EnvId, CounterKey), Counted>,
+    /// Keyed by limit and subject.
+    latest: ByPair<Option<i64>>,
+    /// Rolling usage, keyed by limit and subject.
+    rolling: ByPair<Rolling>,
     /// Boxed: the map moves its entries when it grows, and a reservation is a few hundred bytes.
-    pub(crate) res: ByEnv<Option<Box<Res>>>,
+    res: HashMap<(EnvId, ResId), Option<Box<Res>>>,
     /// Pending reservations in memory by expiry (ms).
-    pending: BTreeSet<(i64, EnvId, String)>,
+    pending: BTreeSet<(i64, EnvId, ResId)>,
     /// Settled reservations to drop once the projection has applied their last write.
-    pub(crate) settled: VecDeque<(u64, EnvId, String)>,
+    settled: VecDeque<(u64, EnvId, ResId)>,
     /// The greatest reservation id in the tables, by environment (`None` inside: none), read
     /// on first use: a new id above it and not in memory is free without a read of the tables
     /// (ids start with their creation time, so nearly every new id is above it). What runs on
@@ -128,24 +211,35 @@ pub(crate) struct State {
 impl State {
     /// Drops the settled reservations whose writes are all in SQLite.
     pub(crate) fn evict(&mut self, applied: u64) {
-        while let Some((lsn, env, _)) = self.settled.front() {
+        while let Some((lsn, _, _)) = self.settled.front() {
             if *lsn > applied {
                 break;
             }
-            let env = *env;
-            let Some((_, _, id)) = self.settled.pop_front() else {
+            let Some((_, env, id)) = self.settled.pop_front() else {
                 break;
             };
-            let slot = slot(&mut self.res, env);
-            let done = matches!(slot.get(&id), Some(Some(r))
+            let done = matches!(self.res.get(&IdRef(env, &id)), Some(Some(r))
                 if r.last_lsn <= applied && r.row.status != ReservationStatus::Pending);
             if done {
-                slot.remove(&id);
+                self.res.remove(&IdRef(env, &id));
                 // The tables hold it now: a later insert of the same id must read them.
                 if let Some(top) = self.ceiling.get_mut(&env) {
-                    if top.as_deref() < Some(id.as_str()) {
-                        *top = Some(id);
+                    if top.as_deref() < Some(&*id) {
+                        *top = Some(id.to_string());
                     }
+                }
+            }
+        }
+    }
+
+    /// Marks the reservations a command wrote with the log position of its record, and queues
+    /// the settled ones for eviction once the projection has applied it.
+    pub(crate) fn written(&mut self, touched: Vec<(EnvId, ResId)>, lsn: u64) {
+        for (env, id) in touched {
+            if let Some(Some(r)) = self.res.get_mut(&IdRef(env, &id)) {
+                r.last_lsn = lsn;
+                if r.row.status != ReservationStatus::Pending {
+                    self.settled.push_back((lsn, env, id));
                 }
             }
         }
@@ -158,18 +252,10 @@ pub(crate) struct MemTx<'a> {
     pub st: &'a mut State,
     pub db: &'a Connection,
     pub ops: Vec<Op>,
-    /// Reservations this command wrote.
-    pub touched: Vec<(EnvId, String)>,
+    /// Reservations this command wrote (an id may repeat).
+    pub touched: Vec<(EnvId, ResId)>,
     /// The first method the engine does not carry, if the command called one.
     pub unsupported: Option<&'static str>,
-}
-
-fn two(a: &str, b: &str) -> String {
-    let mut s = String::with_capacity(a.len() + b.len() + 1);
-    s.push_str(a);
-    s.push('\0');
-    s.push_str(b);
-    s
 }
 
 fn overflow(key: &CounterKey) -> StoreError {
@@ -201,13 +287,39 @@ impl<'a> MemTx<'a> {
         )))
     }
 
-    fn used_entry(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<&mut u64> {
-        let k = (env, key.clone());
-        if !self.st.used.contains_key(&k) {
-            let v = self.sql().used(env, key)?;
-            self.st.used.insert(k.clone(), v);
+    /// The counter's entry, with `used` read from the tables if `used` and not read yet, and
+    /// the holds of reservations not in memory read if `holds` and not read yet.
+    fn counted(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        (used, holds): (bool, bool),
+    ) -> StoreResult<&mut Counted> {
+        let State { counters, res, .. } = &mut *self.st;
+        let c = match counters.raw_entry_mut().from_key(&KeyRef::of(env, key)) {
+            RawEntryMut::Occupied(e) => e.into_mut(),
+            RawEntryMut::Vacant(e) => e.insert((env, key.clone()), Counted::default()).1,
+        };
+        if used && c.used.is_none() {
+            c.used = Some(SqliteTx(self.db).used(env, key)?);
         }
-        Ok(self.st.used.entry(k).or_default())
+        if holds && !c.holds.loaded {
+            for (id, held, exp) in pending_holds(self.db, env, key)? {
+                if !res.contains_key(&IdRef(env, &id)) {
+                    c.holds.put(&ResId::from(id), held, exp);
+                }
+            }
+            c.holds.loaded = true;
+        }
+        Ok(c)
+    }
+
+    fn used_entry(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<&mut u64> {
+        Ok(self.counted(env, key, (true, false))?.used.get_or_insert(0))
+    }
+
+    fn holds_of(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<&mut Holds> {
+        Ok(&mut self.counted(env, key, (false, true))?.holds)
     }
 
     fn latest_entry(
@@ -216,12 +328,10 @@ impl<'a> MemTx<'a> {
         limit: &str,
         subject: &str,
     ) -> StoreResult<&mut Option<i64>> {
-        let k = two(limit, subject);
-        if !slot(&mut self.st.latest, env).contains_key(&k) {
-            let v = self.sql().latest_window(env, limit, subject)?;
-            slot(&mut self.st.latest, env).insert(k.clone(), v);
-        }
-        Ok(slot(&mut self.st.latest, env).entry(k).or_default())
+        let db = self.db;
+        by_pair(&mut self.st.latest, (env, limit, subject), || {
+            SqliteTx(db).latest_window(env, limit, subject)
+        })
     }
 
     fn bump_latest(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<()> {
@@ -230,28 +340,9 @@ impl<'a> MemTx<'a> {
         Ok(())
     }
 
-    fn holds_of(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<&mut Holds> {
-        let k = (env, key.clone());
-        let loaded = self.st.holds.get(&k).is_some_and(|h| h.loaded);
-        if !loaded {
-            let rows = pending_holds(self.db, env, key)?;
-            let known = slot(&mut self.st.res, env);
-            let fresh: Vec<_> = rows
-                .into_iter()
-                .filter(|(id, _, _)| !known.contains_key(id))
-                .collect();
-            let h = self.st.holds.entry(k.clone()).or_default();
-            for (id, held, exp) in fresh {
-                h.put(&id, held, exp);
-            }
-            h.loaded = true;
-        }
-        Ok(self.st.holds.entry(k).or_default())
-    }
-
     /// The reservation, loaded with its holds and credit holds on first use.
     fn res_entry(&mut self, env: EnvId, id: &str) -> StoreResult<Option<&mut Res>> {
-        if !slot(&mut self.st.res, env).contains_key(id) {
+        if !self.st.res.contains_key(&IdRef(env, id)) {
             let loaded = match self.sql().reservation(env, id)? {
                 None => None,
                 Some(row) => {
@@ -266,53 +357,69 @@ impl<'a> MemTx<'a> {
                 }
             };
             let found = loaded.is_some();
-            slot(&mut self.st.res, env).insert(id.to_string(), loaded);
+            let id = ResId::from(id);
+            self.st.res.insert((env, id.clone()), loaded);
             if found {
-                self.index(env, id);
+                self.index(env, &id);
             }
         }
-        Ok(slot(&mut self.st.res, env)
-            .get_mut(id)
+        Ok(self
+            .st
+            .res
+            .get_mut(&IdRef(env, id))
             .and_then(|r| r.as_deref_mut()))
+    }
+
+    /// The shared id of a reservation in memory.
+    fn res_id(&self, env: EnvId, id: &str) -> Option<ResId> {
+        self.st
+            .res
+            .get_key_value(&IdRef(env, id))
+            .map(|((_, id), _)| id.clone())
     }
 
     /// Adds the pending holds of reservation `id`, as memory holds it, to its counters, and the
     /// reservation to the pending set if it is pending.
-    fn index(&mut self, env: EnvId, id: &str) {
+    fn index(&mut self, env: EnvId, id: &ResId) {
         let State {
             res,
-            holds,
+            counters,
             pending,
             ..
         } = &mut *self.st;
-        let Some(Some(r)) = res.get(&env).and_then(|m| m.get(id)) else {
+        let Some(Some(r)) = res.get(&IdRef(env, id)) else {
             return;
         };
         let exp = ms(r.row.expires_at);
         for h in r.holds.iter().filter(|h| h.held > 0) {
-            holds
-                .entry((env, h.key.clone()))
-                .or_default()
-                .put(id, h.held, exp);
+            let c = match counters.raw_entry_mut().from_key(&KeyRef::of(env, &h.key)) {
+                RawEntryMut::Occupied(e) => e.into_mut(),
+                RawEntryMut::Vacant(e) => e.insert((env, h.key.clone()), Counted::default()).1,
+            };
+            c.holds.put(id, h.held, exp);
         }
         if r.row.status == ReservationStatus::Pending {
-            pending.insert((exp, env, id.to_string()));
+            pending.insert((exp, env, id.clone()));
         }
     }
 
     /// Takes a reservation's holds off its counters and out of the pending set.
     fn unindex(&mut self, env: EnvId, id: &str) {
-        let Some(Some(r)) = slot(&mut self.st.res, env).get(id) else {
+        let State {
+            res,
+            counters,
+            pending,
+            ..
+        } = &mut *self.st;
+        let Some(((_, rid), Some(r))) = res.get_key_value(&IdRef(env, id)) else {
             return;
         };
-        let keys: Vec<CounterKey> = r.holds.iter().map(|h| h.key.clone()).collect();
-        let exp = ms(r.row.expires_at);
-        for key in keys {
-            if let Some(h) = self.st.holds.get_mut(&(env, key)) {
-                h.remove(id);
+        for h in &r.holds {
+            if let Some(c) = counters.get_mut(&KeyRef::of(env, &h.key)) {
+                c.holds.remove(id);
             }
         }
-        self.st.pending.remove(&(exp, env, id.to_string()));
+        pending.remove(&(ms(r.row.expires_at), env, rid.clone()));
     }
 
     /// The rolling usage in memory, loaded from the tables for times after `after` (ms) on
@@ -324,25 +431,24 @@ impl<'a> MemTx<'a> {
         subject: &str,
         after: i64,
     ) -> StoreResult<Option<&mut Rolling>> {
-        let k = two(limit_id, subject);
-        if !slot(&mut self.st.rolling, env).contains_key(&k) {
+        let db = self.db;
+        let r = by_pair(&mut self.st.rolling, (env, limit_id, subject), || {
             let mut units = std::collections::BTreeMap::new();
-            for (at, n) in rolling_after(self.db, env, limit_id, subject, after)? {
+            for (at, n) in rolling_after(db, env, limit_id, subject, after)? {
                 *units.entry(at).or_default() += n;
             }
-            let r = Rolling {
+            Ok(Rolling {
                 after_ms: after,
                 units,
-            };
-            slot(&mut self.st.rolling, env).insert(k.clone(), r);
-        }
-        Ok(slot(&mut self.st.rolling, env)
-            .get_mut(&k)
-            .filter(|r| r.after_ms <= after))
+            })
+        })?;
+        Ok(Some(r).filter(|r| r.after_ms <= after))
     }
 
     fn touch(&mut self, env: EnvId, id: &str) {
-        self.touched.push((env, id.to_string()));
+        if let Some(id) = self.res_id(env, id) {
+            self.touched.push((env, id));
+        }
     }
 }
 
@@ -442,12 +548,11 @@ impl MeteringTx for MemTx<'_> {
     }
 
     fn subscription(&mut self, env: EnvId, subject: &str) -> StoreResult<Option<Subscription>> {
-        if let Some(v) = slot(&mut self.st.subs, env).get(subject) {
-            return Ok(v.clone());
-        }
-        let v = self.sql().subscription(env, subject)?;
-        slot(&mut self.st.subs, env).insert(subject.to_string(), v.clone());
-        Ok(v)
+        let db = self.db;
+        Ok(by_id(&mut self.st.subs, env, subject, || {
+            SqliteTx(db).subscription(env, subject)
+        })?
+        .clone())
     }
 
     fn write_subscription(&mut self, _: EnvId, _: &str, _: &Subscription) -> StoreResult<()> {
@@ -473,6 +578,16 @@ impl MeteringTx for MemTx<'_> {
 
     fn used(&mut self, env: EnvId, key: &CounterKey) -> StoreResult<u64> {
         Ok(*self.used_entry(env, key)?)
+    }
+
+    fn used_and_reserved(
+        &mut self,
+        env: EnvId,
+        key: &CounterKey,
+        now: Timestamp,
+    ) -> StoreResult<(u64, u64)> {
+        let c = self.counted(env, key, (true, true))?;
+        Ok((c.used.unwrap_or(0), c.holds.reserved(ms(now))))
     }
 
     fn rolling_used(
@@ -558,7 +673,7 @@ impl MeteringTx for MemTx<'_> {
         units: u64,
     ) -> StoreResult<()> {
         let at_ms = ms(at);
-        let loaded = match slot(&mut self.st.rolling, env).get(&two(limit_id, subject)) {
+        let loaded = match self.st.rolling.get(&PairRef(env, limit_id, subject)) {
             Some(r) => r.after_ms < at_ms,
             None => false,
         };
@@ -589,7 +704,7 @@ impl MeteringTx for MemTx<'_> {
             Some(Some(top)) => r.reservation_id.as_str() > top.as_str(),
             _ => true,
         };
-        let known = slot(&mut self.st.res, env).get(&r.reservation_id);
+        let known = self.st.res.get(&IdRef(env, &r.reservation_id));
         let taken = match (known, above) {
             (Some(v), _) => v.is_some(),
             (None, true) => false,
@@ -612,9 +727,10 @@ impl MeteringTx for MemTx<'_> {
             credit: Vec::new(),
             last_lsn: 0,
         };
-        slot(&mut self.st.res, env).insert(r.reservation_id.clone(), Some(Box::new(res)));
-        self.index(env, &r.reservation_id);
-        self.touch(env, &r.reservation_id);
+        let id = ResId::from(r.reservation_id.as_str());
+        self.st.res.insert((env, id.clone()), Some(Box::new(res)));
+        self.index(env, &id);
+        self.touched.push((env, id));
         self.ops.push(Op::InsertReservation {
             env,
             row: r.clone(),
@@ -642,11 +758,13 @@ impl MeteringTx for MemTx<'_> {
             )));
         };
         r.holds.push(hold);
+        let id = self
+            .res_id(env, reservation_id)
+            .expect("the reservation was found in memory just above");
         if h.held > 0 {
-            self.holds_of(env, &h.key)?
-                .put(reservation_id, h.held, ms(expires_at));
+            self.holds_of(env, &h.key)?.put(&id, h.held, ms(expires_at));
         }
-        self.touch(env, reservation_id);
+        self.touched.push((env, id));
         self.ops.push(Op::InsertHold {
             env,
             reservation_id: reservation_id.to_string(),
@@ -730,7 +848,9 @@ impl MeteringTx for MemTx<'_> {
             if let Some(r) = self.res_entry(env, id)? {
                 r.row.expires_at = stored(expires_at);
             }
-            self.index(env, id);
+            if let Some(rid) = self.res_id(env, id) {
+                self.index(env, &rid);
+            }
             self.touch(env, id);
         }
         self.ops.push(Op::SetExpiry {
@@ -765,13 +885,11 @@ impl MeteringTx for MemTx<'_> {
         scope: &str,
         key: &str,
     ) -> StoreResult<Option<IdempotencyRow>> {
-        let k = two(scope, key);
-        if let Some(v) = slot(&mut self.st.idem, env).get(&k) {
-            return Ok(v.clone());
-        }
-        let v = self.sql().idempotency(env, scope, key)?;
-        slot(&mut self.st.idem, env).insert(k, v.clone());
-        Ok(v)
+        let db = self.db;
+        Ok(by_pair(&mut self.st.idem, (env, scope, key), || {
+            SqliteTx(db).idempotency(env, scope, key)
+        })?
+        .clone())
     }
 
     fn store_idempotency(
@@ -785,7 +903,7 @@ impl MeteringTx for MemTx<'_> {
             created_at: stored(row.created_at),
             ..row.clone()
         };
-        slot(&mut self.st.idem, env).insert(two(scope, key), Some(kept));
+        *by_pair(&mut self.st.idem, (env, scope, key), || Ok(None))? = Some(kept);
         self.ops.push(Op::StoreIdempotency {
             env,
             scope: scope.to_string(),
@@ -800,12 +918,11 @@ impl MeteringTx for MemTx<'_> {
         env: EnvId,
         user_id: &str,
     ) -> StoreResult<Option<(String, Timestamp)>> {
-        if let Some(v) = slot(&mut self.st.memberships, env).get(user_id) {
-            return Ok(v.clone());
-        }
-        let v = self.sql().membership(env, user_id)?;
-        slot(&mut self.st.memberships, env).insert(user_id.to_string(), v.clone());
-        Ok(v)
+        let db = self.db;
+        Ok(by_id(&mut self.st.memberships, env, user_id, || {
+            SqliteTx(db).membership(env, user_id)
+        })?
+        .clone())
     }
 
     fn members(&mut self, _: EnvId, _: &str) -> StoreResult<Vec<Member>> {
@@ -821,12 +938,11 @@ impl MeteringTx for MemTx<'_> {
     }
 
     fn alias(&mut self, env: EnvId, anonymous_id: &str) -> StoreResult<Option<String>> {
-        if let Some(v) = slot(&mut self.st.aliases, env).get(anonymous_id) {
-            return Ok(v.clone());
-        }
-        let v = self.sql().alias(env, anonymous_id)?;
-        slot(&mut self.st.aliases, env).insert(anonymous_id.to_string(), v.clone());
-        Ok(v)
+        let db = self.db;
+        Ok(by_id(&mut self.st.aliases, env, anonymous_id, || {
+            SqliteTx(db).alias(env, anonymous_id)
+        })?
+        .clone())
     }
 
     fn insert_alias(&mut self, _: EnvId, _: &str, _: &str, _: Timestamp) -> StoreResult<()> {
@@ -852,11 +968,9 @@ impl MeteringTx for MemTx<'_> {
     }
 
     fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()> {
-        for records in self.st.idem.values_mut() {
-            for v in records.values_mut() {
-                if v.as_ref().is_some_and(|r| r.created_at < before) {
-                    *v = None;
-                }
+        for v in self.st.idem.values_mut() {
+            if v.as_ref().is_some_and(|r| r.created_at < before) {
+                *v = None;
             }
         }
         self.ops.push(Op::PurgeIdempotency { before });
@@ -871,7 +985,7 @@ impl MeteringTx for MemTx<'_> {
         let mut out = Vec::new();
         // SQLite's pending reservations that memory does not know (memory's are newer).
         for (env, id, user) in self.sql().due_reservations(real_now, limit)? {
-            if !slot(&mut self.st.res, env).contains_key(&id) {
+            if !self.st.res.contains_key(&IdRef(env, &id)) {
                 out.push((env, id, user));
             }
         }
@@ -887,13 +1001,13 @@ impl MeteringTx for MemTx<'_> {
                 let offset = offsets.get(env).copied().unwrap_or(0);
                 *exp <= ms(real_now).saturating_add(offset.saturating_mul(1000))
             })
-            .map(|(_, env, id)| (*env, id.clone()))
+            .map(|(_, env, id)| (*env, id.to_string()))
             .collect();
         for (env, id) in due {
             if out.len() >= limit {
                 break;
             }
-            if let Some(Some(r)) = slot(&mut self.st.res, env).get(&id) {
+            if let Some(Some(r)) = self.st.res.get(&IdRef(env, &id)) {
                 out.push((env, id, r.row.user_id.clone()));
             }
         }
@@ -944,7 +1058,7 @@ impl MeteringTx for MemTx<'_> {
     fn overdue_held(&mut self, env: EnvId, grant_id: &str, now: Timestamp) -> StoreResult<u64> {
         let mut total = 0u64;
         for (id, units) in overdue_holds(self.db, env, grant_id, ms(now))? {
-            total += match slot(&mut self.st.res, env).get(&id) {
+            total += match self.st.res.get(&IdRef(env, &id)) {
                 None => units,
                 Some(None) => 0,
                 Some(Some(r))
@@ -968,10 +1082,10 @@ impl MeteringTx for MemTx<'_> {
         now: Timestamp,
     ) -> StoreResult<Vec<String>> {
         let ids = self.sql().overdue_credit_reservations(env, user_id, now)?;
-        let res = slot(&mut self.st.res, env);
+        let res = &self.st.res;
         Ok(ids
             .into_iter()
-            .filter(|id| match res.get(id) {
+            .filter(|id| match res.get(&IdRef(env, id)) {
                 None => true,
                 Some(None) => false,
                 Some(Some(r)) => {
@@ -1038,12 +1152,11 @@ impl MeteringTx for MemTx<'_> {
         self.unsupported("meter names")
     }
     fn meter_name(&mut self, env: EnvId, event: &str) -> StoreResult<Option<String>> {
-        if let Some(v) = slot(&mut self.st.meter_names, env).get(event) {
-            return Ok(v.clone());
-        }
-        let v = self.sql().meter_name(env, event)?;
-        slot(&mut self.st.meter_names, env).insert(event.to_string(), v.clone());
-        Ok(v)
+        let db = self.db;
+        Ok(by_id(&mut self.st.meter_names, env, event, || {
+            SqliteTx(db).meter_name(env, event)
+        })?
+        .clone())
     }
     fn biller_customer(&mut self, env: EnvId, b: Biller, c: &str) -> StoreResult<Option<String>> {
         self.sql().biller_customer(env, b, c)
@@ -1138,5 +1251,60 @@ impl MeteringTx for MemTx<'_> {
     }
     fn put_settings(&mut self, _: EnvId, _: &str, _: Timestamp) -> StoreResult<()> {
         self.unsupported("settings")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    /// A borrowed key finds what its owned key inserted only if both hash alike.
+    #[test]
+    fn borrowed_keys_hash_as_owned_ones() {
+        let h = foldhash::fast::RandomState::default();
+        let env = EnvId(7);
+        let key = CounterKey {
+            limit_id: "images".into(),
+            subject: "u:ann".into(),
+            window_key: 1_700_000_000_000,
+        };
+        assert_eq!(
+            h.hash_one((env, key.clone())),
+            h.hash_one(KeyRef::of(env, &key))
+        );
+        assert_eq!(
+            h.hash_one((env, "rsv_1".to_string())),
+            h.hash_one(IdRef(env, "rsv_1"))
+        );
+        assert_eq!(
+            h.hash_one((env, ResId::from("rsv_1"))),
+            h.hash_one(IdRef(env, "rsv_1"))
+        );
+        assert_eq!(
+            h.hash_one((env, "a".to_string(), "b".to_string())),
+            h.hash_one(PairRef(env, "a", "b"))
+        );
+        // Two strings are not one joined string: ("ab", "") and ("a", "b") differ.
+        let mut m: ByPair<u8> = HashMap::default();
+        m.insert((env, "ab".into(), String::new()), 1);
+        assert!(m.get(&PairRef(env, "a", "b")).is_none());
+        assert_eq!(m.get(&PairRef(env, "ab", "")), Some(&1));
+    }
+
+    #[test]
+    fn holds_share_ids_and_count_unexpired() {
+        let mut h = Holds::default();
+        let (a, b): (ResId, ResId) = ("a".into(), "b".into());
+        h.put(&a, 3, 10);
+        h.put(&b, 4, 20);
+        assert_eq!(h.reserved(5), 7);
+        assert_eq!(h.reserved(10), 4);
+        h.put(&a, 5, 30);
+        assert_eq!(h.reserved(10), 9);
+        h.remove("a");
+        assert_eq!((h.total, h.by_res.len(), h.by_expiry.len()), (4, 1, 1));
+        h.put(&b, 0, 20);
+        assert_eq!((h.total, h.by_res.len(), h.by_expiry.len()), (0, 0, 0));
     }
 }

@@ -305,9 +305,9 @@ impl Funding {
 }
 
 /// The rooms of a request's hard consumable limits, from their loaded states.
-fn rooms(counters: &[(Counter, Loaded)]) -> Vec<Room> {
+fn rooms<'c>(counters: impl IntoIterator<Item = (&'c Counter, &'c Loaded)>) -> Vec<Room> {
     counters
-        .iter()
+        .into_iter()
         .filter(|(c, _)| c.kind == LimitKind::Consumable && c.enforcement == Enforcement::Hard)
         .map(|(c, l)| Room {
             multiplier: c.multiplier,
@@ -363,7 +363,9 @@ pub(super) fn fund(
         None => vec![DenyReason::UnmatchedEvent],
     };
     let plan = match (resolved, counters.is_empty()) {
-        (Some(_), false) => rule::plan_share(&rooms(counters), quantity),
+        (Some(_), false) => {
+            rule::plan_share(&rooms(counters.iter().map(|(c, l)| (c, l))), quantity)
+        }
         _ => 0,
     };
     let grants = spendable(tx, ask, lazy)?;
@@ -625,7 +627,11 @@ pub(super) fn settle_holds(
 /// How much more than a reservation held the plan can take: the most of `extra` its hard
 /// consumable limits still have room for (every bit of it when none is hard, nothing when the
 /// request had no plan limit at all and was paid by credits).
-pub(super) fn plan_room(counters: &[(Counter, Loaded)], extra: u64, plan_pays: bool) -> u64 {
+pub(super) fn plan_room<'c>(
+    counters: impl IntoIterator<Item = (&'c Counter, &'c Loaded)>,
+    extra: u64,
+    plan_pays: bool,
+) -> u64 {
     if !plan_pays {
         return 0;
     }

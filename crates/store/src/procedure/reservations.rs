@@ -131,7 +131,7 @@ fn decide_and_hold(
         }
         let mut after = *l;
         after.state.reserved += hold;
-        limits.push(render(&c.opened(), after, now));
+        limits.push(render_opened(c, after, now));
     }
     credits::hold(tx, env, &mut posting, &funding, &row)?;
     Ok(ReserveOutcome {
@@ -370,14 +370,19 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         false => (r.quantity.saturating_sub(drawn), drawn),
     };
     let split = tollgate_core::credits::split_commit(plan_held, credits_held, quantity);
-    let mut counters = Vec::with_capacity(held.len());
+    // The held counters' states (not copies of the counters: `held` keeps them, in order).
+    let mut loads = Vec::with_capacity(held.len());
     for (c, _) in &held {
-        counters.push((c.clone(), load(tx, env, c, r.created_at, now)?));
+        loads.push(load(tx, env, c, r.created_at, now)?);
     }
     // A reservation the plan paid nothing of (no plan, or no limit and only credits) has no
     // room on the plan for more.
     let plan_pays = r.plan_id.is_some() && !(holds.is_empty() && drawn == r.quantity);
-    let fit = credits::plan_room(&counters, split.extra, plan_pays);
+    let fit = credits::plan_room(
+        held.iter().map(|(c, _)| c).zip(&loads),
+        split.extra,
+        plan_pays,
+    );
     let event_id = match late {
         true => cmd.late_event_id.as_str(),
         false => r.event_id.as_str(),
@@ -413,7 +418,7 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
     let credits_used = split.credits_used() + burned;
     let plan_quantity = split.plan + fit + (beyond - burned);
     let mut inputs = Vec::with_capacity(held.len());
-    for ((c, own), (_, l)) in held.iter().zip(&counters) {
+    for ((c, own), l) in held.iter().zip(&loads) {
         inputs.push(settle_input(tx, env, (c, l, own_of(*own)), r.created_at)?);
     }
     let settlement = decision::settle(&inputs, plan_quantity)
@@ -442,9 +447,9 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
     quotas_in_force(tx, env, (&r.user_id, &cmd.plans), &mut held, now)?;
     let limits = held
         .iter()
-        .zip(counters)
+        .zip(loads)
         .zip(&settlement.charged)
-        .map(|(((c, own), (_, l)), &units)| {
+        .map(|(((c, own), l), &units)| {
             let after = settled(c, l, own_of(*own), units, r.created_at);
             render(c, after, r.created_at.max(now))
         })

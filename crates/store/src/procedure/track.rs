@@ -68,7 +68,7 @@ fn track_decide(
     } else {
         let plan_pays = resolved.is_some()
             && (!counters.is_empty() || cmd.plans.unmatched_events == UnmatchedEvents::Allow);
-        let fit = credits::plan_room(&counters, quantity, plan_pays);
+        let fit = credits::plan_room(counters.iter().map(|(c, l)| (c, l)), quantity, plan_pays);
         let burned = credits::burn_unheld(tx, &ask, &mut posting, quantity - fit, (refs, &why))?;
         (quantity - burned, burned, Vec::new())
     };
@@ -135,7 +135,7 @@ fn track_decide(
             },
             oldest,
         };
-        limits.push(render(&c.opened(), after, at));
+        limits.push(render_opened(c, after, at));
     }
     let tracked = row("tracked", &[], settlement.overage, credits_used);
     tx.insert_event(env, &tracked)?;
