@@ -10,7 +10,9 @@
 #   callgrind-report re-reads the callgrind files already in $OUT.
 # Knobs (env): USERS (1000), N1 (2000), N2 (4000), RSS_USERS ("200000 400000"), CONCURRENCY (64),
 #   RECORDS (200000), OPEN_USERS (1000000), STORES ("engine sqlite"), SETTLE (empty; 1 passes
-#   --settle: after each command wait until the tables hold it), OUT (a temp dir; logs and callgrind files stay there).
+#   --settle: after each command wait until the tables hold it), CG_CONCURRENCY (1: callers of the
+#   callgrind runs; 1 makes every batch one command, 64 makes the projection's transactions hold
+#   dozens), OUT (a temp dir; logs and callgrind files stay there).
 # Needs valgrind (Debian package `valgrind`) and python3 for `callgrind`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +27,17 @@ RECORDS=${RECORDS:-200000}
 OPEN_USERS=${OPEN_USERS:-1000000}
 STORES=${STORES:-"engine sqlite"}
 SETTLE=${SETTLE:-}
+CG_CONCURRENCY=${CG_CONCURRENCY:-1}
 OUT=${OUT:-$(mktemp -d /tmp/engine-figures.XXXXXX)}
 mkdir -p "$OUT"
 
-cargo build --release -p tollgate-store-sqlite --example engine_ops >&2
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/engine_ops
+# ENGINE_OPS_BIN: measure that binary (e.g. a copy built at another commit) instead of building.
+if [ -n "${ENGINE_OPS_BIN:-}" ]; then
+  BIN=$ENGINE_OPS_BIN
+else
+  cargo build --release -p tollgate-store-sqlite --example engine_ops >&2
+  BIN=${CARGO_TARGET_DIR:-target}/release/examples/engine_ops
+fi
 
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) nproc=$(nproc) cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "# output in $OUT"
@@ -41,6 +49,7 @@ callgrind_run() { # store mode n tag
   valgrind --tool=callgrind --separate-threads=yes --dump-instr=no \
     --callgrind-out-file="$prefix.%p" \
     "$BIN" --store "$1" --mode "$2" --users "$USERS" --ops "$3" ${SETTLE:+--settle} \
+    --concurrency "$CG_CONCURRENCY" \
     >"$prefix.log" 2>&1
 }
 
@@ -109,6 +118,13 @@ for store in stores:
         v = [per[k].get(r, 0) for k in runs]
         commit = (v[0] + v[1]) / 2 - (v[2] + v[3]) / 2
         print(f"| {r} | {v[0]:,.0f} | {v[1]:,.0f} | {v[2]:,.0f} | {v[3]:,.0f} | {commit:,.0f} |")
+    sizes = []
+    for mode, rep in runs:
+        log = open(f"{out}/cg.{store}.{mode}.{n2}.r{rep}.log", errors="replace").read()
+        m = re.search(r"commands_per_transaction=([\d.]+)", log)
+        sizes.append(m.group(1) if m else "?")
+    print(f"\ncommands per SQLite transaction at N={n2} (pair 1, pair 2, reserve 1, reserve 2): "
+          + ", ".join(sizes))
     t = [per[k]["total"] for k in runs]
     print(f"\nrepeat: pair totals differ by {abs(t[0] - t[1]) / t[0] * 100:.3f} %, "
           f"reserve totals by {abs(t[2] - t[3]) / t[2] * 100:.3f} %")

@@ -9,6 +9,9 @@
 //!   command; `--settle` (engine) also waits after each command until the tables hold it, so
 //!   the engine's work does not depend on how far behind the projection happens to be;
 //! - `reserves`: the same warm-up, then `--ops` sequential reserves alone;
+//! - `--concurrency K` with `pairs` or `reserves` runs the timed `--ops` from K callers at once
+//!   instead of one (the warm-up stays sequential), so the engine's batches and the
+//!   projection's transactions hold many commands (K = 1, the default, is the one-caller run);
 //! - `fill`: one reserve→commit per user, `--concurrency` callers at once, then waits until the
 //!   tables hold every record and prints the process's VmRSS/VmHWM;
 //! - `write`: `--concurrency` callers doing reserve→commit pairs until `--ops` pairs (0: until
@@ -49,6 +52,17 @@ const ACKED_EVERY: u64 = 1_000;
 struct NoObserver;
 impl StoreObserver for NoObserver {
     fn batch_committed(&self, _commands: usize) {}
+}
+
+/// Counts the SQLite writer's committed transactions (with the engine, each is one projection
+/// batch), so a run can say how many commands a transaction held.
+static SQLITE_BATCHES: AtomicU64 = AtomicU64::new(0);
+
+struct CountBatches;
+impl StoreObserver for CountBatches {
+    fn batch_committed(&self, _commands: usize) {
+        SQLITE_BATCHES.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -171,7 +185,14 @@ async fn run(args: Args) -> Res<()> {
             }
             let warm = started.elapsed();
             let started = Instant::now();
-            for i in 0..args.ops {
+            let batches_before = SQLITE_BATCHES.load(Ordering::Relaxed);
+            if args.concurrency > 1 {
+                let pairs = args.mode == "pairs";
+                bench
+                    .timed(args.concurrency, args.users, args.ops, pairs)
+                    .await?;
+            }
+            for i in (0..args.ops).filter(|_| args.concurrency == 1) {
                 let u = i % args.users;
                 match args.mode.as_str() {
                     "pairs" => bench.pair(u).await?,
@@ -184,12 +205,27 @@ async fn run(args: Args) -> Res<()> {
                 }
             }
             let timed = started.elapsed();
+            if let Some(e) = &engine {
+                while e.projection_lag() > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            let batches = SQLITE_BATCHES.load(Ordering::Relaxed) - batches_before;
+            let commands = match args.mode.as_str() {
+                "pairs" => 2 * args.ops,
+                _ => args.ops,
+            };
             println!(
-                "store={:?} mode={} users={} ops={} warmup_s={:.3} ops_s={:.3} us_per_op={:.1}",
+                "sqlite_transactions={batches} commands_per_transaction={:.1}",
+                commands as f64 / batches.max(1) as f64
+            );
+            println!(
+                "store={:?} mode={} users={} ops={} concurrency={} warmup_s={:.3} ops_s={:.3} us_per_op={:.1}",
                 args.store,
                 args.mode,
                 args.users,
                 args.ops,
+                args.concurrency,
                 warm.as_secs_f64(),
                 timed.as_secs_f64(),
                 timed.as_secs_f64() * 1e6 / args.ops.max(1) as f64
@@ -292,11 +328,11 @@ async fn run(args: Args) -> Res<()> {
 async fn open(backend: Backend, dir: &Path) -> Res<(Arc<dyn Store>, Option<EngineStore>)> {
     Ok(match backend {
         Backend::Engine => {
-            let e = EngineStore::open(dir, Arc::new(NoObserver)).await?;
+            let e = EngineStore::open(dir, Arc::new(CountBatches)).await?;
             (Arc::new(e.clone()), Some(e))
         }
         Backend::Sqlite => (
-            Arc::new(SqliteStore::open(dir, Arc::new(NoObserver))?),
+            Arc::new(SqliteStore::open(dir, Arc::new(CountBatches))?),
             None,
         ),
     })
@@ -585,6 +621,32 @@ impl Bench {
     async fn pair(&self, u: u64) -> Res<()> {
         let id = self.reserve(u).await?;
         self.commit(id).await
+    }
+
+    /// `callers` tasks share `ops` reserve→commit pairs (`pairs`) or reserves over `users`
+    /// users (user `i % users` for the `i`-th), like the one-caller loop of `pairs`/`reserves`.
+    async fn timed(&self, callers: u64, users: u64, ops: u64, pairs: bool) -> Res<()> {
+        let taken = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..callers {
+            let (bench, taken) = (self.clone(), taken.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = taken.fetch_add(1, Ordering::Relaxed);
+                    if i >= ops {
+                        return Ok::<_, Box<dyn Error + Send + Sync>>(());
+                    }
+                    match pairs {
+                        true => bench.pair(i % users).await?,
+                        false => drop(bench.reserve(i % users).await?),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(())
     }
 
     /// `callers` tasks share `pairs` reserve→commit pairs over `users` users (user `i % users`

@@ -74,6 +74,94 @@ fn reservation_row(r: &Row<'_>) -> rusqlite::Result<(ReservationRow, String, Str
     ))
 }
 
+/// The projection's own writes (`engine::project`): a reservation or hold inserted as it stands
+/// after later ops of the same batch, in one statement instead of an insert and updates.
+impl SqliteTx<'_> {
+    /// What [`MeteringTx::insert_reservation`] then `finish_reservation`, `commit_late` and
+    /// `set_expiry` write: the row with its `(status, expiry, event id)` and its
+    /// `(final quantity, overage, late)`.
+    pub(crate) fn insert_reservation_as(
+        &mut self,
+        env: EnvId,
+        r: &ReservationRow,
+        (status, expires_at, event_id): (ReservationStatus, Timestamp, &str),
+        (final_quantity, overage, late): (Option<u64>, Option<u64>, bool),
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO reservations (env_id, reservation_id, user_id, event, quantity,
+                     metadata, plan_id, status, created_at_ms, expires_at_ms, event_id, prompt,
+                     prompt_truncated, final_quantity, overage, late)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    r.reservation_id,
+                    r.user_id,
+                    r.event,
+                    r.quantity as i64,
+                    metadata_json(&r.metadata),
+                    r.plan_id,
+                    status.as_str(),
+                    ms(r.created_at),
+                    ms(expires_at),
+                    event_id,
+                    r.prompt.as_ref().map(|p| p.text.as_str()),
+                    r.prompt.as_ref().is_some_and(|p| p.truncated),
+                    final_quantity.map(|q| q as i64),
+                    overage.map(|q| q as i64),
+                    late,
+                ])
+            })
+            .map(drop)
+            .map_err(internal)
+    }
+
+    /// What [`MeteringTx::insert_hold`] then `finish_reservation` and `set_expiry` write: the
+    /// hold made (`units`) with what is still `held` and its expiry.
+    pub(crate) fn insert_hold_as(
+        &mut self,
+        env: EnvId,
+        reservation_id: &str,
+        h: &HoldRow,
+        held: u64,
+        expires_at: Timestamp,
+    ) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO reservation_limits (env_id, reservation_id, limit_id, subject,
+                     window_key, window_start_ms, window_end_ms, window_type, window_seconds,
+                     kind, enforcement, scope, multiplier, quota, units, held, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    env.0,
+                    reservation_id,
+                    h.key.limit_id,
+                    h.key.subject,
+                    h.key.window_key,
+                    h.window_start.map(ms),
+                    h.window_end.map(ms),
+                    h.window_kind.as_str(),
+                    h.window_seconds,
+                    h.kind.as_str(),
+                    h.enforcement.as_str(),
+                    h.scope.as_str(),
+                    h.multiplier as i64,
+                    h.quota as i64,
+                    h.held as i64,
+                    held as i64,
+                    ms(expires_at),
+                ])
+            })
+            .map(drop)
+            .map_err(internal)
+    }
+}
+
 impl MeteringTx for SqliteTx<'_> {
     fn lock_subjects(&mut self, _env: EnvId, _subjects: &[&str]) -> StoreResult<()> {
         Ok(())

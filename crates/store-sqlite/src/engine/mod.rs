@@ -25,6 +25,7 @@
 //! only once synced, in order).
 
 mod op;
+mod project;
 mod state;
 
 use crate::admin::SqliteStore;
@@ -32,6 +33,7 @@ use crate::sql::SqliteTx;
 use crate::{internal, open_reader};
 use async_trait::async_trait;
 use jiff::Timestamp;
+use project::Projector;
 use rusqlite::Connection;
 use state::{MemTx, State};
 use std::path::Path;
@@ -49,7 +51,7 @@ use tollgate_log::{LogOptions, LogWriter, SyncPoint};
 use tollgate_store::procedure;
 use tollgate_store::*;
 
-pub(crate) use op::{apply, decode, Op};
+pub(crate) use op::{decode, Op};
 
 /// The command log's directory inside a data dir.
 pub const LOG_DIR: &str = "log";
@@ -107,12 +109,13 @@ async fn project(store: &SqliteStore, batch: Arc<Vec<(u64, Vec<Op>)>>) -> StoreR
     store
         .writer
         .execute(move |c| {
-            let mut tx = SqliteTx(c);
+            let mut projector = Projector::new(SqliteTx(c));
             for (_, ops) in batch.iter() {
                 for op in ops {
-                    apply(&mut tx, op)?;
+                    projector.op(op)?;
                 }
             }
+            projector.finish()?;
             c.prepare_cached("UPDATE engine_log SET applied_lsn = ?1 WHERE id = 1")
                 .and_then(|mut s| s.execute([last as i64]))
                 .map_err(internal)?;
