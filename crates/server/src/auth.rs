@@ -5,7 +5,10 @@
 //! request's `now`: real time plus the environment's test-clock offset, cut to the millisecond.
 //!
 //! A valid key's context is cached in memory for [`AUTH_CACHE_MS`], so the hot path reads no
-//! table to authenticate. Revoking a key or moving the test clock through this node clears the
+//! table to authenticate. The cache is keyed by the presented token itself, so a cached key
+//! costs one hash-map lookup: the SHA-256 that the store looks keys up by is computed only on a
+//! miss. The cache holds only tokens that authenticated, in this process's memory, where every
+//! request's token passes anyway. Revoking a key or moving the test clock through this node clears the
 //! cache at once; a revocation through another node (several nodes on one PostgreSQL database)
 //! is in force here within that time. A test-environment key is not cached when other nodes
 //! share the database: its context carries the test clock's offset, and every node must decide
@@ -26,7 +29,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use jiff::{SignedDuration, Timestamp};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tollgate_api::time::truncate_to_millis;
 use tollgate_store::{AuthContext, KeyKind, Mode, Store};
@@ -36,46 +39,46 @@ pub const AUTH_CACHE_MS: u64 = 1_000;
 /// Most keys cached at once; past it the cache starts over.
 pub const AUTH_CACHE_KEYS_MAX: usize = 10_000;
 
-/// Valid keys by the SHA-256 hash of their secret, with the time each was read from the store.
+/// Valid keys by their token, with the time each was read from the store.
 #[derive(Debug, Default)]
 pub struct AuthCache {
-    entries: RwLock<HashMap<[u8; 32], (AuthContext, Instant)>>,
+    entries: RwLock<HashMap<Box<str>, (Arc<AuthContext>, Instant)>>,
 }
 
 impl AuthCache {
-    /// The context of the key whose secret hashes to `hash`, or `None` for no valid key.
+    /// The context of the key `token`, or `None` for no valid key.
     pub async fn authenticate(
         &self,
         store: &dyn Store,
-        hash: [u8; 32],
-    ) -> Result<Option<AuthContext>, ApiError> {
+        token: &str,
+    ) -> Result<Option<Arc<AuthContext>>, ApiError> {
         let fresh = Duration::from_millis(AUTH_CACHE_MS);
-        let shared = store.shared_by_nodes();
         if let Some((auth, read)) = self
             .entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
+            .get(token)
         {
             if read.elapsed() < fresh {
                 return Ok(Some(auth.clone()));
             }
         }
+        let shared = store.shared_by_nodes();
         let read = Instant::now();
-        let found = store.authenticate(hash).await?;
+        let found = store.authenticate(hash_secret(token)).await?.map(Arc::new);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         match &found {
             Some(auth) if shared && auth.mode == Mode::Test => {
-                entries.remove(&hash);
+                entries.remove(token);
             }
             Some(auth) => {
                 if entries.len() >= AUTH_CACHE_KEYS_MAX {
                     entries.clear();
                 }
-                entries.insert(hash, (auth.clone(), read));
+                entries.insert(token.into(), (auth.clone(), read));
             }
             None => {
-                entries.remove(&hash);
+                entries.remove(token);
             }
         }
         Ok(found)
@@ -96,7 +99,8 @@ pub const BEARER_BYTES_MAX: usize = 256;
 /// An authenticated API key and the request's clock.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub auth: AuthContext,
+    /// Shared with the key cache: an authenticated request copies no part of it.
+    pub auth: Arc<AuthContext>,
     /// Real now plus the environment's test-clock offset.
     pub now: Timestamp,
 }
@@ -153,7 +157,7 @@ impl FromRequestParts<AppState> for AnyKey {
         let token = bearer(parts).ok_or(ApiError::InvalidKey)?;
         let auth = state
             .keys
-            .authenticate(state.store.as_ref(), hash_secret(token))
+            .authenticate(state.store.as_ref(), token)
             .await?
             .ok_or_else(|| rejected(token, Wanted::ApiKey))?;
         let span = tracing::Span::current();
@@ -195,8 +199,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::InvalidKey)?;
-        let hash = hash_secret(token);
-        if state.store.verify_admin(hash).await? {
+        if state.store.verify_admin(hash_secret(token)).await? {
             return Ok(Admin);
         }
         // An API key minted before the `tg_` prefix is shaped like a Stripe key; it is the
@@ -204,7 +207,7 @@ impl FromRequestParts<AppState> for Admin {
         if stripe_prefix(token).is_some()
             && state
                 .keys
-                .authenticate(state.store.as_ref(), hash)
+                .authenticate(state.store.as_ref(), token)
                 .await?
                 .is_some()
         {

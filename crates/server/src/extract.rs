@@ -2,7 +2,12 @@
 //!
 //! axum's own `Json`, `Path` and `Query` answer plain-text rejections with their own statuses;
 //! these wrappers check the content type (415), the size (413) and the JSON (400 naming the
-//! field, unknown fields included) and keep the parsed JSON value for idempotency fingerprints.
+//! field, unknown fields included) and keep the body for idempotency fingerprints.
+//!
+//! A body is read straight into its type; only a body that does not read (or one an
+//! `Idempotency-Key` header adds to) goes through a `serde_json::Value` first, which is what
+//! names the field at fault in the `400`. Both reads accept the same bodies into the same
+//! values, so the fast one changes no answer.
 
 use crate::error::ApiError;
 use axum::body::Bytes;
@@ -66,6 +71,28 @@ fn typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> 
     tollgate_api::from_json_value(value).map_err(ApiError::from)
 }
 
+/// `text` read into `T`, or the `400` that names what is wrong with it.
+///
+/// The direct read is tried first (an object only: [`tollgate_api::from_json_value`] refuses
+/// anything else, where a struct would also read from an array). Whatever it refuses, the
+/// value path reads again for the error it answers, so every refusal is worded as before; a
+/// body it accepts (duplicate fields aside, which it refuses) the value path accepts too,
+/// with the same result.
+fn parse_typed<T: DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    if let Some(body) = read_object(text) {
+        return Ok(body);
+    }
+    typed(&parse_value(text)?)
+}
+
+/// `text` read directly into `T`, if it is one JSON object that reads.
+fn read_object<T: DeserializeOwned>(text: &str) -> Option<T> {
+    let object = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{');
+    object.then(|| serde_json::from_str(text).ok()).flatten()
+}
+
 /// A JSON body deserialized into `T`; unknown fields, wrong types and malformed JSON are `400`.
 pub struct ApiJson<T>(pub T);
 
@@ -74,7 +101,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let JsonText(text) = JsonText::from_request(req, state).await?;
-        typed(&parse_value(&text)?).map(ApiJson)
+        parse_typed(&text).map(ApiJson)
     }
 }
 
@@ -96,7 +123,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         }
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ApiError::invalid("", "the request body is not valid UTF-8"))?;
-        typed(&parse_value(text)?).map(OptionalJson)
+        parse_typed(text).map(OptionalJson)
     }
 }
 
@@ -106,16 +133,36 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// The body field the header stands for.
 const IDEMPOTENCY_KEY_FIELD: &str = "idempotencyKey";
 
-/// A JSON body deserialized into `T`, with the fingerprint of the request for idempotency.
+/// A JSON body deserialized into `T`, with what the fingerprint of the request for idempotency
+/// is made from (computed only for a request that has an idempotency key).
 ///
 /// The `Idempotency-Key` header is the body's `idempotencyKey` field by another name: a
 /// header alone is put into the body before it is read (so the header and the field make the
 /// same request, with the same fingerprint); both present and different is `400`.
 pub struct IdempotentJson<T> {
     pub body: T,
+    pub fingerprint: Fingerprint,
+}
+
+/// The body a request's fingerprint is made of; [`Fingerprint::hex`] computes it.
+pub enum Fingerprint {
+    /// The text as sent, which read directly into the body.
+    Text(String),
+    /// The parsed body, with the header's key put in.
+    Value(serde_json::Value),
+}
+
+impl Fingerprint {
     /// Hex SHA-256 of the body's canonical JSON (keys sorted, no whitespace): the same request
     /// written differently has the same fingerprint.
-    pub fingerprint: String,
+    pub fn hex(&self) -> String {
+        match self {
+            Fingerprint::Text(text) => fingerprint(
+                &serde_json::from_str(text).expect("the text read as JSON into the body"),
+            ),
+            Fingerprint::Value(value) => fingerprint(value),
+        }
+    }
 }
 
 /// The `Idempotency-Key` header, if sent once as text.
@@ -172,11 +219,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for IdempotentJson<T> {
         // is 415 whatever the header says.
         let header = idempotency_header(req.headers());
         let JsonText(text) = JsonText::from_request(req, state).await?;
+        if matches!(header, Ok(None)) {
+            if let Some(body) = read_object(&text) {
+                return Ok(IdempotentJson {
+                    body,
+                    fingerprint: Fingerprint::Text(text),
+                });
+            }
+        }
         let value = with_idempotency_header(parse_value(&text)?, header?)?;
         let body = typed(&value)?;
         Ok(IdempotentJson {
             body,
-            fingerprint: fingerprint(&value),
+            fingerprint: Fingerprint::Value(value),
         })
     }
 }

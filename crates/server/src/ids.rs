@@ -32,24 +32,38 @@ pub const LEDGER_PREFIX: &str = "led_";
 /// The seed of the ids one command makes several of (ledger entries, rollover grants): the
 /// time in base 62 and random characters; each id adds four hex digits of its number.
 pub fn new_seed() -> tollgate_store::IdSeed {
-    tollgate_store::IdSeed(new_id("")[..ID_RANDOM_CHARS - 4].to_string())
+    let mut seed = new_id("");
+    seed.truncate(ID_RANDOM_CHARS - 4);
+    tollgate_store::IdSeed(seed)
 }
 
 /// `prefix`, the time in base 62, then random alphanumeric characters (about 95 bits).
 pub fn new_id(prefix: &str) -> String {
     let millis = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
-    let timed = format!("{prefix}{}", base62_time(millis));
-    random_string(&timed, ID_RANDOM_CHARS - ID_TIME_CHARS)
+    let mut id = String::with_capacity(prefix.len() + ID_RANDOM_CHARS);
+    id.push_str(prefix);
+    id.push_str(base62_time(millis).as_str());
+    Alphanumeric.append_string(&mut rand::rng(), &mut id, ID_RANDOM_CHARS - ID_TIME_CHARS);
+    id
+}
+
+/// The [`ID_TIME_CHARS`] base-62 digits of a time, as text.
+struct Base62Time([u8; ID_TIME_CHARS]);
+
+impl Base62Time {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("base-62 digits are ASCII")
+    }
 }
 
 /// `millis` as exactly [`ID_TIME_CHARS`] base-62 digits, most significant first.
-fn base62_time(mut millis: u64) -> String {
+fn base62_time(mut millis: u64) -> Base62Time {
     let mut digits = [b'0'; ID_TIME_CHARS];
     for d in digits.iter_mut().rev() {
         *d = BASE62[(millis % 62) as usize];
         millis /= 62;
     }
-    digits.iter().map(|&b| char::from(b)).collect()
+    Base62Time(digits)
 }
 
 /// `prefix` followed by `chars` random alphanumeric characters from the thread's CSPRNG.
@@ -82,9 +96,9 @@ mod tests {
 
     #[test]
     fn ids_made_later_sort_later() {
-        assert_eq!(base62_time(0), "00000000");
-        assert_eq!(base62_time(61), "0000000z");
-        assert_eq!(base62_time(62), "00000010");
+        assert_eq!(base62_time(0).as_str(), "00000000");
+        assert_eq!(base62_time(61).as_str(), "0000000z");
+        assert_eq!(base62_time(62).as_str(), "00000010");
         let times = [
             0,
             1,
@@ -95,7 +109,10 @@ mod tests {
             62u64.pow(8) - 1,
         ];
         for pair in times.windows(2) {
-            assert!(base62_time(pair[0]) < base62_time(pair[1]), "{pair:?}");
+            assert!(
+                base62_time(pair[0]).as_str() < base62_time(pair[1]).as_str(),
+                "{pair:?}"
+            );
         }
         let a = new_id(EVENT_PREFIX);
         std::thread::sleep(std::time::Duration::from_millis(2));

@@ -12,6 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tollgate_api::ErrorCode;
 use tollgate_core::decision::DenyReason;
@@ -25,15 +27,15 @@ const BATCH_BUCKETS: u16 = 10;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: Arc<str>,
+    route: Arc<str>,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
-    route: String,
+    method: Arc<str>,
+    route: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,6 +94,9 @@ fn duration_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    /// One copy of each method and route label value, shared by every request's labels so
+    /// counting a request allocates nothing. Holds what `requests` and `durations` hold.
+    label_values: RwLock<HashSet<Arc<str>>>,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     decisions: Family<DecisionLabels, Counter>,
@@ -198,6 +203,7 @@ impl Metrics {
             meter_attempts.clone(),
         );
         Self {
+            label_values: RwLock::default(),
             biller_events,
             meter_attempts,
             registry,
@@ -215,19 +221,41 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let method = self.label_value(method);
+        let route = self.label_value(route);
+        self.durations
+            .get_or_create(&RouteLabels {
+                method: method.clone(),
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
-                route: route.to_string(),
+                method,
+                route,
                 status,
             })
             .inc();
-        self.durations
-            .get_or_create(&RouteLabels {
-                method: method.to_string(),
-                route: route.to_string(),
-            })
-            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The shared copy of a label value.
+    fn label_value(&self, value: &str) -> Arc<str> {
+        // A poisoned lock only means a panic elsewhere; the set itself is always whole.
+        if let Some(shared) = self
+            .label_values
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(value)
+        {
+            return shared.clone();
+        }
+        let mut values = self.label_values.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = values.get(value) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(value);
+        values.insert(shared.clone());
+        shared
     }
 
     /// Counts one decision under its first (most important) deny reason, or `none`.

@@ -4,6 +4,7 @@
 use crate::error::ApiError;
 use crate::ids::{new_id, REQUEST_PREFIX};
 use crate::AppState;
+use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
@@ -20,12 +21,9 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = new_id(REQUEST_PREFIX);
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED_ROUTE, |p| p.as_str())
-        .to_string();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -55,7 +53,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     let elapsed = started.elapsed();
     state
         .metrics
-        .observe_request(&method, &route, status, elapsed);
+        .observe_request(method.as_str(), route, status, elapsed);
     span.in_scope(|| {
         tracing::debug!(
             status,
@@ -63,7 +61,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
             "request answered"
         )
     });
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response

@@ -72,7 +72,7 @@ pub async fn reserve(
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
     let idempotency = input.idempotency_key.map(|key| Idempotency {
         key,
-        fingerprint: request.fingerprint,
+        fingerprint: request.fingerprint.hex(),
         render: render::reserve_body,
     });
     let outcome = state
@@ -264,7 +264,7 @@ pub async fn track(
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
     let idempotency = input.idempotency_key.map(|key| Idempotency {
         key,
-        fingerprint: request.fingerprint,
+        fingerprint: request.fingerprint.hex(),
         render: render::track_body,
     });
     let outcome = state
