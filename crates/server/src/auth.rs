@@ -39,10 +39,13 @@ pub const AUTH_CACHE_MS: u64 = 1_000;
 /// Most keys cached at once; past it the cache starts over.
 pub const AUTH_CACHE_KEYS_MAX: usize = 10_000;
 
+/// A valid key's context and when it was read from the store.
+type Cached = (Arc<AuthContext>, Instant);
+
 /// Valid keys by their token, with the time each was read from the store.
 #[derive(Debug, Default)]
 pub struct AuthCache {
-    entries: RwLock<HashMap<Box<str>, (Arc<AuthContext>, Instant)>>,
+    entries: RwLock<HashMap<Box<str>, Cached>>,
 }
 
 impl AuthCache {

@@ -446,32 +446,8 @@ impl MeteringTx for SqliteTx<'_> {
     }
 
     fn insert_reservation(&mut self, env: EnvId, r: &ReservationRow) -> StoreResult<()> {
-        self.0
-            .prepare_cached(
-                "INSERT INTO reservations (env_id, reservation_id, user_id, event, quantity,
-                     metadata, plan_id, status, created_at_ms, expires_at_ms, event_id, prompt,
-                     prompt_truncated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    env.0,
-                    r.reservation_id,
-                    r.user_id,
-                    r.event,
-                    r.quantity as i64,
-                    metadata_json(&r.metadata),
-                    r.plan_id,
-                    r.status.as_str(),
-                    ms(r.created_at),
-                    ms(r.expires_at),
-                    r.event_id,
-                    r.prompt.as_ref().map(|p| p.text.as_str()),
-                    r.prompt.as_ref().is_some_and(|p| p.truncated),
-                ])
-            })
-            .map(|_| ())
-            .map_err(internal)
+        let settled = (r.status, r.expires_at, r.event_id.as_str());
+        self.insert_reservation_as(env, r, settled, (None, None, false))
     }
 
     fn insert_hold(
@@ -481,36 +457,7 @@ impl MeteringTx for SqliteTx<'_> {
         h: &HoldRow,
         expires_at: Timestamp,
     ) -> StoreResult<()> {
-        self.0
-            .prepare_cached(
-                "INSERT INTO reservation_limits (env_id, reservation_id, limit_id, subject,
-                     window_key, window_start_ms, window_end_ms, window_type, window_seconds,
-                     kind, enforcement, scope, multiplier, quota, units, held, expires_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15,
-                     ?16)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    env.0,
-                    reservation_id,
-                    h.key.limit_id,
-                    h.key.subject,
-                    h.key.window_key,
-                    h.window_start.map(ms),
-                    h.window_end.map(ms),
-                    h.window_kind.as_str(),
-                    h.window_seconds,
-                    h.kind.as_str(),
-                    h.enforcement.as_str(),
-                    h.scope.as_str(),
-                    h.multiplier as i64,
-                    h.quota as i64,
-                    h.held as i64,
-                    ms(expires_at),
-                ])
-            })
-            .map(|_| ())
-            .map_err(internal)
+        self.insert_hold_as(env, reservation_id, h, h.held, expires_at)
     }
 
     fn reservation(&mut self, env: EnvId, id: &str) -> StoreResult<Option<ReservationRow>> {

@@ -594,11 +594,18 @@ fn syncer(
     projection: smpsc::Sender<Vec<(u64, Vec<Op>)>>,
     shared: Arc<Shared>,
 ) {
-    while let Ok(batch) = rx.recv() {
-        let durable = match &batch.sync {
-            None => Err(StoreError::OutcomeUnknown(
-                "the command log could not be written".into(),
-            )),
+    while let Ok(first) = rx.recv() {
+        // Every batch the engine wrote while the last sync ran is waiting here. One
+        // `fdatasync` of the newest sync point makes all of them durable (a sync covers every
+        // record written before it; earlier segments were synced when they were closed), so
+        // the log pays one sync per round, not one per waiting batch.
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
+        }
+        let newest = batches.iter().rev().find_map(|b| b.sync.clone());
+        let durable = match newest {
+            None => Ok(()),
             Some(_) if shared.fenced.load(Ordering::Acquire) => Err(StoreError::OutcomeUnknown(
                 "an earlier sync of the command log failed".into(),
             )),
@@ -608,15 +615,23 @@ fn syncer(
                 StoreError::OutcomeUnknown(format!("the command log could not be synced: {e}"))
             }),
         };
-        let ok = durable.is_ok();
-        for job in batch.jobs {
-            job.answer(durable.clone());
-        }
-        if ok && !batch.records.is_empty() && projection.send(batch.records).is_err() {
-            tracing::error!("the projection has stopped");
-        }
-        if let Some(done) = batch.done {
-            let _ = done.send(());
+        for batch in batches {
+            let answer = match &batch.sync {
+                None => Err(StoreError::OutcomeUnknown(
+                    "the command log could not be written".into(),
+                )),
+                Some(_) => durable.clone(),
+            };
+            let ok = answer.is_ok();
+            for job in batch.jobs {
+                job.answer(answer.clone());
+            }
+            if ok && !batch.records.is_empty() && projection.send(batch.records).is_err() {
+                tracing::error!("the projection has stopped");
+            }
+            if let Some(done) = batch.done {
+                let _ = done.send(());
+            }
         }
     }
 }
