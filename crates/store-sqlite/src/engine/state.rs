@@ -758,9 +758,11 @@ impl MeteringTx for MemTx<'_> {
             )));
         };
         r.holds.push(hold);
-        let id = self
-            .res_id(env, reservation_id)
-            .expect("the reservation was found in memory just above");
+        let Some(id) = self.res_id(env, reservation_id) else {
+            return Err(StoreError::Internal(format!(
+                "reservation {reservation_id} left memory while its hold was added"
+            )));
+        };
         if h.held > 0 {
             self.holds_of(env, &h.key)?.put(&id, h.held, ms(expires_at));
         }
