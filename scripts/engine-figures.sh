@@ -68,8 +68,10 @@ callgrind() {
 # Names each per-thread file by its thread's entry function (the highest inclusive cost matching
 # a known entry), then prints (Ir at N2 - Ir at N1) / (N2 - N1) per thread; commit = pair - reserve.
 callgrind_report() {
-  python3 - "$OUT" "$N1" "$N2" "$STORES" <<'PY'
-import glob, re, subprocess, sys
+  python3 -B - "$OUT" "$N1" "$N2" "$STORES" <<'PY'
+import glob, re, sys
+sys.path.insert(0, "scripts")
+from callgrind_threads import totals
 out, n1, n2, stores = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split()
 ROLES = [
     ("engine", r"tollgate_store_sqlite::engine::Engine>?::run\b"),
@@ -81,25 +83,8 @@ ROLES = [
     ("log-spare", r"tollgate_log::segment::create_spare"),
     ("tokio", r"blocking::pool::Inner::run|multi_thread::worker::run"),
 ]
-def role_of(f):
-    if f.endswith("-01"):
-        return "main"
-    ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", f],
-                         capture_output=True, text=True).stdout
-    for line in ann.splitlines():
-        if not re.match(r"^\s*[\d,]+ \(", line):
-            continue
-        for role, pat in ROLES:
-            if re.search(pat, line):
-                return role
-    return "other"
 def load(store, mode, n, rep):
-    totals = {}
-    for f in sorted(glob.glob(f"{out}/cg.{store}.{mode}.{n}.r{rep}.*-*")):
-        m = re.search(r"^(?:summary|totals):\s*(\d+)", open(f, errors="replace").read(), re.M)
-        role = role_of(f)
-        totals[role] = totals.get(role, 0) + (int(m.group(1)) if m else 0)
-    return totals
+    return totals(sorted(glob.glob(f"{out}/cg.{store}.{mode}.{n}.r{rep}.*-*")), ROLES)
 ORDER = ["engine", "engine-sync", "projection", "sqlite-writer", "sqlite-sync", "checkpoint",
          "log-spare", "tokio", "main", "other"]
 for store in stores:

@@ -96,8 +96,10 @@ run() {
 }
 
 report() {
-  python3 - "$OUT" "$N" "$((2 * N))" "$REPS" <<'PY'
-import glob, re, subprocess, sys
+  python3 -B - "$OUT" "$N" "$((2 * N))" "$REPS" <<'PY'
+import glob, sys
+sys.path.insert(0, "scripts")
+from callgrind_threads import totals
 out, n1, n2, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 ROLES = [
     ("tokio-worker", r"multi_thread::worker::run\b"),
@@ -110,26 +112,11 @@ ROLES = [
     ("log-spare", r"tollgate_log::segment::create_spare"),
     ("tokio-blocking", r"blocking::pool::Inner::run"),
 ]
-def role_of(f):
-    if f.endswith("-01"):
-        return "main"
-    ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", f],
-                         capture_output=True, text=True).stdout
-    lines = [l for l in ann.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
-    for role, pat in ROLES:
-        if any(re.search(pat, l) for l in lines):
-            return role
-    return "other"
 def load(n, rep):
-    totals = {}
     files = sorted(glob.glob(f"{out}/cg.{n}.r{rep}.*-*"))
     if not files:
         sys.exit(f"no callgrind files cg.{n}.r{rep}.* in {out}")
-    for f in files:
-        m = re.search(r"^(?:summary|totals):\s*(\d+)", open(f, errors="replace").read(), re.M)
-        role = role_of(f)
-        totals[role] = totals.get(role, 0) + (int(m.group(1)) if m else 0)
-    return totals
+    return totals(files, ROLES)
 ORDER = ["tokio-worker", "tokio-blocking", "main", "engine", "engine-sync", "projection",
          "sqlite-writer", "sqlite-sync", "checkpoint", "log-spare", "other"]
 per = []
