@@ -395,6 +395,13 @@ CREATE TABLE settings (
     updated_at_ms BIGINT NOT NULL
 );
 "#,
+    r#"
+-- 9: pending reservations by environment, then expiry. The sweep asks each environment for
+-- what is due by its own clock; with the index on expires_at_ms alone PostgreSQL read the
+-- whole reservations table once a second on every node (52 ms with 200,000 rows).
+CREATE INDEX reservations_due ON reservations (env_id, expires_at_ms) WHERE status = 'pending';
+DROP INDEX reservations_pending;
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

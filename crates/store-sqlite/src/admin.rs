@@ -2,6 +2,7 @@
 //! operations (metering lives in `metering`).
 
 use crate::checkpointer::Checkpointer;
+use crate::priority::Background;
 use crate::sql::SqliteTx;
 use crate::sync::Fence;
 use crate::writer::Writer;
@@ -27,6 +28,8 @@ pub struct SqliteStore {
     pub(crate) writer: Writer,
     pub(crate) readers: Arc<Readers>,
     checkpointer: Arc<Checkpointer>,
+    /// The writer's, its syncer's and the checkpointer's threads (see [`crate::priority`]).
+    pub(crate) background: Arc<Background>,
     /// An exclusive lock on `DIR/tollgate.lock` for as long as the store lives: one process
     /// per data dir. The OS drops it when the process dies, even by `kill -9`.
     _lock: Arc<std::fs::File>,
@@ -44,11 +47,20 @@ impl SqliteStore {
         let restart = Arc::new(AtomicBool::new(false));
         let fence = Arc::new(Fence::default());
         let wal = data_dir.join(format!("{DATABASE_FILE}-wal"));
-        let writer = Writer::start(conn, &wal, observer, restart.clone(), fence.clone())
-            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
-        let checkpointer = Checkpointer::start(&path, restart, fence)?;
+        let background = Arc::new(Background::default());
+        let writer = Writer::start(
+            conn,
+            &wal,
+            observer,
+            restart.clone(),
+            fence.clone(),
+            background.clone(),
+        )
+        .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+        let checkpointer = Checkpointer::start(&path, restart, fence, background.clone())?;
         Ok(SqliteStore {
             writer,
+            background,
             checkpointer: Arc::new(checkpointer),
             readers: Arc::new(Readers::new(path)),
             _lock: Arc::new(lock),

@@ -18,6 +18,7 @@
 //! would copy WAL pages of unknown content into the database file. A checkpoint that fails
 //! with an I/O error fences the store itself, since it syncs the WAL and the database file.
 
+use crate::priority::Background;
 use crate::sync::Fence;
 use rusqlite::Connection;
 use std::path::Path;
@@ -43,6 +44,7 @@ impl Checkpointer {
         path: &Path,
         restart: Arc<AtomicBool>,
         fence: Arc<Fence>,
+        background: Arc<Background>,
     ) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(crate::internal)?;
         crate::configure(&conn).map_err(crate::internal)?;
@@ -50,7 +52,10 @@ impl Checkpointer {
         let flag = stopped.clone();
         std::thread::Builder::new()
             .name("tollgate-sqlite-checkpoint".into())
-            .spawn(move || run(&conn, &flag, &restart, &fence))
+            .spawn(move || {
+                background.enter();
+                run(&conn, &flag, &restart, &fence)
+            })
             .map_err(|e| {
                 StoreError::Internal(format!("cannot start the checkpoint thread: {e}"))
             })?;

@@ -13,6 +13,7 @@
 mod admin;
 mod checkpointer;
 mod engine;
+mod priority;
 mod schema;
 mod seed;
 mod sql;
@@ -27,6 +28,7 @@ use tollgate_store::StoreError;
 
 pub use admin::SqliteStore;
 pub use engine::{catch_up_log, EngineStore, LOG_DIR};
+pub use priority::BACKGROUND_NICE;
 pub use seed::seed_events;
 
 /// The database file inside a data directory.

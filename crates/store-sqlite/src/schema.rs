@@ -432,6 +432,13 @@ DROP TABLE reservations;
 ALTER TABLE reservations_new RENAME TO reservations;
 CREATE INDEX reservations_pending ON reservations (expires_at_ms) WHERE status = 'pending';
 "#,
+    // 11: pending reservations by environment, then expiry. The sweep asks each environment
+    // for what is due by its own clock; with the index on `expires_at_ms` alone SQLite walked
+    // every pending reservation (and its row) once a second, 10-25 ms with 130,000 pending.
+    r#"
+CREATE INDEX reservations_due ON reservations (env_id, expires_at_ms) WHERE status = 'pending';
+DROP INDEX reservations_pending;
+"#,
 ];
 
 /// Brings the database to the newest schema version, each step in its own transaction.

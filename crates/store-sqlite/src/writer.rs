@@ -39,6 +39,7 @@
 //! also fences the store for the rest of the process (see [`crate::sync`]): every later write
 //! answers `Unavailable` without running, and a restart recovers from what is on disk.
 
+use crate::priority::Background;
 use crate::sync::{fdatasync, syncer, Committed, Durability, Fence, WalSync};
 use rusqlite::Connection;
 use std::path::Path;
@@ -194,14 +195,16 @@ impl Writer {
     /// `restart` is raised by the checkpointer when the writer should finish a checkpoint so
     /// that its next transaction starts the WAL over (see `checkpointer`).
     /// `fence` is shared with the checkpointer: a failed sync raises it (see [`crate::sync`]).
-    pub fn start(
+    /// Both threads register with `background` (see [`crate::priority`]).
+    pub(crate) fn start(
         conn: Connection,
         wal: &Path,
         observer: Arc<dyn StoreObserver>,
         restart: Arc<AtomicBool>,
         fence: Arc<Fence>,
+        background: Arc<Background>,
     ) -> std::io::Result<Writer> {
-        Writer::start_syncing_with(conn, wal, observer, restart, fence, fdatasync())
+        Writer::start_syncing_with(conn, wal, observer, restart, fence, background, fdatasync())
     }
 
     /// [`Writer::start`] with the function that syncs the WAL given.
@@ -211,6 +214,7 @@ impl Writer {
         observer: Arc<dyn StoreObserver>,
         restart: Arc<AtomicBool>,
         fence: Arc<Fence>,
+        background: Arc<Background>,
         sync: WalSync,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Msg>(WRITER_QUEUE_MAX);
@@ -219,12 +223,17 @@ impl Writer {
         let (to_sync, synced) = std::sync::mpsc::channel::<Committed>();
         let sync = Arc::new(Durability::open(wal, sync, fence.clone(), observer)?);
         let syncer_sync = sync.clone();
+        let syncer_background = background.clone();
         let syncer = std::thread::Builder::new()
             .name("tollgate-sqlite-sync".into())
-            .spawn(move || syncer(&syncer_sync, &synced))?;
+            .spawn(move || {
+                syncer_background.enter();
+                syncer(&syncer_sync, &synced)
+            })?;
         std::thread::Builder::new()
             .name("tollgate-sqlite-writer".into())
             .spawn(move || {
+                background.enter();
                 let stopped = run(&conn, rx, thread_depth, (&sync, to_sync), &restart);
                 // Every committed batch is answered before the store reports it stopped.
                 let _ = syncer.join();
@@ -498,8 +507,16 @@ mod tests {
         let wal = dir.join("w.db-wal");
         let restart = Arc::new(AtomicBool::new(false));
         let fence = Arc::new(Fence::default());
-        let w =
-            Writer::start_syncing_with(conn, &wal, batches.clone(), restart, fence, sync).unwrap();
+        let w = Writer::start_syncing_with(
+            conn,
+            &wal,
+            batches.clone(),
+            restart,
+            fence,
+            Default::default(),
+            sync,
+        )
+        .unwrap();
         (w, batches)
     }
 

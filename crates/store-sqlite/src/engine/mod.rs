@@ -29,6 +29,7 @@ mod project;
 mod state;
 
 use crate::admin::SqliteStore;
+use crate::priority::BACKGROUND_NICE;
 use crate::sql::SqliteTx;
 use crate::{internal, open_reader};
 use async_trait::async_trait;
@@ -285,9 +286,13 @@ impl EngineStore {
         spawn("tollgate-engine", move || engine.run())?;
         let s = shared.clone();
         spawn("tollgate-engine-sync", move || syncer(sync_rx, proj_tx, s))?;
+        // Nothing a caller waits for runs on the tables' threads now: they yield the CPU to
+        // the hot path (see `crate::priority`).
+        sql.background.lower(BACKGROUND_NICE);
         let (s, store) = (shared.clone(), sql.clone());
         let rt = tokio::runtime::Handle::current();
         spawn("tollgate-projection", move || {
+            store.background.enter();
             projection(rt, store, proj_rx, s)
         })?;
         Ok(Self { sql, tx, shared })
