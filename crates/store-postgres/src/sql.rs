@@ -330,7 +330,7 @@ fn meter_row(r: &Row) -> StoreResult<MeterEventRow> {
 /// The pending reservations due by their environment's clock, per environment in expiry order.
 /// The ORDER BY is what steers PostgreSQL onto `reservations_due` (a range per environment):
 /// without it the planner read every reservation once a second (the sweep runs this).
-pub(crate) const DUE_RESERVATIONS: &str = "SELECT e.env_id, r.reservation_id, r.user_id
+const DUE_RESERVATIONS: &str = "SELECT e.env_id, r.reservation_id, r.user_id
      FROM environments e
      CROSS JOIN LATERAL (
          SELECT reservation_id, user_id FROM reservations r

@@ -74,8 +74,6 @@ fn reservation_row(r: &Row<'_>) -> rusqlite::Result<(ReservationRow, String, Str
     ))
 }
 
-/// The projection's own writes (`engine::project`): a reservation or hold inserted as it stands
-/// after later ops of the same batch, in one statement instead of an insert and updates.
 /// The pending reservations due by their environment's clock. CROSS JOIN keeps environments
 /// the outer loop, so each environment reads only its due range of `reservations_due`, never
 /// every pending reservation (the sweep runs this once a second).
@@ -84,6 +82,8 @@ const DUE_RESERVATIONS: &str = "SELECT e.env_id, r.reservation_id, r.user_id FRO
      WHERE r.status = 'pending' AND r.expires_at_ms <= ?1 + e.clock_offset_s * 1000
      LIMIT ?2";
 
+/// The projection's own writes (`engine::project`): a reservation or hold inserted as it stands
+/// after later ops of the same batch, in one statement instead of an insert and updates.
 impl SqliteTx<'_> {
     /// What [`MeteringTx::insert_reservation`] then `finish_reservation`, `commit_late` and
     /// `set_expiry` write: the row with its `(status, expiry, event id)` and its
