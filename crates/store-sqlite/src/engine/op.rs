@@ -45,9 +45,12 @@ pub(crate) enum Op {
         end: Option<Timestamp>,
         units: u64,
     },
+    /// Boxed, as is `InsertEvent`'s event: inline they made every op some 400 bytes, and a
+    /// reserve's `Vec<Op>` over 1 KiB, which glibc's malloc serves from its large bins after
+    /// consolidating its fast bins.
     InsertReservation {
         env: EnvId,
-        row: ReservationRow,
+        row: Box<ReservationRow>,
     },
     InsertHold {
         env: EnvId,
@@ -76,7 +79,7 @@ pub(crate) enum Op {
     },
     InsertEvent {
         env: EnvId,
-        event: Event,
+        event: Box<Event>,
     },
     PurgeIdempotency {
         before: Timestamp,
@@ -545,7 +548,7 @@ pub(crate) fn decode(version: u8, bytes: &[u8]) -> StoreResult<Vec<Op>> {
             },
             4 => Op::InsertReservation {
                 env: d.env()?,
-                row: ReservationRow {
+                row: Box::new(ReservationRow {
                     reservation_id: d.str()?,
                     user_id: d.str()?,
                     event: d.str()?,
@@ -560,7 +563,7 @@ pub(crate) fn decode(version: u8, bytes: &[u8]) -> StoreResult<Vec<Op>> {
                     overage: d.opt(Dec::u64)?,
                     prompt: d.text()?,
                     late: d.bool()?,
-                },
+                }),
             },
             5 => Op::InsertHold {
                 env: d.env()?,
@@ -618,7 +621,7 @@ pub(crate) fn decode(version: u8, bytes: &[u8]) -> StoreResult<Vec<Op>> {
                 }
                 Op::InsertEvent {
                     env,
-                    event: Event {
+                    event: Box::new(Event {
                         event_id,
                         occurred_at,
                         user_id,
@@ -636,7 +639,7 @@ pub(crate) fn decode(version: u8, bytes: &[u8]) -> StoreResult<Vec<Op>> {
                         credits_used: d.u64()?,
                         prompt: d.text()?,
                         response: d.text()?,
-                    },
+                    }),
                 }
             }
             10 => Op::PurgeIdempotency { before: d.time()? },

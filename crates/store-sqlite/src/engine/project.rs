@@ -261,7 +261,7 @@ mod tests {
     fn reserve(id: &str, limits: &[&str], ttl: i64) -> Vec<Op> {
         let mut ops = vec![Op::InsertReservation {
             env: ENV,
-            row: ReservationRow {
+            row: Box::new(ReservationRow {
                 reservation_id: id.into(),
                 user_id: "alice".into(),
                 event: "image.render".into(),
@@ -277,7 +277,7 @@ mod tests {
                 overage: Some(98),
                 prompt: None,
                 late: true,
-            },
+            }),
         }];
         for (i, limit) in limits.iter().enumerate() {
             ops.push(Op::InsertHold {
@@ -329,7 +329,7 @@ mod tests {
     fn event(id: &str) -> Op {
         Op::InsertEvent {
             env: ENV,
-            event: Event {
+            event: Box::new(Event {
                 event_id: id.into(),
                 occurred_at: at(1),
                 user_id: "alice".into(),
@@ -347,7 +347,7 @@ mod tests {
                 credits_used: 0,
                 prompt: None,
                 response: None,
-            },
+            }),
         }
     }
 

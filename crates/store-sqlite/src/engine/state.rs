@@ -733,7 +733,7 @@ impl MeteringTx for MemTx<'_> {
         self.touched.push((env, id));
         self.ops.push(Op::InsertReservation {
             env,
-            row: r.clone(),
+            row: Box::new(r.clone()),
         });
         Ok(())
     }
@@ -876,7 +876,7 @@ impl MeteringTx for MemTx<'_> {
     fn insert_event(&mut self, env: EnvId, e: &EventRow<'_>) -> StoreResult<()> {
         self.ops.push(Op::InsertEvent {
             env,
-            event: Event::from_row(e),
+            event: Box::new(Event::from_row(e)),
         });
         Ok(())
     }
