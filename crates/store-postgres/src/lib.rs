@@ -24,6 +24,9 @@ use tollgate_store::procedure::{self, MeteringTx};
 use tollgate_store::*;
 
 pub use pool::{RECONNECT_BACKOFF_MS, STATEMENT_TIMEOUT_MS, TRANSACTION_RETRIES_MAX};
+/// The sweep's statement, for the test of its plan (`tests/contract.rs`).
+#[doc(hidden)]
+pub use sql::DUE_RESERVATIONS;
 
 /// Connections one node opens by default.
 pub const POOL_SIZE_DEFAULT: usize = 8;

@@ -64,3 +64,51 @@ async fn postgres() -> Harness {
 }
 
 tollgate_store::store_contract_suite!(postgres);
+
+/// 40,000 pending reservations in two environments, analyzed: the sweep's statement must search
+/// each environment's due range of `reservations_due` rather than read the table.
+#[test]
+fn the_sweep_searches_each_environments_due_range() {
+    let Ok(admin_url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: TOLLGATE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let name = format!("tg_sweep_plan_{:016x}", rand::random::<u64>());
+    let url = with_database(&admin_url, &name);
+    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).expect("connect");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create database");
+    drop(admin);
+    let _drop = Database {
+        admin_url,
+        name: name.clone(),
+    };
+    tollgate_store_postgres::migrate(&url).expect("migrations");
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    c.batch_execute(
+        "INSERT INTO projects VALUES ('p', 'p', 0);
+         INSERT INTO environments (project_id, mode) VALUES ('p', 'live'), ('p', 'test');
+         INSERT INTO reservations (env_id, reservation_id, subject, user_id, event,
+             quantity, metadata, status, created_at_ms, expires_at_ms, event_id)
+         SELECT e.env_id, 'r' || i, 'u', 'u', 'e', 1, '{}', 'pending', 0,
+             1800000000000 + i, 'ev' || i
+         FROM environments e, generate_series(1, 20000) i;
+         ANALYZE;",
+    )
+    .expect("fill");
+    let sql = format!("EXPLAIN {}", tollgate_store_postgres::DUE_RESERVATIONS);
+    let plan = c
+        .query(&sql, &[&1_790_000_000_000i64, &1000i64])
+        .expect("explain")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    drop(c);
+    assert!(
+        plan.contains("Index Scan using reservations_due")
+            && !plan.contains("Seq Scan on reservations"),
+        "the sweep must not read every reservation; plan:\n{plan}"
+    );
+}

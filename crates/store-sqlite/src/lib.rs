@@ -28,7 +28,6 @@ use tollgate_store::StoreError;
 
 pub use admin::SqliteStore;
 pub use engine::{catch_up_log, EngineStore, LOG_DIR};
-pub use priority::BACKGROUND_NICE;
 pub use seed::seed_events;
 
 /// The database file inside a data directory.
