@@ -50,6 +50,8 @@ class Server:
     url: str
     secret: str
     publishable: str
+    live_secret: str = ""
+    live_publishable: str = ""
 
 
 def _binary() -> str:
@@ -86,13 +88,14 @@ def server() -> Iterator[Server]:
             [binary, "init", "--data-dir", data_dir, "--json"],
             check=True, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        keys = json.loads(out.stdout)["keys"]["test"]
+        keys = json.loads(out.stdout)["keys"]
         proc = subprocess.Popen(
             [binary, "serve", "--data-dir", data_dir, "--listen", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         url = _wait_listening(proc, time.monotonic() + 30)
-        srv = Server(url, keys["secret"], keys["publishable"])
+        test, live = keys["test"], keys["live"]
+        srv = Server(url, test["secret"], test["publishable"], live["secret"], live["publishable"])
         admin(srv, "PUT", "/v1/plans", PLAN)
         yield srv
     finally:
@@ -105,10 +108,13 @@ def server() -> Iterator[Server]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def admin(srv: Server, method: str, path: str, body: Optional[dict] = None) -> dict:
-    """A raw call with the secret key, for setup and for reading state around the SDK."""
+def admin(
+    srv: Server, method: str, path: str, body: Optional[dict] = None, key: Optional[str] = None
+) -> dict:
+    """A raw call with the secret key (the test one unless ``key`` is given), for setup
+    and for reading state around the SDK."""
     resp = httpx.request(
-        method, srv.url + path, json=body, headers={"Authorization": f"Bearer {srv.secret}"}
+        method, srv.url + path, json=body, headers={"Authorization": f"Bearer {key or srv.secret}"}
     )
     assert resp.status_code == 200, resp.text
     return resp.json()

@@ -1,7 +1,11 @@
 /**
  * The `Tollgate` client: one method per API route the SDK covers, the `withReservation`
  * helper, and the unreachable-server policy. HTTP details live in `http.ts`; the fail-open
- * budget in `failopen.ts`.
+ * budget in `failopen.ts`; offline user tokens in `usertoken.ts`.
+ *
+ * A client holds a secret key (server side: every method), or only a publishable key and a
+ * user token (a browser: `meUsage` and `meCredits`, which send the publishable key and the
+ * `X-Tollgate-User-Token` header whatever other key the client holds).
  */
 
 import { QuotaExceededError, TollgateError, TollgateNetworkError } from "./errors.js";
@@ -14,6 +18,7 @@ import type {
   CheckInput,
   CommitAnswer,
   CommitInput,
+  CreateUserTokenOptions,
   Credits,
   EventsPage,
   EventsQuery,
@@ -38,6 +43,8 @@ import type {
   TrackInput,
   UpsertSubscriptionInput,
   Usage,
+  UserToken,
+  UserTokenSource,
 } from "./types.js";
 
 /** Default per-attempt timeout. */
@@ -61,10 +68,15 @@ export type UnreachablePolicy = "closed" | { failOpen: { unitsPerUserPerHour: nu
 export interface TollgateOptions {
   /** The server's URL, e.g. `http://127.0.0.1:7070`. */
   baseUrl: string;
-  /** A secret key (`tg_sk_test_…` or `tg_sk_live_…`). Keep it on the server side. */
-  secretKey: string;
-  /** A publishable key (`tg_pk_…`); kept for the browser routes, unused by the secret calls. */
+  /**
+   * A secret key (`tg_sk_test_…` or `tg_sk_live_…`). Keep it on the server side. Without one,
+   * the client sends `publishableKey` and only `meUsage` and `meCredits` can work.
+   */
+  secretKey?: string;
+  /** A publishable key (`tg_pk_…`), for `meUsage` and `meCredits` with `userToken`. */
   publishableKey?: string;
+  /** The user token `meUsage` and `meCredits` send (from `createUserToken` or `mintUserToken`). */
+  userToken?: UserTokenSource;
   /** Per-attempt timeout in milliseconds (default 10 000). */
   timeoutMs?: number;
   /** Retries after the first attempt for idempotent calls (default 2). */
@@ -112,6 +124,7 @@ export interface FlushResult {
 
 export class Tollgate {
   readonly publishableKey: string | undefined;
+  private readonly userToken: UserTokenSource | undefined;
   private readonly transport: Transport;
   private readonly failOpen: FailOpenLedger | undefined;
 
@@ -119,17 +132,29 @@ export class Tollgate {
     if (typeof options?.baseUrl !== "string" || options.baseUrl === "") {
       throw new TypeError("Tollgate: `baseUrl` is required");
     }
-    if (typeof options.secretKey !== "string" || options.secretKey === "") {
-      throw new TypeError("Tollgate: `secretKey` is required");
+    const { secretKey, publishableKey, userToken } = options;
+    if (secretKey !== undefined && (typeof secretKey !== "string" || secretKey === "")) {
+      throw new TypeError("Tollgate: `secretKey` must be a non-empty string");
+    }
+    if (publishableKey !== undefined && (typeof publishableKey !== "string" || !publishableKey.startsWith("tg_pk_"))) {
+      // Guards against a secret key shipped to a browser under the publishable key's name.
+      throw new TypeError("Tollgate: `publishableKey` must be a publishable key, `tg_pk_…`");
+    }
+    if (secretKey === undefined && publishableKey === undefined) {
+      throw new TypeError("Tollgate: `secretKey` (server side) or `publishableKey` with `userToken` (browser) is required");
+    }
+    if (userToken !== undefined && typeof userToken !== "string" && typeof userToken !== "function") {
+      throw new TypeError("Tollgate: `userToken` must be a token string or a function answering one");
     }
     const fetchImpl = options.fetch ?? globalThis.fetch?.bind(globalThis);
     if (typeof fetchImpl !== "function") {
       throw new TypeError("Tollgate: no global `fetch` in this runtime; pass `fetch` in the options");
     }
-    this.publishableKey = options.publishableKey;
+    this.publishableKey = publishableKey;
+    this.userToken = userToken;
     this.transport = new Transport({
       baseUrl: options.baseUrl,
-      secretKey: options.secretKey,
+      apiKey: secretKey ?? (publishableKey as string),
       timeoutMs: positiveInteger(options.timeoutMs, TIMEOUT_MS_DEFAULT, "timeoutMs"),
       maxRetries: nonNegativeInteger(options.maxRetries, MAX_RETRIES_DEFAULT, "maxRetries"),
       fetch: fetchImpl,
@@ -310,6 +335,44 @@ export class Tollgate {
     });
   }
 
+  // ---- User tokens and the browser routes ---------------------------------------------
+
+  /**
+   * `POST /v1/user-tokens` (secret key): a token that lets a browser read `userId`'s usage and
+   * credits with the publishable key, for `ttlSeconds` (1–86 400, default 3 600). Offline, with
+   * the token secret: `mintUserToken`.
+   */
+  async createUserToken(userId: string, options: CreateUserTokenOptions = {}): Promise<UserToken> {
+    return this.transport.request<UserToken>({
+      method: "POST",
+      path: "/v1/user-tokens",
+      body: { userId, ttlSeconds: options.ttlSeconds },
+      // A token changes nothing on the server: asking twice is harmless.
+      retryable: true,
+    });
+  }
+
+  /** `GET /v1/me/usage[?event=…]`: the `usage` answer of the user token's user. */
+  async meUsage(options: { event?: string } = {}): Promise<Usage> {
+    return this.transport.request<Usage>({
+      method: "GET",
+      path: "/v1/me/usage",
+      query: { event: options.event },
+      headers: await this.userHeaders("meUsage"),
+      retryable: true,
+    });
+  }
+
+  /** `GET /v1/me/credits`: the `credits` answer of the user token's user. */
+  async meCredits(): Promise<Credits> {
+    return this.transport.request<Credits>({
+      method: "GET",
+      path: "/v1/me/credits",
+      headers: await this.userHeaders("meCredits"),
+      retryable: true,
+    });
+  }
+
   // ---- The reservation helper -----------------------------------------------------------
 
   /**
@@ -374,6 +437,18 @@ export class Tollgate {
   }
 
   // ---- Internals ------------------------------------------------------------------------
+
+  /** The publishable key and the current user token, as the `me` routes want them. */
+  private async userHeaders(method: string): Promise<Record<string, string>> {
+    if (this.publishableKey === undefined || this.userToken === undefined) {
+      throw new TypeError(`Tollgate: ${method} needs \`publishableKey\` and \`userToken\` in the options`);
+    }
+    const token = typeof this.userToken === "function" ? await this.userToken() : this.userToken;
+    if (typeof token !== "string" || token === "") {
+      throw new TypeError(`Tollgate: ${method}: \`userToken\` answered no token`);
+    }
+    return { authorization: `Bearer ${this.publishableKey}`, "x-tollgate-user-token": token };
+  }
 
   private sendTrack(body: Omit<TrackInput, "idempotencyKey">, idempotencyKey: string): Promise<TrackAnswer> {
     return this.transport.request<TrackAnswer>({ method: "POST", path: "/v1/track", body, idempotencyKey, retryable: true });

@@ -23,7 +23,8 @@ export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>
 
 export interface TransportOptions {
   baseUrl: string;
-  secretKey: string;
+  /** The key sent as `Authorization: Bearer …` unless a request brings its own headers. */
+  apiKey: string;
   timeoutMs: number;
   maxRetries: number;
   fetch: FetchLike;
@@ -36,6 +37,8 @@ export interface RequestSpec {
   query?: Record<string, string | number | undefined>;
   body?: unknown;
   idempotencyKey?: string;
+  /** Headers of this request alone (lower-case names); an `authorization` here replaces the client's. */
+  headers?: Record<string, string>;
   /** Safe to send more than once (see the module doc). */
   retryable: boolean;
 }
@@ -62,8 +65,9 @@ export class Transport {
 
   private async attempt<T>(spec: RequestSpec): Promise<T> {
     const headers: Record<string, string> = {
-      authorization: `Bearer ${this.options.secretKey}`,
+      authorization: `Bearer ${this.options.apiKey}`,
       accept: "application/json",
+      ...spec.headers,
     };
     if (spec.body !== undefined) headers["content-type"] = "application/json";
     if (spec.idempotencyKey !== undefined) headers["idempotency-key"] = spec.idempotencyKey;

@@ -352,3 +352,45 @@ export interface LedgerPage {
   entries: LedgerEntry[];
   nextCursor: string | null;
 }
+
+/** The environment a key, a token secret or a user token belongs to. */
+export type Environment = "test" | "live";
+
+/**
+ * What `mintUserToken` signs: the contract's user token, version 1. The first three values are
+ * those `GET /v1/settings` shows to a secret key (`tokenSecret`, `projectId`, `environment`).
+ */
+export interface MintUserTokenInput {
+  /** The environment's token secret, `tg_ts_test_…` or `tg_ts_live_…`. Server side only. */
+  tokenSecret: string;
+  /** The project's id, `prj_…`. */
+  projectId: string;
+  /** Must be the token secret's environment. */
+  environment: Environment;
+  /** The user the token may read: 1–256 UTF-8 bytes, no control characters. */
+  userId: string;
+  /** Lifetime in seconds, 1–86 400 (default 3 600). */
+  ttlSeconds?: number;
+  /** When the token is minted, as a `Date` or milliseconds since the epoch (default: now). */
+  now?: Date | number;
+}
+
+export interface CreateUserTokenOptions {
+  /** Lifetime in seconds, 1–86 400 (default 3 600, server side). */
+  ttlSeconds?: number;
+}
+
+/** A user token and when it expires; `createUserToken` and `mintUserToken` both answer one. */
+export interface UserToken {
+  /** `tg_ut_…`: send it as `X-Tollgate-User-Token` with a publishable key. */
+  token: string;
+  /** RFC 3339, whole seconds. */
+  expiresAt: string;
+}
+
+/**
+ * The user token a client built with a publishable key sends: the token itself, or a function
+ * answering the current one (called before each call, so it can fetch a fresh token from your
+ * server when the old one nears `expiresAt`).
+ */
+export type UserTokenSource = string | (() => string | Promise<string>);

@@ -1,6 +1,6 @@
 // The package works both ways it is loaded: ES modules and CommonJS, through its exports map.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { test } from "node:test";
 import * as esm from "../dist/esm/index.js";
@@ -9,13 +9,13 @@ const require = createRequire(import.meta.url);
 
 test("CommonJS and ES module builds export the same surface", () => {
   const cjs = require("../dist/cjs/index.js");
-  const names = ["QuotaExceededError", "Tollgate", "TollgateError", "TollgateNetworkError"];
+  const names = ["QuotaExceededError", "Tollgate", "TollgateError", "TollgateNetworkError", "mintUserToken"];
   assert.deepEqual(Object.keys(cjs).filter((name) => names.includes(name)).sort(), names);
   assert.deepEqual(Object.keys(esm).sort(), names);
   const client = new cjs.Tollgate({ baseUrl: "http://127.0.0.1:1", secretKey: "tg_sk_test_x" });
   for (const method of ["reserve", "commit", "release", "extend", "getReservation", "track", "check", "usage", "events",
     "identify", "upsertSubscription", "cancelSubscription", "getSubscription", "grantCredits", "revokeCredits",
-    "credits", "creditLedger", "withReservation", "pendingFailOpen", "flush"]) {
+    "credits", "creditLedger", "createUserToken", "meUsage", "meCredits", "withReservation", "pendingFailOpen", "flush"]) {
     assert.equal(typeof client[method], "function", method);
   }
 });
@@ -28,6 +28,16 @@ test("the exports map points at files that exist, with types for both", () => {
   }
   const marker = JSON.parse(readFileSync(new URL("../dist/cjs/package.json", import.meta.url), "utf8"));
   assert.deepEqual(marker, { type: "commonjs" });
+});
+
+test("the ES module build imports no Node built-in, so browsers and edge runtimes can load it", () => {
+  const dir = new URL("../dist/esm/", import.meta.url);
+  const files = readdirSync(dir).filter((name) => name.endsWith(".js"));
+  assert.ok(files.includes("usertoken.js"), files.join(", "));
+  for (const name of files) {
+    const text = readFileSync(new URL(name, dir), "utf8");
+    assert.doesNotMatch(text, /(from|import\()\s*["'](node:)?(crypto|fs|buffer|module)["']/, name);
+  }
 });
 
 test("the constructor refuses missing or bad options", () => {

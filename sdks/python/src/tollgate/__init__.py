@@ -1,7 +1,8 @@
 """Python SDK of Tollgate, the metering and limits server.
 
 ``Tollgate`` (sync) and ``AsyncTollgate`` (asyncio) expose the same methods; see
-the README for the reserve -> work -> commit/release pattern.
+the README for the reserve -> work -> commit/release pattern. ``mint_user_token``
+signs the browser's user tokens offline.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from .models import (  # noqa: E402
     TrackResult,
     Usage,
     UsageEvent,
+    UserToken,
 )
 from .reservation import AsyncReservationScope, ReservationScope  # noqa: E402
+from .user_tokens import mint_user_token  # noqa: E402
 
 __all__ = [
     "AsyncReservationScope",
@@ -71,5 +74,7 @@ __all__ = [
     "TrackResult",
     "Usage",
     "UsageEvent",
+    "UserToken",
     "__version__",
+    "mint_user_token",
 ]

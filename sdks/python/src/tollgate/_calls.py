@@ -28,6 +28,7 @@ from .models import (
     Subscription,
     TrackResult,
     Usage,
+    UserToken,
 )
 
 Metadata = Optional[Dict[str, Any]]
@@ -275,3 +276,18 @@ def credit_ledger(user_id: str, limit: Optional[int], cursor: Optional[str]) -> 
     params = compact(limit=limit, cursor=cursor)
     path = f"/v1/users/{seg(user_id)}/credits/ledger"
     return Call("GET", path, LedgerPage.from_dict, params=params)
+
+
+def create_user_token(user_id: str, ttl_seconds: Optional[int]) -> Call[UserToken]:
+    body = compact(userId=user_id, ttlSeconds=ttl_seconds)
+    # A token changes nothing on the server: asking twice is harmless.
+    return Call("POST", "/v1/user-tokens", UserToken.from_dict, body=body)
+
+
+def me_usage(event: Optional[str], headers: Dict[str, str]) -> Call[Usage]:
+    params = compact(event=event)
+    return Call("GET", "/v1/me/usage", Usage.from_dict, params=params, headers=headers)
+
+
+def me_credits(headers: Dict[str, str]) -> Call[Credits]:
+    return Call("GET", "/v1/me/credits", Credits.from_dict, headers=headers)

@@ -83,6 +83,8 @@ class Call(Generic[T]):
     ``Idempotency-Key`` fixed for the logical call; commit, release and extend, which
     are idempotent per reservation id; the calls that are no-ops when repeated).
     ``fail_open`` names the local answer to give when the server is unreachable.
+    ``headers`` are this call's own (the ``me`` routes' publishable key and user
+    token), over the client's.
     """
 
     method: str
@@ -93,6 +95,7 @@ class Call(Generic[T]):
     retry: bool = True
     idempotency_key: Optional[str] = None
     fail_open: Optional[str] = None
+    headers: Optional[Dict[str, str]] = None
 
 
 def seg(value: str) -> str:
@@ -105,6 +108,16 @@ def compact(**fields: Any) -> Dict[str, Any]:
     server rejects unknown fields and treats a field written out as a different
     request, so only what the caller gave is sent."""
     return {k: v for k, v in fields.items() if v is not None and v is not _UNSET}
+
+
+def user_headers(publishable_key: Optional[str], token: Any, method: str) -> Dict[str, str]:
+    """The headers of the ``me`` routes: the publishable key and the user token,
+    whatever other key the client holds."""
+    if publishable_key is None:
+        raise ValueError(f"{method} needs publishable_key and user_token on the client")
+    if not isinstance(token, str) or not token:
+        raise ValueError(f"{method} needs a user token: user_token is unset or answered none")
+    return {"Authorization": f"Bearer {publishable_key}", "X-Tollgate-User-Token": token}
 
 
 def backoff_seconds(attempt: int, retry_after: Optional[float]) -> float:
@@ -369,28 +382,49 @@ def network_outcome(exc: Exception, timeout: bool) -> Outcome:
 
 
 def request_headers(call: Call[Any]) -> Dict[str, str]:
-    headers = {}
+    headers = dict(call.headers or {})
     if call.idempotency_key is not None:
         headers["Idempotency-Key"] = call.idempotency_key
     return headers
 
 
-def base_headers(secret_key: str) -> Dict[str, str]:
+def base_headers(api_key: str) -> Dict[str, str]:
+    """The headers of every call: ``api_key`` is the secret key, or the publishable
+    key of a client that has no secret key."""
     from . import __version__
 
     return {
-        "Authorization": f"Bearer {secret_key}",
+        "Authorization": f"Bearer {api_key}",
         "Accept": "application/json",
         "User-Agent": f"tollgate-python/{__version__}",
     }
 
 
-def check_settings(base_url: str, secret_key: str, max_retries: int, timeout: float) -> None:
+def check_settings(
+    base_url: str,
+    secret_key: Optional[str],
+    publishable_key: Optional[str],
+    user_token: Any,
+    max_retries: int,
+    timeout: float,
+) -> None:
     """Refuse a client that could never work, at construction rather than first call."""
     if not base_url.startswith(("http://", "https://")):
         raise ValueError("base_url must start with http:// or https://")
-    if not secret_key:
-        raise ValueError("secret_key is required")
+    if secret_key is not None and not secret_key:
+        raise ValueError("secret_key must not be empty")
+    if publishable_key is not None and not (
+        isinstance(publishable_key, str) and publishable_key.startswith("tg_pk_")
+    ):
+        # Guards against a secret key handed out under the publishable key's name.
+        raise ValueError("publishable_key must be a publishable key, tg_pk_...")
+    if secret_key is None and publishable_key is None:
+        raise ValueError(
+            "secret_key (server side) or publishable_key with user_token (me_usage, "
+            "me_credits) is required"
+        )
+    if user_token is not None and not (isinstance(user_token, str) or callable(user_token)):
+        raise ValueError("user_token must be a token str or a function answering one")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError("max_retries must be a non-negative int")
     if timeout <= 0:

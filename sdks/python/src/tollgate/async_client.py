@@ -4,7 +4,8 @@ as coroutines (same arguments, same answers, same retry and fail-open rules)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+import inspect
+from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Union
 
 import httpx
 
@@ -25,6 +26,7 @@ from ._core import (
     network_outcome,
     read_response,
     request_headers,
+    user_headers,
 )
 from .errors import TollgateError, TollgateNetworkError
 from .models import (
@@ -45,11 +47,14 @@ from .models import (
     Subscription,
     TrackResult,
     Usage,
+    UserToken,
 )
 from .reservation import AsyncReservationScope
 
 T = TypeVar("T")
 Metadata = Optional[Dict[str, Any]]
+#: A user token, or a function (plain or async) answering the current one.
+UserTokenSource = Union[str, Callable[[], Union[str, Awaitable[str]]], None]
 
 
 class AsyncTollgate:
@@ -59,30 +64,36 @@ class AsyncTollgate:
     ``max_retries`` is how many times a call that is safe to repeat is retried on a
     network error, a timeout, ``429`` or ``503``. ``on_unreachable`` is
     ``"closed"`` (raise :class:`TollgateNetworkError`) or
-    ``FailOpen(units_per_user_per_hour=N)``. ``publishable_key`` is kept for the
-    browser routes (user tokens) that are still to come. ``transport`` is for tests only.
+    ``FailOpen(units_per_user_per_hour=N)``. ``transport`` is for tests only.
+
+    ``publishable_key`` and ``user_token`` (a token from ``create_user_token`` or
+    :func:`~tollgate.mint_user_token`, or a function answering the current one) are
+    what ``me_usage`` and ``me_credits`` send. Without ``secret_key`` the client sends
+    the publishable key, and only those two calls can work.
     """
 
     def __init__(
         self,
         base_url: str,
-        secret_key: str,
+        secret_key: Optional[str] = None,
         *,
         publishable_key: Optional[str] = None,
+        user_token: UserTokenSource = None,
         timeout: float = 10.0,
         max_retries: int = 2,
         on_unreachable: OnUnreachable = "closed",
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:
-        check_settings(base_url, secret_key, max_retries, timeout)
+        check_settings(base_url, secret_key, publishable_key, user_token, max_retries, timeout)
         policy = check_policy(on_unreachable)
         self.base_url = base_url.rstrip("/")
         self.publishable_key = publishable_key
+        self._user_token = user_token
         self.max_retries = max_retries
         self._local = LocalLedger(policy) if policy is not None else None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            headers=base_headers(secret_key),
+            headers=base_headers(secret_key or publishable_key or ""),
             timeout=timeout,
             transport=transport,
         )
@@ -136,6 +147,12 @@ class AsyncTollgate:
             if self._local is None or local is None:
                 raise
             return local()
+
+    async def _user_headers(self, method: str) -> Dict[str, str]:
+        token = self._user_token() if callable(self._user_token) else self._user_token
+        if inspect.isawaitable(token):
+            token = await token
+        return user_headers(self.publishable_key, token, method)
 
     def _ledger(self, reservation_id: str) -> LocalLedger:
         if self._local is None:
@@ -378,6 +395,26 @@ class AsyncTollgate:
     ) -> LedgerPage:
         """One page of a user's credit ledger, newest first."""
         return await self._send(_calls.credit_ledger(user_id, limit, cursor))
+
+    # -- user tokens and the browser routes -------------------------------------------
+
+    async def create_user_token(
+        self, user_id: str, *, ttl_seconds: Optional[int] = None
+    ) -> UserToken:
+        """A token that lets a browser read ``user_id``'s usage and credits with the
+        publishable key, for ``ttl_seconds`` (1-86400, server default 3600)
+        (``POST /v1/user-tokens``, secret key). Offline: :func:`~tollgate.mint_user_token`."""
+        return await self._send(_calls.create_user_token(user_id, ttl_seconds))
+
+    async def me_usage(self, *, event: Optional[str] = None) -> Usage:
+        """The ``usage`` answer of the user token's user (``GET /v1/me/usage``)."""
+        headers = await self._user_headers("me_usage")
+        return await self._send(_calls.me_usage(event, headers))
+
+    async def me_credits(self) -> Credits:
+        """The ``credits`` answer of the user token's user (``GET /v1/me/credits``)."""
+        headers = await self._user_headers("me_credits")
+        return await self._send(_calls.me_credits(headers))
 
     # -- fail-open -------------------------------------------------------------------
 

@@ -381,6 +381,17 @@ class LedgerPage(_Model):
 
 
 @dataclass
+class UserToken(_Model):
+    """A user token and when it expires (RFC 3339, whole seconds): the answer of
+    ``create_user_token`` and of :func:`~tollgate.mint_user_token`. Send ``token`` as
+    ``X-Tollgate-User-Token`` with a publishable key."""
+
+    token: str = ""
+    expires_at: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
 class PendingUsage:
     """Usage the SDK admitted locally while the server was unreachable (fail-open),
     waiting for ``flush()`` to report it as a ``track`` call. ``idempotency_key`` is
