@@ -452,12 +452,36 @@ pub enum PastDue {
     End,
 }
 
-/// `GET /v1/settings`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Most origins of `corsOrigins`.
+pub const CORS_ORIGINS_MAX: usize = 50;
+/// Longest origin of `corsOrigins`, in bytes.
+pub const CORS_ORIGIN_BYTES_MAX: usize = 256;
+
+/// An environment's settings as stored: what `PATCH /v1/settings` changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
     #[serde(default)]
     pub past_due: PastDue,
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+}
+
+/// `GET /v1/settings`: the settings, and what an SDK needs to mint user tokens offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingsResponse {
+    pub past_due: PastDue,
+    /// Origins a browser may call the publishable-key routes from (`*`: any).
+    #[schema(example = json!(["https://app.example.com"]))]
+    pub cors_origins: Vec<String>,
+    /// Signs user tokens (read-only): keep it on the server, like a secret key.
+    #[schema(example = "tg_ts_test_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG")]
+    pub token_secret: String,
+    /// The project, as a user token names it.
+    pub project_id: String,
+    /// `test` or `live`, as a user token names it.
+    pub environment: String,
 }
 
 /// `PATCH /v1/settings`: only the fields given change.
@@ -466,6 +490,60 @@ pub struct Settings {
 pub struct SettingsPatch {
     #[serde(default)]
     pub past_due: Option<PastDue>,
+    /// Replaces the list: each `*` or `scheme://host[:port]` (http or https, no path), at most
+    /// 50, each at most 256 bytes.
+    #[serde(default)]
+    #[schema(max_items = 50)]
+    pub cors_origins: Option<Vec<String>>,
+}
+
+/// An origin of `corsOrigins`, as browsers send it in `Origin`: `*`, or `http[s]://host[:port]`
+/// in lower case, without path or trailing slash.
+pub fn parse_origin(field: &str, s: &str) -> Result<String, FieldError> {
+    let refuse = |why: &str| FieldError::new(field, format!("{why}: {s:?}"));
+    if s == "*" {
+        return Ok(s.to_string());
+    }
+    if s.len() > CORS_ORIGIN_BYTES_MAX {
+        return Err(refuse("an origin is at most 256 bytes"));
+    }
+    let lower = s.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| refuse("an origin starts with http:// or https://"))?;
+    let (host, port) = match rest.find(']') {
+        // An IPv6 literal: `[::1]` or `[::1]:8080`.
+        Some(end) if rest.starts_with('[') => match &rest[end + 1..] {
+            "" => (&rest[..=end], None),
+            after => (&rest[..=end], Some(after.strip_prefix(':').unwrap_or("x"))),
+        },
+        _ => match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && (host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            || (host.starts_with('[')
+                && host.ends_with(']')
+                && host[1..host.len() - 1]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
+    });
+    if !host_ok || !port_ok {
+        return Err(refuse(
+            "an origin is scheme://host[:port], without path, query or trailing slash",
+        ));
+    }
+    Ok(lower)
 }
 
 impl Settings {
@@ -478,16 +556,100 @@ impl Settings {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    pub fn apply(&mut self, patch: SettingsPatch) {
+    /// Applies a patch, or names the field it refuses (nothing changes then).
+    pub fn apply(&mut self, patch: SettingsPatch) -> Result<(), FieldError> {
+        let origins = match patch.cors_origins {
+            None => None,
+            Some(list) if list.len() > CORS_ORIGINS_MAX => {
+                return Err(FieldError::new(
+                    "corsOrigins",
+                    format!("at most {CORS_ORIGINS_MAX} origins, got {}", list.len()),
+                ))
+            }
+            Some(list) => {
+                let mut parsed: Vec<String> = Vec::with_capacity(list.len());
+                for (i, s) in list.iter().enumerate() {
+                    let origin = parse_origin(&format!("corsOrigins[{i}]"), s)?;
+                    if !parsed.contains(&origin) {
+                        parsed.push(origin);
+                    }
+                }
+                Some(parsed)
+            }
+        };
         if let Some(p) = patch.past_due {
             self.past_due = p;
         }
+        if let Some(o) = origins {
+            self.cors_origins = o;
+        }
+        Ok(())
+    }
+
+    /// Whether a browser at `origin` may call this environment's publishable-key routes.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        for (given, kept) in [
+            ("*", "*"),
+            ("https://App.Example.com", "https://app.example.com"),
+            ("http://127.0.0.1:5173", "http://127.0.0.1:5173"),
+            ("http://[::1]", "http://[::1]"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+            ("http://localhost:65535", "http://localhost:65535"),
+        ] {
+            assert_eq!(parse_origin("o", given).unwrap(), kept);
+        }
+        for bad in [
+            "",
+            "app.example.com",
+            "ftp://example.com",
+            "https://example.com/",
+            "https://example.com/path",
+            "https://example.com?x=1",
+            "https://",
+            "https://example.com:",
+            "https://example.com:0",
+            "https://example.com:65536",
+            "https://exa mple.com",
+            "http://[::1]x",
+        ] {
+            assert!(parse_origin("o", bad).is_err(), "{bad:?} was taken");
+        }
+        let long = format!("https://{}.com", "a".repeat(CORS_ORIGIN_BYTES_MAX));
+        assert!(parse_origin("o", &long).is_err());
+    }
+
+    #[test]
+    fn a_refused_origin_changes_nothing() {
+        let mut s = Settings::default();
+        let patch: SettingsPatch = serde_json::from_str(
+            r#"{"pastDue": "end", "corsOrigins": ["https://a.example", "nope"]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.apply(patch).unwrap_err().field, "corsOrigins[1]");
+        assert_eq!(s, Settings::default());
+        let patch: SettingsPatch =
+            serde_json::from_str(r#"{"corsOrigins": ["https://a.example", "https://A.example"]}"#)
+                .unwrap();
+        s.apply(patch).unwrap();
+        assert_eq!(s.cors_origins, ["https://a.example"]);
+        assert!(s.allows_origin("https://a.example"));
+        assert!(!s.allows_origin("https://b.example"));
+        let too_many = format!(r#"{{"corsOrigins": [{}]}}"#, vec![r#""*""#; 51].join(","));
+        let patch: SettingsPatch = serde_json::from_str(&too_many).unwrap();
+        assert_eq!(s.apply(patch).unwrap_err().field, "corsOrigins");
+    }
 
     fn request(json: &str) -> IntegrationRequest {
         serde_json::from_str(json).unwrap()

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod billers;
+pub mod browser;
 mod convert;
 pub mod credits;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod time;
 
 pub use admin::*;
 pub use billers::*;
+pub use browser::*;
 pub use credits::*;
 pub use error::*;
 pub use field::{from_json_str, from_json_value, FieldError};

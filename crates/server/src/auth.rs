@@ -23,6 +23,7 @@
 use crate::bootstrap::hash_secret;
 use crate::error::{ApiError, Wanted};
 use crate::key_format::stripe_prefix;
+use crate::user_token::{self, USER_TOKEN_HEADER};
 use crate::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -32,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tollgate_api::time::truncate_to_millis;
+use tollgate_core::input::UserId;
 use tollgate_store::{AuthContext, KeyKind, Mode, Store};
 
 /// How long a valid key's context is used before the store is asked again, in milliseconds.
@@ -117,6 +119,13 @@ pub struct SecretKey(pub Caller);
 /// A valid secret key of a test environment; a live one answers `403 forbidden`.
 pub struct TestSecretKey(pub Caller);
 
+/// Any valid key with a valid `X-Tollgate-User-Token` for its environment: the browser's
+/// caller (API.md §12), which reads only the token's user.
+pub struct UserToken {
+    pub caller: Caller,
+    pub user_id: UserId,
+}
+
 /// The install's admin token.
 pub struct Admin;
 
@@ -134,7 +143,12 @@ fn rejected(token: &str, wanted: Wanted) -> ApiError {
 
 /// The token of `Authorization: Bearer <token>`, if well-formed.
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_of(&parts.headers)
+}
+
+/// The token of `Authorization: Bearer <token>` in `headers`, if well-formed.
+pub fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     let well_formed = scheme.eq_ignore_ascii_case("bearer")
@@ -180,6 +194,42 @@ impl FromRequestParts<AppState> for SecretKey {
             return Err(ApiError::RequiresSecretKey);
         }
         Ok(SecretKey(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for UserToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AnyKey(caller) = AnyKey::from_request_parts(parts, state).await?;
+        let token = match parts.headers.get(USER_TOKEN_HEADER) {
+            None => {
+                return Err(ApiError::InvalidUserToken(
+                    "the X-Tollgate-User-Token header is missing",
+                ))
+            }
+            Some(v) => v
+                .to_str()
+                .map_err(|_| ApiError::InvalidUserToken("it is not ASCII"))?
+                .trim(),
+        };
+        let secret = state
+            .token_secrets
+            .get(
+                state.store.as_ref(),
+                caller.auth.env,
+                caller.auth.mode,
+                caller.now,
+            )
+            .await?;
+        let user_id = user_token::verify(
+            token,
+            &caller.auth.project_id,
+            caller.auth.mode,
+            &secret,
+            Timestamp::now(),
+        )?;
+        Ok(UserToken { caller, user_id })
     }
 }
 

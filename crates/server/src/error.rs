@@ -50,6 +50,10 @@ pub enum ApiError {
     },
     #[error("invalid key")]
     InvalidKey,
+    /// The `X-Tollgate-User-Token` is missing, malformed, altered or expired (`invalid_key`);
+    /// the reason is shown (it never holds the token).
+    #[error("invalid user token: {0}")]
+    InvalidUserToken(&'static str),
     /// A bearer token that authenticated as nothing and starts like a Stripe secret: a Stripe
     /// key pasted for a Tollgate one. Only the Stripe prefix is kept, never the token.
     #[error("invalid key shaped like a Stripe secret ({stripe_prefix}…)")]
@@ -131,7 +135,9 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
-            ApiError::InvalidKey | ApiError::StripeKey { .. } => ErrorCode::InvalidKey,
+            ApiError::InvalidKey | ApiError::StripeKey { .. } | ApiError::InvalidUserToken(_) => {
+                ErrorCode::InvalidKey
+            }
             ApiError::RequiresSecretKey => ErrorCode::RequiresSecretKey,
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
@@ -196,6 +202,10 @@ impl ApiError {
                     ),
                 }
             }
+            ApiError::InvalidUserToken(why) => format!(
+                "the user token is refused: {why}; send a token from POST /v1/user-tokens (or \
+                 minted with the environment's token secret) as `X-Tollgate-User-Token`"
+            ),
             ApiError::RequiresSecretKey => "this route needs a secret key".to_string(),
             ApiError::Forbidden(why) => why.clone(),
             ApiError::NotFound(what) => what.clone(),

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod forwarder;
@@ -22,6 +23,7 @@ pub mod plan_cache;
 mod render;
 mod routes;
 pub mod sweeper;
+pub mod user_token;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub plans: Arc<PlanCache>,
     pub keys: Arc<auth::AuthCache>,
+    pub token_secrets: Arc<user_token::TokenSecrets>,
+    pub origins: Arc<cors::Origins>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
 }
@@ -54,6 +58,8 @@ impl AppState {
             store,
             plans: Arc::new(PlanCache::new(metrics.clone())),
             keys: Arc::new(auth::AuthCache::default()),
+            token_secrets: Arc::new(user_token::TokenSecrets::default()),
+            origins: Arc::new(cors::Origins::default()),
             metrics,
             config: Arc::new(config),
         }

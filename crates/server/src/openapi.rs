@@ -1,7 +1,9 @@
 //! The OpenAPI document of the API, generated from the handlers' `#[utoipa::path]` attributes
 //! and the wire types' schemas, served at `/openapi.json`.
 
-use crate::routes::{accounts, admin, billers, credits, metering, plans, subscriptions, system};
+use crate::routes::{
+    accounts, admin, billers, browser, credits, metering, plans, subscriptions, system,
+};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use tollgate_api::CUSTOM_LIMITS_MAX;
@@ -39,7 +41,7 @@ impl Modify for BearerAuth {
 }
 
 /// Operations that take any key, publishable ones included: they never answer `403`.
-const ANY_KEY_OPERATIONS: [&str; 2] = ["get_plans", "get_plan"];
+const ANY_KEY_OPERATIONS: [&str; 4] = ["get_plans", "get_plan", "me_usage", "me_credits"];
 
 /// Operations that read their body as raw bytes (a biller's signed webhook): any content type
 /// is taken, so they never answer `415`.
@@ -255,6 +257,10 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         billers::retry_meter_event,
         billers::get_settings,
         billers::patch_settings,
+        browser::create_user_token,
+        browser::me_usage,
+        browser::me_credits,
+        browser::widget_js,
         admin::create_project,
         admin::list_projects,
         admin::create_key,

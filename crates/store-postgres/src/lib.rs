@@ -673,6 +673,17 @@ impl Store for PgStore {
             .await
     }
 
+    async fn token_secret(
+        &self,
+        env: EnvId,
+        candidate: String,
+        now: Timestamp,
+    ) -> StoreResult<String> {
+        self.pool
+            .run(move |tx| tx.token_secret(env, &candidate, now))
+            .await
+    }
+
     async fn ready(&self) -> Result<(), String> {
         self.pool
             .run(|tx| tx.query_one("SELECT 1", &[]).map(|_| ()))

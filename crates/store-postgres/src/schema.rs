@@ -402,6 +402,15 @@ CREATE TABLE settings (
 CREATE INDEX reservations_due ON reservations (env_id, expires_at_ms) WHERE status = 'pending';
 DROP INDEX reservations_pending;
 "#,
+    r#"
+-- 10: each environment's user-token secret (browser surface, API.md §12), made once on first
+-- use and kept apart from the settings document, which callers read and rewrite.
+CREATE TABLE environment_secrets (
+    env_id BIGINT PRIMARY KEY,
+    token_secret TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

@@ -1752,6 +1752,20 @@ impl MeteringTx for PgTx<'_, '_> {
         )
         .map(|_| ())
     }
+
+    fn token_secret(&mut self, env: EnvId, candidate: &str, now: Timestamp) -> StoreResult<String> {
+        self.execute(
+            "INSERT INTO environment_secrets (env_id, token_secret, created_at_ms)
+             VALUES ($1, $2, $3) ON CONFLICT (env_id) DO NOTHING",
+            &[&env.0, &candidate, &ms(now)],
+        )?;
+        Ok(self
+            .query_one(
+                "SELECT token_secret FROM environment_secrets WHERE env_id = $1",
+                &[&env.0],
+            )?
+            .get(0))
+    }
 }
 
 /// `GET /v1/events`: newest first, by time then event id (the cursor's order). One statement

@@ -794,6 +794,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn token_secret(
+        &self,
+        env: EnvId,
+        candidate: String,
+        now: Timestamp,
+    ) -> StoreResult<String> {
+        self.writer
+            .execute(move |c| SqliteTx(c).token_secret(env, &candidate, now))
+            .await
+    }
+
     async fn ready(&self) -> Result<(), String> {
         if let Some(reason) = self.writer.fenced() {
             return Err(reason);

@@ -439,6 +439,15 @@ CREATE INDEX reservations_pending ON reservations (expires_at_ms) WHERE status =
 CREATE INDEX reservations_due ON reservations (env_id, expires_at_ms) WHERE status = 'pending';
 DROP INDEX reservations_pending;
 "#,
+    // 12: each environment's user-token secret (browser surface, API.md §12), made once on
+    // first use and kept apart from the settings document, which callers read and rewrite.
+    r#"
+CREATE TABLE environment_secrets (
+    env_id INTEGER PRIMARY KEY,
+    token_secret TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Brings the database to the newest schema version, each step in its own transaction.

@@ -1819,6 +1819,23 @@ impl MeteringTx for SqliteTx<'_> {
             .map(|_| ())
             .map_err(internal)
     }
+
+    fn token_secret(&mut self, env: EnvId, candidate: &str, now: Timestamp) -> StoreResult<String> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO environment_secrets (env_id, token_secret, created_at_ms)
+                 VALUES (?1, ?2, ?3) ON CONFLICT (env_id) DO NOTHING",
+            )
+            .and_then(|mut st| st.execute(params![env.0, candidate, ms(now)]))
+            .and_then(|_| {
+                self.0
+                    .prepare_cached(
+                        "SELECT token_secret FROM environment_secrets WHERE env_id = ?1",
+                    )?
+                    .query_row(params![env.0], |r| r.get(0))
+            })
+            .map_err(internal)
+    }
 }
 
 /// The columns of a grant row, in the order [`grant_text`] reads them.

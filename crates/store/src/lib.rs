@@ -1265,6 +1265,13 @@ pub trait Store: Send + Sync + 'static {
     // ---- settings
     async fn settings(&self, env: EnvId) -> StoreResult<Option<StoredSettings>>;
     async fn put_settings(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<()>;
+    /// The environment's user-token secret, `candidate` stored first if it has none.
+    async fn token_secret(
+        &self,
+        env: EnvId,
+        candidate: String,
+        now: Timestamp,
+    ) -> StoreResult<String>;
 
     // ---- system
     /// `Ok` when storage is reachable and takes writes; otherwise a sentence for an operator

@@ -243,6 +243,45 @@ impl Client {
         self.send(method, path, key, ct, bytes).await
     }
 
+    /// A request with this client's key (if any), extra headers and an optional JSON body.
+    pub async fn request_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Resp {
+        let what = format!("{method} {path}");
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(key) = &self.key {
+            req = req.header("Authorization", format!("Bearer {key}"));
+        }
+        if let Some(body) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(serde_json::to_vec(&body).expect("json"));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let res = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: transport error: {e}"));
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("body");
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        assert!(status < 500, "{what} answered {status}: {text}");
+        Resp {
+            what,
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
     /// A request with a verbatim `Authorization` header value (malformed-header tests).
     pub async fn request_with_authorization(
         &self,

@@ -7,7 +7,7 @@
 //! (`procedure::billers`). An event that waited for its customer's user is applied again as
 //! soon as a mapping for that customer is learnt or set.
 
-use crate::auth::{environment_now, SecretKey};
+use crate::auth::{environment_now, Caller, SecretKey};
 use crate::error::{store_error, ApiError};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ids::{looks_like, new_id, new_seed, random_string, SUBSCRIPTION_PREFIX};
@@ -747,11 +747,11 @@ pub async fn retry_meter_event(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
-/// The environment's settings.
+/// The environment's settings, with what an SDK needs to mint user tokens offline.
 #[utoipa::path(
     get, path = "/v1/settings", tag = "settings",
     responses(
-        (status = 200, body = wire::Settings),
+        (status = 200, body = wire::SettingsResponse),
         (status = 401, body = wire::ErrorBody),
     ),
     security(("bearer" = []))
@@ -759,8 +759,9 @@ pub async fn retry_meter_event(
 pub async fn get_settings(
     State(state): State<AppState>,
     SecretKey(caller): SecretKey,
-) -> Result<Json<Settings>, ApiError> {
-    Ok(Json(settings_of(&state, caller.auth.env).await?))
+) -> Result<Json<wire::SettingsResponse>, ApiError> {
+    let settings = settings_of(&state, caller.auth.env).await?;
+    settings_response(&state, &caller, settings).await
 }
 
 /// Changes the fields given; answers the settings in force.
@@ -768,7 +769,7 @@ pub async fn get_settings(
     patch, path = "/v1/settings", tag = "settings",
     request_body = wire::SettingsPatch,
     responses(
-        (status = 200, body = wire::Settings),
+        (status = 200, body = wire::SettingsResponse),
         (status = 400, body = wire::ErrorBody),
         (status = 401, body = wire::ErrorBody),
     ),
@@ -778,12 +779,36 @@ pub async fn patch_settings(
     State(state): State<AppState>,
     SecretKey(caller): SecretKey,
     ApiJson(patch): ApiJson<wire::SettingsPatch>,
-) -> Result<Json<Settings>, ApiError> {
+) -> Result<Json<wire::SettingsResponse>, ApiError> {
     let mut settings = settings_of(&state, caller.auth.env).await?;
-    settings.apply(patch);
+    settings.apply(patch)?;
     state
         .store
         .put_settings(caller.auth.env, settings.to_stored(), caller.now)
         .await?;
-    Ok(Json(settings))
+    state.origins.forget(caller.auth.env);
+    settings_response(&state, &caller, settings).await
+}
+
+async fn settings_response(
+    state: &AppState,
+    caller: &Caller,
+    settings: Settings,
+) -> Result<Json<wire::SettingsResponse>, ApiError> {
+    let token_secret = state
+        .token_secrets
+        .get(
+            state.store.as_ref(),
+            caller.auth.env,
+            caller.auth.mode,
+            caller.now,
+        )
+        .await?;
+    Ok(Json(wire::SettingsResponse {
+        past_due: settings.past_due,
+        cors_origins: settings.cors_origins,
+        token_secret: token_secret.to_string(),
+        project_id: caller.auth.project_id.clone(),
+        environment: caller.auth.mode.as_str().to_string(),
+    }))
 }

@@ -2,7 +2,7 @@
 //! balances and ledger. A grant turns the pack of the plan document in force into one grant
 //! per item, with its ids, units and expiry decided here; the store keeps the ledger.
 
-use crate::auth::SecretKey;
+use crate::auth::{Caller, SecretKey};
 use crate::error::{store_error, ApiError};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ids::{looks_like, new_id, new_seed, GRANT_PREFIX};
@@ -275,7 +275,7 @@ pub async fn revoke(
 
 async fn balances(
     state: &AppState,
-    caller: &crate::auth::Caller,
+    caller: &Caller,
     subject: Subject,
 ) -> Result<Json<wire::CreditsResponse>, ApiError> {
     let outcome = state
@@ -352,9 +352,18 @@ pub struct LedgerParams {
     cursor: Option<String>,
 }
 
+/// The balances of the user of a user token (`GET /v1/me/credits`).
+pub(crate) async fn user_balances(
+    state: &AppState,
+    caller: &Caller,
+    user_id: tollgate_core::input::UserId,
+) -> Result<Json<wire::CreditsResponse>, ApiError> {
+    balances(state, caller, Subject::User(user_id)).await
+}
+
 async fn ledger(
     state: &AppState,
-    caller: &crate::auth::Caller,
+    caller: &Caller,
     owner: Owner,
     params: LedgerParams,
 ) -> Result<Json<wire::LedgerResponse>, ApiError> {

@@ -2,7 +2,7 @@
 //! check and usage. Each parses its body into core types, adds `now`, fresh ids and the
 //! environment's plans, runs one store command and renders the outcome.
 
-use crate::auth::SecretKey;
+use crate::auth::{Caller, SecretKey};
 use crate::error::{store_error, ApiError};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotentJson, OptionalJson};
 use crate::ids::{looks_like, new_id, EVENT_PREFIX, RESERVATION_PREFIX};
@@ -17,7 +17,7 @@ use axum::Json;
 use serde::Deserialize;
 use tollgate_api as wire;
 use tollgate_api::Subject;
-use tollgate_core::input::StoredText;
+use tollgate_core::input::{StoredText, UserId};
 use tollgate_store::{
     CheckCommand, CommitCommand, EventsQuery, ExtendCommand, Idempotency, Idempotent,
     IdentifyCommand, IfExpired, ReleaseCommand, ReserveCommand, TrackCommand, UsageQuery,
@@ -478,7 +478,7 @@ pub async fn events(
 pub struct UsageParams {
     /// Only the limits that count this event.
     #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$")]
-    event: Option<String>,
+    pub(crate) event: Option<String>,
 }
 
 /// Every limit of the user's plan, with its state now.
@@ -498,6 +498,17 @@ pub async fn usage(
     ApiQuery(params): ApiQuery<UsageParams>,
 ) -> Result<Json<wire::UsageResponse>, ApiError> {
     let user_id = wire::parse_path_user_id(user_id)?;
+    usage_of(&state, &caller, user_id, params).await
+}
+
+/// The usage answer of one user: `GET /v1/users/{userId}/usage`, and `GET /v1/me/usage` for
+/// the user of a user token.
+pub(crate) async fn usage_of(
+    state: &AppState,
+    caller: &Caller,
+    user_id: UserId,
+    params: UsageParams,
+) -> Result<Json<wire::UsageResponse>, ApiError> {
     let event = wire::parse_event_filter(params.event)?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
     let outcome = state

@@ -3,12 +3,14 @@
 pub mod accounts;
 pub mod admin;
 pub mod billers;
+pub mod browser;
 pub mod credits;
 pub mod metering;
 pub mod plans;
 pub mod subscriptions;
 pub mod system;
 
+use crate::cors::cors;
 use crate::error::ApiError;
 use crate::observe::observe;
 use crate::{AppState, REQUEST_BODY_BYTES_MAX};
@@ -48,6 +50,7 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -154,6 +157,10 @@ fn routes() -> Router<AppState> {
             get(admin::list_keys).post(admin::create_key),
         )
         .route("/admin/v1/keys/{keyId}", delete(admin::revoke_key))
+        .route("/v1/user-tokens", post(browser::create_user_token))
+        .route("/v1/me/usage", get(browser::me_usage))
+        .route("/v1/me/credits", get(browser::me_credits))
+        .route("/widget.js", get(browser::widget_js))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))

@@ -1034,6 +1034,15 @@ impl Store for EngineStore {
     async fn put_settings(&self, env: EnvId, document: String, now: Timestamp) -> StoreResult<()> {
         self.sql.put_settings(env, document, now).await
     }
+    async fn token_secret(
+        &self,
+        env: EnvId,
+        candidate: String,
+        now: Timestamp,
+    ) -> StoreResult<String> {
+        // No metering command reads it: the tables answer, with the engine running.
+        self.sql.token_secret(env, candidate, now).await
+    }
 
     async fn ready(&self) -> Result<(), String> {
         if self.shared.fenced.load(Ordering::Acquire) {

@@ -1254,6 +1254,9 @@ impl MeteringTx for MemTx<'_> {
     fn put_settings(&mut self, _: EnvId, _: &str, _: Timestamp) -> StoreResult<()> {
         self.unsupported("settings")
     }
+    fn token_secret(&mut self, _: EnvId, _: &str, _: Timestamp) -> StoreResult<String> {
+        self.unsupported("token secrets")
+    }
 }
 
 #[cfg(test)]

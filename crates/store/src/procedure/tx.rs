@@ -457,6 +457,9 @@ pub trait MeteringTx {
     ) -> StoreResult<bool>;
     fn settings(&mut self, env: EnvId) -> StoreResult<Option<StoredSettings>>;
     fn put_settings(&mut self, env: EnvId, document: &str, now: Timestamp) -> StoreResult<()>;
+    /// The environment's user-token secret: `candidate` is stored if it has none yet, and the
+    /// stored one is returned (so concurrent first uses agree on one secret).
+    fn token_secret(&mut self, env: EnvId, candidate: &str, now: Timestamp) -> StoreResult<String>;
 
     /// Records that a counter's window rolled over (into `grant_id`, if it made a grant).
     fn mark_rollover(
