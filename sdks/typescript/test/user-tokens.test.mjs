@@ -107,6 +107,36 @@ describe("tokens that are accepted", () => {
     }
   });
 
+  test("a browser's preflight allows every header meUsage sends, and the answer names the origin", async () => {
+    const origin = "http://127.0.0.1:5173";
+    await server.call("PATCH", "/v1/settings", { corsOrigins: [origin] });
+    // What the browser would send: the SDK's own headers, with the Origin the browser adds.
+    const sent = [];
+    const client = new Tollgate({
+      baseUrl: server.url,
+      publishableKey: server.keys.test.publishable,
+      userToken: mint(USER_A),
+      fetch: (url, init) => {
+        sent.push(init.headers);
+        return fetch(url, { ...init, headers: { ...init.headers, origin } });
+      },
+    });
+    assert.equal((await client.meUsage()).userId, USER_A);
+    const safelisted = new Set(["accept", "accept-language", "content-language"]);
+    const needed = Object.keys(sent[0]).filter((name) => !safelisted.has(name));
+    assert.deepEqual(needed.sort(), ["authorization", "x-tollgate-user-token"]);
+    const preflight = await fetch(`${server.url}/v1/me/usage`, {
+      method: "OPTIONS",
+      headers: { origin, "access-control-request-method": "GET", "access-control-request-headers": needed.join(",") },
+    });
+    assert.equal(preflight.status, 204);
+    assert.equal(preflight.headers.get("access-control-allow-origin"), origin);
+    const allowed = preflight.headers.get("access-control-allow-headers").split(",").map((name) => name.trim().toLowerCase());
+    for (const name of needed) assert.ok(allowed.includes(name), `${name} in ${allowed}`);
+    const answer = await fetch(`${server.url}/v1/me/usage`, { headers: { ...sent[0], origin } });
+    assert.equal(answer.headers.get("access-control-allow-origin"), origin);
+  });
+
   test("a token of the live environment works with the live publishable key", async () => {
     const live = await fetch(`${server.url}/v1/settings`, { headers: { authorization: `Bearer ${server.keys.live.secret}` } }).then((r) => r.json());
     assert.equal(live.environment, "live");
