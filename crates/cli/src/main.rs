@@ -162,6 +162,34 @@ enum PlansCommand {
         #[arg(long, value_enum, default_value_t = plans::Format::Json)]
         format: plans::Format,
     },
+    /// Show what promoting one environment's plans to the other would change
+    Diff {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The environment promoted from
+        #[arg(long, value_enum, default_value_t = plans::Env::Test)]
+        from: plans::Env,
+        /// The environment promoted to
+        #[arg(long, value_enum, default_value_t = plans::Env::Live)]
+        to: plans::Env,
+        /// Print the diff as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy one environment's plans to the other (after showing the diff and asking)
+    Promote {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The environment promoted from
+        #[arg(long, value_enum, default_value_t = plans::Env::Test)]
+        from: plans::Env,
+        /// The environment promoted to
+        #[arg(long, value_enum, default_value_t = plans::Env::Live)]
+        to: plans::Env,
+        /// Promote without asking (for scripts); the diff is still printed
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -15,6 +15,22 @@ use std::path::Path;
 /// Largest plan file read, in bytes: the server's own plan document limit.
 const PLAN_FILE_BYTES_MAX: u64 = tollgate_core::plan::PLAN_DOCUMENT_BYTES_MAX as u64;
 
+/// An environment of the key's project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Env {
+    Test,
+    Live,
+}
+
+impl Env {
+    fn as_str(self) -> &'static str {
+        match self {
+            Env::Test => "test",
+            Env::Live => "live",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Json,
@@ -52,6 +68,66 @@ pub async fn run(command: PlansCommand) -> Result<()> {
             }
             Ok(())
         }
+        PlansCommand::Diff {
+            remote,
+            from,
+            to,
+            json,
+        } => {
+            let remote = Remote::with_key(&remote)?;
+            let diff = fetch_diff(&remote, from, to).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diff)?);
+            } else {
+                print_diff(&diff);
+            }
+            Ok(())
+        }
+        PlansCommand::Promote {
+            remote,
+            from,
+            to,
+            yes,
+        } => {
+            let remote = Remote::with_key(&remote)?;
+            let diff = fetch_diff(&remote, from, to).await?;
+            print_diff(&diff);
+            let changes = diff["changes"].as_array().map_or(0, Vec::len);
+            if changes == 0 {
+                println!("Nothing to promote.");
+                return Ok(());
+            }
+            if !yes
+                && !confirm(&format!(
+                    "Promote these {changes} change(s) to {}?",
+                    to.as_str()
+                ))?
+            {
+                bail!("not promoted");
+            }
+            let request = serde_json::json!({
+                "from": from.as_str(),
+                "to": to.as_str(),
+                "expectedFromVersion": diff["from"]["version"],
+                "expectedToVersion": diff["to"]["version"],
+            });
+            let done = remote
+                .call(
+                    Method::POST,
+                    &["v1", "plans", "promote"],
+                    &[],
+                    Some(&request),
+                )
+                .await?;
+            println!(
+                "Promoted {} version {} to {}: now version {}.",
+                from.as_str(),
+                done["from"]["version"],
+                to.as_str(),
+                done["to"]["version"]
+            );
+            Ok(())
+        }
         PlansCommand::Export { remote, format } => {
             let remote = Remote::with_key(&remote)?;
             let mut document = remote
@@ -67,6 +143,54 @@ pub async fn run(command: PlansCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn fetch_diff(remote: &Remote, from: Env, to: Env) -> Result<Value> {
+    remote
+        .call(
+            Method::GET,
+            &["v1", "plans", "diff"],
+            &[("from", from.as_str()), ("to", to.as_str())],
+            None,
+        )
+        .await
+}
+
+/// One line per change: `~ path: from -> to`, `+ path: value`, `- path`.
+fn print_diff(diff: &Value) {
+    let env = |side: &str| {
+        format!(
+            "{} (version {})",
+            diff[side]["environment"].as_str().unwrap_or("?"),
+            diff[side]["version"]
+        )
+    };
+    println!("Plans of {} against {}:", env("from"), env("to"));
+    let changes = diff["changes"].as_array().cloned().unwrap_or_default();
+    if changes.is_empty() {
+        println!("  no changes");
+    }
+    for c in changes {
+        let path = c["path"].as_str().unwrap_or("?");
+        match c["change"].as_str() {
+            Some("added") => println!("  + {path}: {}", c["to"]),
+            Some("removed") => println!("  - {path}: {}", c["from"]),
+            _ => println!("  ~ {path}: {} -> {}", c["from"], c["to"]),
+        }
+    }
+}
+
+/// Asks on the terminal; without one, refuses (scripts pass `--yes`).
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} No terminal to ask on; pass --yes to promote without asking");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 /// Reads a `.json` or `.toml` plan document as JSON.

@@ -257,6 +257,8 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         billers::retry_meter_event,
         billers::get_settings,
         billers::patch_settings,
+        plans::diff_plans,
+        plans::promote_plans,
         browser::create_user_token,
         browser::me_usage,
         browser::me_credits,
@@ -304,6 +306,10 @@ const EITHER_OR: [(&str, &str, &str); 4] = [
 /// Answers that are a plan document with more members beside it (`version`, `changed`).
 const FLATTENED_PLAN_DOCUMENTS: [&str; 2] = ["VersionedPlanDocument", "AppliedPlanDocument"];
 
+/// An origin of `corsOrigins`, exactly as `tollgate_api::parse_origin` takes it.
+const ORIGIN_PATTERN: &str = "^(\\*|[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\])\
+    (:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?)$";
+
 /// What utoipa's attributes cannot say, stated on the JSON of the document.
 fn refine(doc: &mut Value) {
     constrain_subject_parameters(doc);
@@ -349,8 +355,23 @@ fn refine(doc: &mut Value) {
 }
 
 /// Properties whose rule is not a single type: (schema, property, its schema).
-fn property_overrides() -> [(&'static str, &'static str, Value); 4] {
+fn property_overrides() -> [(&'static str, &'static str, Value); 5] {
     [
+        (
+            "SettingsPatch",
+            "corsOrigins",
+            json!({
+                "description": "Replaces the list of origins a browser may use the \
+                                publishable key from: `*` (any), or `http[s]://host[:port]`",
+                "type": ["array", "null"],
+                "maxItems": tollgate_api::CORS_ORIGINS_MAX,
+                "items": {
+                    "type": "string",
+                    "maxLength": tollgate_api::CORS_ORIGIN_BYTES_MAX,
+                    "pattern": ORIGIN_PATTERN,
+                },
+            }),
+        ),
         (
             "GrantRequest",
             "source",

@@ -43,6 +43,8 @@ pub const USER_TOKEN_BYTES_MAX: usize = 1024;
 pub const USER_TOKEN_TTL_MIN: u32 = 1;
 pub const USER_TOKEN_TTL_MAX: u32 = 86_400;
 pub const USER_TOKEN_TTL_DEFAULT: u32 = 3_600;
+/// How far ahead of this server's clock a minting machine's may run, in seconds.
+pub const CLOCK_SKEW_SECONDS: i64 = 300;
 /// Random characters of a token secret after its prefix: 43 of 62 symbols, ~256 bits.
 pub const TOKEN_SECRET_RANDOM_CHARS: usize = 43;
 /// The version this server writes and reads.
@@ -160,6 +162,11 @@ pub fn verify(
     if claims.exp <= now.as_second() {
         return Err(Refusal::Expired);
     }
+    // However it was minted, a token lives at most a day (a few minutes of clock skew allowed
+    // between the minting machine and this one).
+    if claims.exp > now.as_second() + i64::from(USER_TOKEN_TTL_MAX) + CLOCK_SKEW_SECONDS {
+        return Err(Refusal::Malformed("it expires more than a day from now"));
+    }
     UserId::parse(claims.sub).map_err(|_| Refusal::Malformed("its user id is not valid"))
 }
 
@@ -228,6 +235,18 @@ mod tests {
             verify(&token, "prj_1", Mode::Test, SECRET, at(1_000)),
             Err(Refusal::Expired)
         );
+    }
+
+    #[test]
+    fn a_token_lives_at_most_a_day() {
+        let latest = 86_400 + CLOCK_SKEW_SECONDS;
+        let token = mint(SECRET, &claims(latest));
+        assert!(verify(&token, "prj_1", Mode::Test, SECRET, at(0)).is_ok());
+        let token = mint(SECRET, &claims(latest + 1));
+        assert!(matches!(
+            verify(&token, "prj_1", Mode::Test, SECRET, at(0)),
+            Err(Refusal::Malformed(_))
+        ));
     }
 
     #[test]

@@ -305,6 +305,20 @@ impl Store for PgStore {
         self.get_plans_before(env, i64::MAX).await
     }
 
+    async fn environment_of(&self, project_id: &str, mode: Mode) -> StoreResult<Option<EnvId>> {
+        let project_id = project_id.to_string();
+        self.pool
+            .run(move |tx| {
+                Ok(tx
+                    .query_opt(
+                        "SELECT env_id FROM environments WHERE project_id = $1 AND mode = $2",
+                        &[&project_id, &mode.as_str()],
+                    )?
+                    .map(|r| EnvId(r.get(0))))
+            })
+            .await
+    }
+
     async fn get_plans_before(&self, env: EnvId, version: i64) -> StoreResult<Option<StoredPlans>> {
         self.pool
             .run(move |tx| {

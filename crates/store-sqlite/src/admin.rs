@@ -375,6 +375,21 @@ impl Store for SqliteStore {
         self.get_plans_before(env, i64::MAX).await
     }
 
+    async fn environment_of(&self, project_id: &str, mode: Mode) -> StoreResult<Option<EnvId>> {
+        let project_id = project_id.to_string();
+        self.readers
+            .read(move |c| {
+                c.query_row(
+                    "SELECT env_id FROM environments WHERE project_id = ?1 AND mode = ?2",
+                    params![project_id, mode.as_str()],
+                    |r| r.get(0).map(EnvId),
+                )
+                .optional()
+                .map_err(internal)
+            })
+            .await
+    }
+
     async fn get_plans_before(&self, env: EnvId, version: i64) -> StoreResult<Option<StoredPlans>> {
         self.readers
             .read(move |c| {

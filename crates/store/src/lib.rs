@@ -1087,6 +1087,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<PutPlansOutcome>;
     /// The newest stored plan document of an environment.
     async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>>;
+    /// The environment of `mode` in a project (each project has one of each).
+    async fn environment_of(&self, project_id: &str, mode: Mode) -> StoreResult<Option<EnvId>>;
     /// The newest stored plan document older than `version`: where a node that cannot load
     /// a version looks for the last one it can. Every version is kept.
     async fn get_plans_before(&self, env: EnvId, version: i64) -> StoreResult<Option<StoredPlans>>;

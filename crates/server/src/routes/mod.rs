@@ -96,6 +96,8 @@ fn routes() -> Router<AppState> {
             get(credits::account_ledger),
         )
         .route("/v1/plans", get(plans::get_plans).put(plans::put_plans))
+        .route("/v1/plans/diff", get(plans::diff_plans))
+        .route("/v1/plans/promote", post(plans::promote_plans))
         .route("/v1/plans/{planId}", get(plans::get_plan))
         .route("/v1/subscriptions", post(subscriptions::upsert))
         .route(

@@ -3,15 +3,17 @@
 
 use crate::auth::{AnyKey, Caller, SecretKey};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, JsonText};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, JsonText};
 use crate::plan_cache::CachedPlans;
 use crate::AppState;
 use axum::extract::State;
 use axum::Json;
+use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
 use tollgate_api as wire;
-use tollgate_store::KeyKind;
+use tollgate_store::{EnvId, KeyKind, Mode};
+use utoipa::IntoParams;
 
 /// `{"version": N, ...document}`.
 fn versioned(plans: &CachedPlans, document: Value) -> Value {
@@ -114,4 +116,163 @@ pub async fn get_plan(
         .cloned()
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no plan has id {plan_id:?}")))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DiffParams {
+    /// The environment promoted from: `test` or `live`.
+    #[param(pattern = "^(test|live)$")]
+    from: String,
+    /// The environment promoted to: `test` or `live`, not `from`.
+    #[param(pattern = "^(test|live)$")]
+    to: String,
+}
+
+fn mode(field: &str, s: &str) -> Result<Mode, ApiError> {
+    Mode::parse(s).ok_or_else(|| ApiError::invalid(field, format!("test or live, got {s:?}")))
+}
+
+/// The two environments of the caller's project, with their plans now.
+async fn both(
+    state: &AppState,
+    caller: &Caller,
+    from: &str,
+    to: &str,
+) -> Result<((EnvId, Arc<CachedPlans>), (EnvId, Arc<CachedPlans>)), ApiError> {
+    let (from, to) = (mode("from", from)?, mode("to", to)?);
+    if from == to {
+        return Err(ApiError::invalid(
+            "to",
+            "promotion goes from one environment to the other; from and to are the same",
+        ));
+    }
+    let mut envs = Vec::with_capacity(2);
+    for m in [from, to] {
+        let env = state
+            .store
+            .environment_of(&caller.auth.project_id, m)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(format!("the project has no {} environment", m.as_str()))
+            })?;
+        envs.push((env, state.plans.get(&*state.store, env).await?));
+    }
+    let to = envs.pop().expect("two environments");
+    let from = envs.pop().expect("two environments");
+    Ok((from, to))
+}
+
+fn at(m: Mode, plans: &CachedPlans) -> wire::EnvironmentVersion {
+    wire::EnvironmentVersion {
+        environment: m.as_str().to_string(),
+        version: plans.version,
+    }
+}
+
+/// What promoting `from`'s plans changes in `to`: the document `to` would store, and the
+/// changes from what it holds (nothing is compared before it has a document).
+fn promotion(from: &CachedPlans, to: &CachedPlans) -> (Value, Vec<wire::PlanChange>) {
+    let target = (to.version > 0).then_some(&to.json);
+    let promoted = wire::promoted_document(&from.json, target);
+    let changes = wire::plan_changes(target, &promoted);
+    (promoted, changes)
+}
+
+/// What `POST /v1/plans/promote` would change: one environment's plans against the other's.
+#[utoipa::path(
+    get, path = "/v1/plans/diff", tag = "plans",
+    params(DiffParams),
+    responses(
+        (status = 200, body = wire::PlanDiff),
+        (status = 400, body = wire::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn diff_plans(
+    State(state): State<AppState>,
+    SecretKey(caller): SecretKey,
+    ApiQuery(params): ApiQuery<DiffParams>,
+) -> Result<Json<wire::PlanDiff>, ApiError> {
+    let ((_, from), (_, to)) = both(&state, &caller, &params.from, &params.to).await?;
+    let (_, changes) = promotion(&from, &to);
+    Ok(Json(wire::PlanDiff {
+        from: at(mode("from", &params.from)?, &from),
+        to: at(mode("to", &params.to)?, &to),
+        changes,
+    }))
+}
+
+/// Copies one environment's plans to the other, keeping the target's biller ids; the target's
+/// counters, subscriptions and usage are untouched (limits keep their ids).
+#[utoipa::path(
+    post, path = "/v1/plans/promote", tag = "plans",
+    request_body = wire::PromoteRequest,
+    responses(
+        (status = 200, body = wire::PromoteResponse),
+        (status = 400, description = "`field` names the bad field: an environment, a version that moved since the diff, or the promoted document", body = wire::ErrorBody),
+        (status = 404, description = "the environment promoted from has no plan document", body = wire::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn promote_plans(
+    State(state): State<AppState>,
+    SecretKey(caller): SecretKey,
+    ApiJson(request): ApiJson<wire::PromoteRequest>,
+) -> Result<Json<wire::PromoteResponse>, ApiError> {
+    let ((_, from), (to_env, to)) = both(&state, &caller, &request.from, &request.to).await?;
+    let (from_mode, to_mode) = (mode("from", &request.from)?, mode("to", &request.to)?);
+    if from.version == 0 {
+        return Err(ApiError::not_found(format!(
+            "the {} environment has no plan document to promote",
+            from_mode.as_str()
+        )));
+    }
+    for (field, expected, now) in [
+        (
+            "expectedFromVersion",
+            request.expected_from_version,
+            from.version,
+        ),
+        ("expectedToVersion", request.expected_to_version, to.version),
+    ] {
+        if expected.is_some_and(|v| v != now) {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "the plans changed since: version {now} now, not {}; look at the diff again",
+                    expected.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    let (promoted, changes) = promotion(&from, &to);
+    let text = serde_json::to_string(&promoted)
+        .map_err(|e| ApiError::Internal(format!("promoted document: {e}")))?;
+    let normalized = wire::plan_document_from_json(&text)?;
+    let outcome = state
+        .store
+        .put_plans(to_env, normalized.text, caller.now)
+        .await?;
+    tracing::info!(
+        from = from_mode.as_str(),
+        to = to_mode.as_str(),
+        version = outcome.version,
+        changes = changes.len(),
+        "plans promoted"
+    );
+    let applied = CachedPlans {
+        version: outcome.version,
+        document: Arc::new(normalized.document),
+        json: normalized.json,
+    };
+    let to_after = at(to_mode, &applied);
+    state.plans.install(to_env, applied);
+    Ok(Json(wire::PromoteResponse {
+        from: at(from_mode, &from),
+        to: to_after,
+        changed: outcome.changed,
+        changes,
+    }))
 }

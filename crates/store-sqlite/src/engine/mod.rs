@@ -728,6 +728,9 @@ impl Store for EngineStore {
     async fn get_plans(&self, env: EnvId) -> StoreResult<Option<StoredPlans>> {
         self.sql.get_plans(env).await
     }
+    async fn environment_of(&self, project_id: &str, mode: Mode) -> StoreResult<Option<EnvId>> {
+        self.sql.environment_of(project_id, mode).await
+    }
     async fn get_plans_before(&self, env: EnvId, version: i64) -> StoreResult<Option<StoredPlans>> {
         self.sql.get_plans_before(env, version).await
     }
