@@ -53,14 +53,30 @@ pub struct PlanDiff {
     pub changes: Vec<PlanChange>,
 }
 
+/// An environment of a project, as a promotion names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvironmentName {
+    Test,
+    Live,
+}
+
+impl EnvironmentName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvironmentName::Test => "test",
+            EnvironmentName::Live => "live",
+        }
+    }
+}
+
 /// `POST /v1/plans/promote`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PromoteRequest {
-    /// `test` or `live`.
-    pub from: String,
-    /// `test` or `live`; not `from`.
-    pub to: String,
+    pub from: EnvironmentName,
+    /// The environment promoted to; the same as `from` changes nothing.
+    pub to: EnvironmentName,
     /// Promote only if `from` is still at this version (the one a diff showed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_from_version: Option<i64>,

@@ -334,6 +334,21 @@ async fn origins_an_environment_does_not_list_are_refused() {
         .await
         .ok();
     assert!(plans.to_string().contains("images_daily"), "{plans}");
+    // An unknown key's 401 is readable too: a widget can tell a wrong key from no server.
+    let unknown = s
+        .client_with("tg_pk_test_unknown")
+        .request_with_headers(
+            Method::GET,
+            "/v1/me/usage",
+            &[(TOKEN, &alice), ("Origin", "https://app.example.com")],
+            None,
+        )
+        .await;
+    unknown.err(401, "invalid_key");
+    assert_eq!(
+        unknown.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     // The preflight answers any origin: the real call decides.
     let pre = s
         .anonymous()

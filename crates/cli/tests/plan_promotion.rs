@@ -124,9 +124,15 @@ async fn promotion_refuses_what_it_cannot_do_and_changes_nothing() {
         .await
         .err(404, "not_found");
     test.put_plans(plans(20, false, "p")).await.ok();
-    test.post("/v1/plans/promote", json!({"from": "test", "to": "test"}))
+    // Onto itself: nothing changes.
+    let same = test
+        .post("/v1/plans/promote", json!({"from": "test", "to": "test"}))
         .await
-        .invalid("to");
+        .ok();
+    assert_eq!(
+        (same["changed"].clone(), same["changes"].clone()),
+        (json!(false), json!([]))
+    );
     test.post(
         "/v1/plans/promote",
         json!({"from": "staging", "to": "live"}),

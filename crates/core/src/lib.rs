@@ -29,6 +29,7 @@ pub mod credits;
 pub mod decision;
 pub mod input;
 pub mod plan;
+pub mod recommend;
 pub mod subscription;
 pub mod window;
 

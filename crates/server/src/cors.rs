@@ -10,7 +10,8 @@
 //! - from any other, it is `403 forbidden` and nothing runs, so a page on another site learns
 //!   nothing and changes nothing, even where a browser does not enforce CORS.
 //!
-//! Secret keys never get CORS headers: a browser cannot read their answers, which is right,
+//! A missing or unknown key gets its `401` with CORS headers, so a page can tell a wrong key
+//! from an unreachable server. Secret keys never get CORS headers: a browser cannot read their answers, which is right,
 //! since a secret key in a page is a leak. Requests without `Origin` (servers, SDKs, curl)
 //! pass untouched.
 
@@ -112,9 +113,16 @@ pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -
     };
     let env = match auth {
         Ok(Some(auth)) if auth.kind == KeyKind::Publishable => auth.env,
-        // No key, an unknown one or a secret one: the route answers as it would, without
-        // CORS headers.
-        Ok(_) => return next.run(request).await,
+        // A secret key: the route answers as it would, and the page cannot read it.
+        Ok(Some(_)) => return next.run(request).await,
+        // No key or an unknown one: the route answers `401`, which the page may read (it
+        // says nothing a page could not learn by trying), so a widget can tell a wrong key
+        // from an unreachable server.
+        Ok(None) => {
+            let mut response = next.run(request).await;
+            allow(&mut response, &origin);
+            return response;
+        }
         Err(e) => return e.into_response(),
     };
     let settings = match state.origins.settings(&state, env).await {

@@ -2,7 +2,7 @@
 //! and the wire types' schemas, served at `/openapi.json`.
 
 use crate::routes::{
-    accounts, admin, billers, browser, credits, metering, plans, subscriptions, system,
+    accounts, admin, billers, browser, credits, metering, plans, recommend, subscriptions, system,
 };
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -259,6 +259,7 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         billers::patch_settings,
         plans::diff_plans,
         plans::promote_plans,
+        recommend::recommendation,
         browser::create_user_token,
         browser::me_usage,
         browser::me_credits,

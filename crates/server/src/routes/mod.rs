@@ -7,6 +7,7 @@ pub mod browser;
 pub mod credits;
 pub mod metering;
 pub mod plans;
+pub mod recommend;
 pub mod subscriptions;
 pub mod system;
 
@@ -97,6 +98,7 @@ fn routes() -> Router<AppState> {
         )
         .route("/v1/plans", get(plans::get_plans).put(plans::put_plans))
         .route("/v1/plans/diff", get(plans::diff_plans))
+        .route("/v1/plans/recommendation", get(recommend::recommendation))
         .route("/v1/plans/promote", post(plans::promote_plans))
         .route("/v1/plans/{planId}", get(plans::get_plan))
         .route("/v1/subscriptions", post(subscriptions::upsert))

@@ -125,7 +125,7 @@ pub struct DiffParams {
     /// The environment promoted from: `test` or `live`.
     #[param(pattern = "^(test|live)$")]
     from: String,
-    /// The environment promoted to: `test` or `live`, not `from`.
+    /// The environment promoted to: `test` or `live` (the same as `from`: no changes).
     #[param(pattern = "^(test|live)$")]
     to: String,
 }
@@ -142,12 +142,6 @@ async fn both(
     to: &str,
 ) -> Result<((EnvId, Arc<CachedPlans>), (EnvId, Arc<CachedPlans>)), ApiError> {
     let (from, to) = (mode("from", from)?, mode("to", to)?);
-    if from == to {
-        return Err(ApiError::invalid(
-            "to",
-            "promotion goes from one environment to the other; from and to are the same",
-        ));
-    }
     let mut envs = Vec::with_capacity(2);
     for m in [from, to] {
         let env = state
@@ -221,8 +215,9 @@ pub async fn promote_plans(
     SecretKey(caller): SecretKey,
     ApiJson(request): ApiJson<wire::PromoteRequest>,
 ) -> Result<Json<wire::PromoteResponse>, ApiError> {
-    let ((_, from), (to_env, to)) = both(&state, &caller, &request.from, &request.to).await?;
-    let (from_mode, to_mode) = (mode("from", &request.from)?, mode("to", &request.to)?);
+    let (from_name, to_name) = (request.from.as_str(), request.to.as_str());
+    let ((_, from), (to_env, to)) = both(&state, &caller, from_name, to_name).await?;
+    let (from_mode, to_mode) = (mode("from", from_name)?, mode("to", to_name)?);
     if from.version == 0 {
         return Err(ApiError::not_found(format!(
             "the {} environment has no plan document to promote",
