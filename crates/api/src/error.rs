@@ -41,6 +41,8 @@ pub enum ErrorCode {
     AlreadyCanceled,
     AlreadyIdentified,
     SeatLimitReached,
+    /// The state a request expected has moved on (a promotion's plan versions).
+    VersionConflict,
     InvalidSignature,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -51,7 +53,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidKey,
         ErrorCode::RequiresSecretKey,
@@ -63,6 +65,7 @@ impl ErrorCode {
         ErrorCode::AlreadyCanceled,
         ErrorCode::AlreadyIdentified,
         ErrorCode::SeatLimitReached,
+        ErrorCode::VersionConflict,
         ErrorCode::InvalidSignature,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
@@ -85,6 +88,7 @@ impl ErrorCode {
             ErrorCode::AlreadyCanceled => "already_canceled",
             ErrorCode::AlreadyIdentified => "already_identified",
             ErrorCode::SeatLimitReached => "seat_limit_reached",
+            ErrorCode::VersionConflict => "version_conflict",
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",

@@ -149,13 +149,13 @@ async fn promotion_refuses_what_it_cannot_do_and_changes_nothing() {
         json!({"from": "test", "to": "live", "expectedToVersion": 0}),
     )
     .await
-    .invalid("expectedToVersion");
+    .err(409, "version_conflict");
     test.post(
         "/v1/plans/promote",
         json!({"from": "test", "to": "live", "expectedFromVersion": 7}),
     )
     .await
-    .invalid("expectedFromVersion");
+    .err(409, "version_conflict");
     assert_eq!(
         s.live().get_plans().await.ok()["plans"][0]["limits"][0]["quota"],
         10

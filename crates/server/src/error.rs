@@ -30,6 +30,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::AlreadyCanceled => StatusCode::CONFLICT,
         ErrorCode::AlreadyIdentified => StatusCode::CONFLICT,
         ErrorCode::SeatLimitReached => StatusCode::CONFLICT,
+        ErrorCode::VersionConflict => StatusCode::CONFLICT,
         ErrorCode::InvalidSignature => StatusCode::BAD_REQUEST,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -82,6 +83,9 @@ pub enum ApiError {
     /// The user the anonymous id already stands for.
     #[error("the anonymous id already stands for user {0}")]
     AlreadyIdentified(String),
+    /// A version the caller expected has moved on; the message says which, and what it is now.
+    #[error("version conflict: {0}")]
+    VersionConflict(String),
     /// The seat cap of the account's plan.
     #[error("every seat of the account is taken")]
     SeatLimitReached(u32),
@@ -149,6 +153,7 @@ impl ApiError {
             ApiError::AlreadyCanceled => ErrorCode::AlreadyCanceled,
             ApiError::AlreadyIdentified(_) => ErrorCode::AlreadyIdentified,
             ApiError::SeatLimitReached(_) => ErrorCode::SeatLimitReached,
+            ApiError::VersionConflict(_) => ErrorCode::VersionConflict,
             ApiError::InvalidSignature(_) => ErrorCode::InvalidSignature,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
@@ -207,6 +212,7 @@ impl ApiError {
                  minted with the environment's token secret) as `X-Tollgate-User-Token`"
             ),
             ApiError::RequiresSecretKey => "this route needs a secret key".to_string(),
+            ApiError::VersionConflict(why) => why.clone(),
             ApiError::Forbidden(why) => why.clone(),
             ApiError::NotFound(what) => what.clone(),
             ApiError::MethodNotAllowed => "this route does not take that method".to_string(),

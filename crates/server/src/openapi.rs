@@ -504,7 +504,8 @@ fn constrain_subject_parameters(doc: &mut Value) {
         };
         for parameter in parameters {
             let named = parameter["name"].as_str().unwrap_or_default();
-            if parameter["in"] == "path" && SUBJECT_PARAMETERS.contains(&named) {
+            let located = parameter["in"] == "path" || parameter["in"] == "query";
+            if located && SUBJECT_PARAMETERS.contains(&named) {
                 parameter["schema"] = subject_id_schema();
             }
         }

@@ -45,6 +45,8 @@ macro_rules! store_contract_suite {
             subscription_writes_carry_usage_and_move_holds,
             plan_documents_keep_every_version_and_skip_a_repeat,
             concurrent_puts_of_one_plan_document_make_one_version,
+            a_token_secret_is_made_once_per_environment,
+            environments_are_found_by_project_and_mode,
             grant_is_idempotent_on_external_ref,
             credits_pay_for_what_the_plan_does_not_cover,
             credits_are_spent_in_order_and_across_grants,
@@ -804,6 +806,58 @@ pub async fn plan_documents_keep_every_version_and_skip_a_repeat(store: Arc<dyn 
         store.get_plans_before(live, 3).await.expect("get"),
         None,
         "another environment's versions are not its own"
+    );
+}
+
+/// Concurrent first uses agree on one secret; each environment has its own, kept for good.
+pub async fn a_token_secret_is_made_once_per_environment(store: Arc<dyn Store>) {
+    const CALLS: usize = 16;
+    let (test, live) = setup(&store).await;
+    let calls = (0..CALLS).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .token_secret(test, format!("candidate_{i}"), t0())
+                .await
+        })
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for call in calls {
+        seen.insert(call.await.expect("task").expect("token secret"));
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "every first use answers one secret: {seen:?}"
+    );
+    let secret = seen.pop_first().expect("one");
+    assert!(secret.starts_with("candidate_"), "{secret}");
+    let again = store
+        .token_secret(test, "later".into(), t0())
+        .await
+        .expect("read");
+    assert_eq!(again, secret);
+    let other = store
+        .token_secret(live, "live_one".into(), t0())
+        .await
+        .expect("live");
+    assert_eq!(other, "live_one");
+}
+
+pub async fn environments_are_found_by_project_and_mode(store: Arc<dyn Store>) {
+    let (test, live) = setup(&store).await;
+    let found = |mode| {
+        let store = store.clone();
+        async move { store.environment_of("prj_1", mode).await.expect("read") }
+    };
+    assert_eq!(found(Mode::Test).await, Some(test));
+    assert_eq!(found(Mode::Live).await, Some(live));
+    assert_eq!(
+        store
+            .environment_of("prj_none", Mode::Test)
+            .await
+            .expect("read"),
+        None
     );
 }
 

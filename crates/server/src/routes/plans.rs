@@ -205,7 +205,8 @@ pub async fn diff_plans(
     request_body = wire::PromoteRequest,
     responses(
         (status = 200, body = wire::PromoteResponse),
-        (status = 400, description = "`field` names the bad field: an environment, a version that moved since the diff, or the promoted document", body = wire::ErrorBody),
+        (status = 400, description = "`field` names the bad field: an environment, or the promoted document", body = wire::ErrorBody),
+        (status = 409, description = "version_conflict: `expectedFromVersion` or `expectedToVersion` is not the environment's version now (the plans changed since the diff)", body = wire::ErrorBody),
         (status = 404, description = "the environment promoted from has no plan document", body = wire::ErrorBody),
     ),
     security(("bearer" = []))
@@ -233,13 +234,11 @@ pub async fn promote_plans(
         ("expectedToVersion", request.expected_to_version, to.version),
     ] {
         if expected.is_some_and(|v| v != now) {
-            return Err(ApiError::invalid(
-                field,
-                format!(
-                    "the plans changed since: version {now} now, not {}; look at the diff again",
-                    expected.unwrap_or_default()
-                ),
-            ));
+            return Err(ApiError::VersionConflict(format!(
+                "{field} is {}, but the plans changed since: version {now} now; look at the \
+                 diff again",
+                expected.unwrap_or_default()
+            )));
         }
     }
     let (promoted, changes) = promotion(&from, &to);
