@@ -862,6 +862,83 @@ pub struct UsageEvent {
     pub credits_used: u64,
 }
 
+/// `GET /v1/events/{eventId}`: the event, and its prompt and response when they were logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageEventDetail {
+    #[serde(flatten)]
+    pub event: UsageEvent,
+    /// The logged prompt (`null`: none was logged).
+    pub prompt: Option<String>,
+    /// The logged response (`null`: none was logged).
+    pub response: Option<String>,
+    /// The prompt or the response was cut to 32 KiB when it was logged.
+    pub truncated: bool,
+}
+
+/// Most `metadata.KEY=VALUE` filters of one events query: as many as an event's metadata
+/// may have entries.
+pub const EVENT_METADATA_FILTERS_MAX: usize = 32;
+
+/// The columns of `GET /v1/events/export?format=csv`, in order.
+pub const EVENT_CSV_COLUMNS: [&str; 15] = [
+    "eventId",
+    "occurredAt",
+    "userId",
+    "accountId",
+    "anonymousId",
+    "event",
+    "quantity",
+    "metadata",
+    "costMicros",
+    "status",
+    "planId",
+    "reservationId",
+    "reasons",
+    "overage",
+    "creditsUsed",
+];
+
+impl UsageEvent {
+    /// One CSV record (RFC 4180: a field with a comma, quote, CR or LF is quoted, quotes
+    /// doubled), without its line end. `metadata` is its JSON object; `reasons` are joined
+    /// by `;`; an absent value is an empty field.
+    pub fn csv_record(&self) -> String {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        let fields = [
+            self.event_id.clone(),
+            self.occurred_at.clone(),
+            self.user_id.clone(),
+            opt(&self.account_id),
+            opt(&self.anonymous_id),
+            self.event.clone(),
+            self.quantity.to_string(),
+            serde_json::to_string(&self.metadata).unwrap_or_default(),
+            self.cost_micros.map(|c| c.to_string()).unwrap_or_default(),
+            self.status.clone(),
+            opt(&self.plan_id),
+            opt(&self.reservation_id),
+            self.reasons.join(";"),
+            self.overage.to_string(),
+            self.credits_used.to_string(),
+        ];
+        fields
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One CSV field, quoted when it must be.
+pub fn csv_field(field: &str) -> std::borrow::Cow<'_, str> {
+    if field.contains([',', '"', '\r', '\n']) {
+        std::borrow::Cow::Owned(format!("\"{}\"", field.replace('"', "\"\"")))
+    } else {
+        std::borrow::Cow::Borrowed(field)
+    }
+}
+
 /// `GET /v1/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

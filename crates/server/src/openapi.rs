@@ -2,7 +2,8 @@
 //! and the wire types' schemas, served at `/openapi.json`.
 
 use crate::routes::{
-    accounts, admin, billers, browser, credits, metering, plans, recommend, subscriptions, system,
+    accounts, admin, billers, browser, credits, events, metering, plans, recommend, subscriptions,
+    system,
 };
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -227,7 +228,9 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         metering::track,
         metering::check,
         metering::identify,
-        metering::events,
+        events::events,
+        events::event,
+        events::export,
         metering::usage,
         credits::grant,
         credits::revoke,

@@ -395,6 +395,12 @@ impl Store for PgStore {
         self.pool.run(move |tx| sql::list_events(tx, &query)).await
     }
 
+    async fn event(&self, env: EnvId, event_id: String) -> StoreResult<Option<StoredEventDetail>> {
+        self.pool
+            .run(move |tx| sql::get_event(tx, env, &event_id))
+            .await
+    }
+
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome> {
         self.pool.run(move |tx| procedure::check(tx, &cmd)).await
     }

@@ -20,7 +20,7 @@ use tollgate_store::{
     codec, Balance, BillerEventStatus, BillerEventsQuery, EndpointTarget, EnvId, EventsQuery,
     Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, Member, MeterAttempt,
     MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError, StoreResult,
-    StoredBillerEvent, StoredEvent, StoredSettings,
+    StoredBillerEvent, StoredEvent, StoredEventDetail, StoredSettings,
 };
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
@@ -1768,59 +1768,129 @@ impl MeteringTx for PgTx<'_, '_> {
     }
 }
 
+/// The filters every shape of `GET /v1/events` shares, parameters $3 to $10.
+macro_rules! event_filters {
+    () => {
+        "($3::text IS NULL OR status = $3)
+           AND ($4::bigint IS NULL OR occurred_at_ms < $4
+                OR (occurred_at_ms = $4 AND event_id < $5))
+           AND ($6::text IS NULL OR event LIKE $6 ESCAPE '\\')
+           AND ($7::bigint IS NULL OR occurred_at_ms >= $7)
+           AND ($8::bigint IS NULL OR occurred_at_ms < $8)
+           AND ($9::jsonb IS NULL OR metadata @> $9::jsonb)"
+    };
+}
+
+/// The columns of a listed usage event, in the order [`stored_event`] reads them.
+macro_rules! event_columns {
+    () => {
+        "event_id, occurred_at_ms, user_id, anonymous_id, event, quantity, metadata,
+         cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used, account_id"
+    };
+}
+
 /// `GET /v1/events`: newest first, by time then event id (the cursor's order). One statement
-/// per shape, so that each uses its index.
+/// per shape, so that each uses its index: (env_id, user_id, occurred_at_ms) with a user,
+/// (env_id, occurred_at_ms) without.
 pub(crate) fn list_events(tx: &mut PgTx<'_, '_>, q: &EventsQuery) -> StoreResult<Vec<StoredEvent>> {
-    let by_user = "SELECT event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
-            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used
-         FROM events
-         WHERE env_id = $1 AND user_id = $2 AND ($3::text IS NULL OR status = $3)
-           AND ($4::bigint IS NULL OR occurred_at_ms < $4
-                OR (occurred_at_ms = $4 AND event_id < $5))
-         ORDER BY occurred_at_ms DESC, event_id DESC LIMIT $6";
-    let all = "SELECT event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
-            metadata, cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used
-         FROM events
-         WHERE env_id = $1 AND $2::text IS NULL AND ($3::text IS NULL OR status = $3)
-           AND ($4::bigint IS NULL OR occurred_at_ms < $4
-                OR (occurred_at_ms = $4 AND event_id < $5))
-         ORDER BY occurred_at_ms DESC, event_id DESC LIMIT $6";
+    const BY_USER: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE env_id = $1 AND user_id = $2 AND ",
+        event_filters!(),
+        " ORDER BY occurred_at_ms DESC, event_id DESC LIMIT $10"
+    );
+    const ALL: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE env_id = $1 AND $2::text IS NULL AND ",
+        event_filters!(),
+        " ORDER BY occurred_at_ms DESC, event_id DESC LIMIT $10"
+    );
     let (before_ms, before_id) = match &q.before {
         Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
         None => (None, None),
     };
     let user = q.user_id.as_ref().map(|u| u.as_str());
+    let sql = if user.is_some() { BY_USER } else { ALL };
+    let event = q.event.as_ref().map(|e| like_pattern(e.as_str()));
+    let metadata: Option<serde_json::Value> = q
+        .metadata_json()
+        .and_then(|m| serde_json::from_str(&m).ok());
     let rows = tx.query(
-        if user.is_some() { by_user } else { all },
+        sql,
         &[
             &q.env.0,
             &user,
             &q.status,
             &before_ms,
             &before_id,
+            &event,
+            &q.from.map(ms),
+            &q.to.map(ms),
+            &metadata,
             &(q.limit as i64),
         ],
     )?;
-    rows.into_iter()
-        .map(|r| {
-            let reasons: serde_json::Value = r.get(11);
-            let shown = reasons.to_string();
-            Ok(StoredEvent {
-                event_id: r.get(0),
-                occurred_at: ts(r.get(1)),
-                user_id: r.get(2),
-                anonymous_id: r.get(3),
-                event: r.get(4),
-                quantity: r.get::<_, i64>(5) as u64,
-                metadata: parse_metadata(r.get(6))?,
-                cost_micros: r.get::<_, Option<i64>>(7).map(|c| c as u64),
-                status: r.get(8),
-                plan_id: r.get(9),
-                reservation_id: r.get(10),
-                reasons: serde_json::from_value(reasons).map_err(|_| corrupt("reasons", &shown))?,
-                overage: r.get::<_, i64>(12) as u64,
-                credits_used: r.get::<_, i64>(13) as u64,
-            })
-        })
-        .collect()
+    rows.iter().map(stored_event).collect()
+}
+
+/// A glob of event names (`*` any run of characters) as a `LIKE` pattern escaped with `\`.
+fn like_pattern(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `GET /v1/events/{id}`: one event, with its logged prompt and response.
+pub(crate) fn get_event(
+    tx: &mut PgTx<'_, '_>,
+    env: EnvId,
+    event_id: &str,
+) -> StoreResult<Option<StoredEventDetail>> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", prompt, response, truncated FROM events WHERE env_id = $1 AND event_id = $2"
+    );
+    let Some(r) = tx.query_opt(SQL, &[&env.0, &event_id])? else {
+        return Ok(None);
+    };
+    Ok(Some(StoredEventDetail {
+        event: stored_event(&r)?,
+        prompt: r.get(15),
+        response: r.get(16),
+        truncated: r.get(17),
+    }))
+}
+
+fn stored_event(r: &Row) -> StoreResult<StoredEvent> {
+    let reasons: serde_json::Value = r.get(11);
+    let shown = reasons.to_string();
+    Ok(StoredEvent {
+        event_id: r.get(0),
+        occurred_at: ts(r.get(1)),
+        user_id: r.get(2),
+        account_id: r.get(14),
+        anonymous_id: r.get(3),
+        event: r.get(4),
+        quantity: r.get::<_, i64>(5) as u64,
+        metadata: parse_metadata(r.get(6))?,
+        cost_micros: r.get::<_, Option<i64>>(7).map(|c| c as u64),
+        status: r.get(8),
+        plan_id: r.get(9),
+        reservation_id: r.get(10),
+        reasons: serde_json::from_value(reasons).map_err(|_| corrupt("reasons", &shown))?,
+        overage: r.get::<_, i64>(12) as u64,
+        credits_used: r.get::<_, i64>(13) as u64,
+    })
 }

@@ -475,6 +475,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn event(&self, env: EnvId, event_id: String) -> StoreResult<Option<StoredEventDetail>> {
+        self.readers
+            .read(move |c| crate::sql::get_event(c, env, &event_id))
+            .await
+    }
+
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
         self.writer
             .execute(move |c| procedure::identify(&mut SqliteTx(c), &cmd))

@@ -17,7 +17,7 @@ use tollgate_store::{
     codec, Balance, BillerEventStatus, BillerEventsQuery, EndpointTarget, EnvId, EventsQuery,
     Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, Member, MeterAttempt,
     MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError, StoreResult,
-    StoredBillerEvent, StoredEvent, StoredSettings,
+    StoredBillerEvent, StoredEvent, StoredEventDetail, StoredSettings,
 };
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
@@ -2059,22 +2059,34 @@ fn meter_row(text: MeterText) -> StoreResult<MeterEventRow> {
     })
 }
 
-/// `GET /v1/events`: newest first, by time then event id (the cursor's order).
+/// The columns of a listed usage event, in the order [`event_row`] reads them.
+const EVENT_COLUMNS: &str = "event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
+    metadata, cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used,
+    account_id";
+
+/// The filters every shape of `GET /v1/events` shares, parameters ?3 to ?9.
+const EVENT_FILTERS: &str = "(?3 IS NULL OR status = ?3)
+    AND (?4 IS NULL OR occurred_at_ms < ?4 OR (occurred_at_ms = ?4 AND event_id < ?5))
+    AND (?6 IS NULL OR event GLOB ?6)
+    AND (?7 IS NULL OR occurred_at_ms >= ?7)
+    AND (?8 IS NULL OR occurred_at_ms < ?8)
+    AND (?9 IS NULL OR NOT EXISTS (
+        SELECT 1 FROM json_each(?9) AS f
+        WHERE json_extract(events.metadata, '$.\"' || f.key || '\"') IS NOT f.value))";
+
+/// `GET /v1/events`: newest first, by time then event id (the cursor's order). One statement
+/// per shape, so that each uses its index: (env_id, user_id, occurred_at_ms) with a user,
+/// (env_id, occurred_at_ms) without. Metadata keys are `[A-Za-z0-9_.:-]`, so quoting one in a
+/// JSON path needs no escape.
 pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec<StoredEvent>> {
-    const COLUMNS: &str = "event_id, occurred_at_ms, user_id, anonymous_id, event, quantity,
-        metadata, cost_micros, status, plan_id, reservation_id, reasons, overage, credits_used";
-    // One statement per shape, so that each uses its index: (env_id, user_id, occurred_at_ms)
-    // with a user, (env_id, occurred_at_ms) without.
-    let user_filter = if q.user_id.is_some() {
-        "AND user_id = ?2"
-    } else {
-        "AND ?2 IS NULL"
+    let who = match q.user_id {
+        Some(_) => "user_id = ?2",
+        None => "?2 IS NULL",
     };
     let sql = format!(
-        "SELECT {COLUMNS} FROM events
-         WHERE env_id = ?1 {user_filter} AND (?3 IS NULL OR status = ?3)
-           AND (?4 IS NULL OR occurred_at_ms < ?4 OR (occurred_at_ms = ?4 AND event_id < ?5))
-         ORDER BY occurred_at_ms DESC, event_id DESC LIMIT ?6"
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE env_id = ?1 AND {who} AND {EVENT_FILTERS}
+         ORDER BY occurred_at_ms DESC, event_id DESC LIMIT ?10"
     );
     let (before_ms, before_id) = match &q.before {
         Some((t, id)) => (Some(ms(*t)), Some(id.as_str())),
@@ -2089,56 +2101,115 @@ pub(crate) fn list_events(conn: &Connection, q: &EventsQuery) -> StoreResult<Vec
                 q.status,
                 before_ms,
                 before_id,
-                q.limit as i64
+                q.event.as_ref().map(|e| e.as_str()),
+                q.from.map(ms),
+                q.to.map(ms),
+                q.metadata_json(),
+                q.limit as i64,
             ],
-            |r| {
-                Ok((
-                    (
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ),
-                    (
-                        r.get::<_, String>(6)?,
-                        r.get::<_, Option<i64>>(7)?,
-                        r.get::<_, String>(8)?,
-                        r.get::<_, Option<String>>(9)?,
-                        r.get::<_, Option<String>>(10)?,
-                        r.get::<_, String>(11)?,
-                        r.get::<_, i64>(12)?,
-                        r.get::<_, i64>(13)?,
-                    ),
-                ))
-            },
+            event_row,
         )
         .map_err(internal)?;
     let mut out = Vec::new();
     for row in rows {
-        let ((event_id, at, user_id, anonymous_id, event, quantity), rest) =
-            row.map_err(internal)?;
-        let (metadata, cost, status, plan_id, reservation_id, reasons, overage, credits_used) =
-            rest;
-        out.push(StoredEvent {
-            event_id,
-            occurred_at: ts(at),
-            user_id,
-            anonymous_id,
-            event,
-            quantity: quantity as u64,
-            metadata: parse_metadata(&metadata)?,
-            cost_micros: cost.map(|c| c as u64),
-            status,
-            plan_id,
-            reservation_id,
-            reasons: serde_json::from_str(&reasons).map_err(|_| corrupt("reasons", &reasons))?,
-            overage: overage as u64,
-            credits_used: credits_used as u64,
-        });
+        out.push(stored_event(row.map_err(internal)?)?);
     }
     Ok(out)
+}
+
+/// `GET /v1/events/{id}`: one event, with its logged prompt and response.
+pub(crate) fn get_event(
+    conn: &Connection,
+    env: EnvId,
+    event_id: &str,
+) -> StoreResult<Option<StoredEventDetail>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}, prompt, response, truncated FROM events
+         WHERE env_id = ?1 AND event_id = ?2"
+    );
+    let mut st = conn.prepare_cached(&sql).map_err(internal)?;
+    let found = st
+        .query_row(params![env.0, event_id], |r| {
+            Ok((
+                event_row(r)?,
+                r.get::<_, Option<String>>(15)?,
+                r.get::<_, Option<String>>(16)?,
+                r.get::<_, i64>(17)?,
+            ))
+        })
+        .optional()
+        .map_err(internal)?;
+    let Some((row, prompt, response, truncated)) = found else {
+        return Ok(None);
+    };
+    Ok(Some(StoredEventDetail {
+        event: stored_event(row)?,
+        prompt,
+        response,
+        truncated: truncated != 0,
+    }))
+}
+
+/// One listed event row as stored, before its text columns are parsed.
+type ListedEvent = (
+    (String, i64, String, Option<String>, String, i64),
+    (
+        String,
+        Option<i64>,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        i64,
+        i64,
+    ),
+    Option<String>,
+);
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListedEvent> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ),
+        (
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+        ),
+        r.get(14)?,
+    ))
+}
+
+fn stored_event(row: ListedEvent) -> StoreResult<StoredEvent> {
+    let ((event_id, at, user_id, anonymous_id, event, quantity), rest, account_id) = row;
+    let (metadata, cost, status, plan_id, reservation_id, reasons, overage, credits_used) = rest;
+    Ok(StoredEvent {
+        event_id,
+        occurred_at: ts(at),
+        user_id,
+        account_id,
+        anonymous_id,
+        event,
+        quantity: quantity as u64,
+        metadata: parse_metadata(&metadata)?,
+        cost_micros: cost.map(|c| c as u64),
+        status,
+        plan_id,
+        reservation_id,
+        reasons: serde_json::from_str(&reasons).map_err(|_| corrupt("reasons", &reasons))?,
+        overage: overage as u64,
+        credits_used: credits_used as u64,
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tollgate_core::decision::DenyReason;
 use tollgate_core::input::{
     AccountId, EventName, IdempotencyKey, Metadata, Quantity, StoredText, TtlSeconds, UserId,
 };
-use tollgate_core::plan::{Enforcement, LimitKind, MatchRule, PlanDocument, Scope};
+use tollgate_core::plan::{Enforcement, EventPattern, LimitKind, MatchRule, PlanDocument, Scope};
 use tollgate_core::subscription::{
     CancelAt, HistoryEntry, Subscription, UpsertOutcome, UpsertRequest,
 };
@@ -403,17 +403,64 @@ pub struct UsageOutcome {
     pub credits: Vec<PackBalance>,
 }
 
-/// `GET /v1/events`: usage events newest first, optionally of one user and one status,
-/// strictly before a cursor.
+/// `GET /v1/events`: usage events newest first, strictly before a cursor, filtered by every
+/// field given (all must hold).
 #[derive(Debug, Clone)]
 pub struct EventsQuery {
     pub env: EnvId,
     pub user_id: Option<UserId>,
     pub status: Option<String>,
+    /// An event name, or a glob where `*` matches any run of characters (`image.*`).
+    pub event: Option<EventPattern>,
+    /// Only events at or after this instant.
+    pub from: Option<Timestamp>,
+    /// Only events before this instant.
+    pub to: Option<Timestamp>,
+    /// Only events whose metadata has each of these keys with exactly this value.
+    pub metadata: Vec<(String, String)>,
     /// Rows wanted (the caller asks one more to know whether a next page exists).
     pub limit: usize,
     /// Only events before this (time, then event id), the last row of the previous page.
     pub before: Option<(Timestamp, String)>,
+}
+
+impl EventsQuery {
+    /// Every event of the environment: add filters to the fields.
+    pub fn all(env: EnvId, limit: usize) -> Self {
+        Self {
+            env,
+            user_id: None,
+            status: None,
+            event: None,
+            from: None,
+            to: None,
+            metadata: Vec::new(),
+            limit,
+            before: None,
+        }
+    }
+
+    /// The metadata filter as one JSON object (`{"model": "flux-pro"}`), as the stores match it.
+    pub fn metadata_json(&self) -> Option<String> {
+        (!self.metadata.is_empty()).then(|| {
+            let map: serde_json::Map<String, serde_json::Value> = self
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            serde_json::Value::Object(map).to_string()
+        })
+    }
+}
+
+/// One usage event with what only `GET /v1/events/{id}` shows: the logged prompt and response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEventDetail {
+    pub event: StoredEvent,
+    pub prompt: Option<String>,
+    pub response: Option<String>,
+    /// The prompt or the response was cut to its size limit when it was logged.
+    pub truncated: bool,
 }
 
 /// One stored usage event, as listed.
@@ -422,6 +469,8 @@ pub struct StoredEvent {
     pub event_id: String,
     pub occurred_at: Timestamp,
     pub user_id: String,
+    /// The account the user used it as a member of, if any.
+    pub account_id: Option<String>,
     /// The anonymous id it was recorded under, if an identify moved it to `user_id`.
     pub anonymous_id: Option<String>,
     pub event: String,
@@ -1111,6 +1160,8 @@ pub trait Store: Send + Sync + 'static {
     async fn check(&self, cmd: CheckCommand) -> StoreResult<CheckOutcome>;
     /// Usage events, newest first (see [`EventsQuery`]).
     async fn events(&self, query: EventsQuery) -> StoreResult<Vec<StoredEvent>>;
+    /// One usage event, with its logged prompt and response.
+    async fn event(&self, env: EnvId, event_id: String) -> StoreResult<Option<StoredEventDetail>>;
     /// Merges an anonymous subject into a user: usage, pending holds and events move to the
     /// user, and the anonymous id stands for the user from then on. Idempotent.
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome>;

@@ -19,8 +19,8 @@ use tollgate_api as wire;
 use tollgate_api::Subject;
 use tollgate_core::input::{StoredText, UserId};
 use tollgate_store::{
-    CheckCommand, CommitCommand, EventsQuery, ExtendCommand, Idempotency, Idempotent,
-    IdentifyCommand, IfExpired, ReleaseCommand, ReserveCommand, TrackCommand, UsageQuery,
+    CheckCommand, CommitCommand, ExtendCommand, Idempotency, Idempotent, IdentifyCommand,
+    IfExpired, ReleaseCommand, ReserveCommand, TrackCommand, UsageQuery,
 };
 use utoipa::IntoParams;
 
@@ -368,107 +368,6 @@ pub async fn identify(
         user_id: outcome.user_id,
         merged: outcome.merged,
         events_merged: outcome.events_merged,
-    }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct EventsParams {
-    /// Only this user's events (including those an identify moved to them).
-    #[serde(rename = "userId")]
-    #[param(rename = "userId")]
-    #[param(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
-    )]
-    user_id: Option<String>,
-    /// Only events with this status: committed, released, expired, tracked or denied.
-    #[param(pattern = "^(committed|released|expired|tracked|denied)$")]
-    status: Option<String>,
-    /// Events per page, 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `nextCursor` of the previous page.
-    #[param(pattern = "^-?[0-9]{1,14}:[A-Za-z0-9_]{1,64}$")]
-    cursor: Option<String>,
-}
-
-/// Usage events, newest first, a page at a time.
-#[utoipa::path(
-    get, path = "/v1/events", tag = "events",
-    params(EventsParams),
-    responses(
-        (status = 200, body = wire::EventsResponse),
-        (status = 400, body = wire::ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn events(
-    State(state): State<AppState>,
-    SecretKey(caller): SecretKey,
-    ApiQuery(params): ApiQuery<EventsParams>,
-) -> Result<Json<wire::EventsResponse>, ApiError> {
-    let user_id = params.user_id.map(wire::parse_path_user_id).transpose()?;
-    if let Some(status) = &params.status {
-        if !wire::EVENT_STATUSES.contains(&status.as_str()) {
-            return Err(ApiError::invalid(
-                "status",
-                "must be one of committed, released, expired, tracked, denied",
-            ));
-        }
-    }
-    let limit = params.limit.unwrap_or(wire::EVENTS_PAGE_DEFAULT);
-    if !(1..=wire::EVENTS_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be 1 to 1000"));
-    }
-    let before = match &params.cursor {
-        Some(c) => {
-            let (ms, id) = wire::parse_events_cursor(c)?;
-            let at = jiff::Timestamp::from_millisecond(ms)
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor this API gave"))?;
-            Some((at, id))
-        }
-        None => None,
-    };
-    let mut rows = state
-        .store
-        .events(EventsQuery {
-            env: caller.auth.env,
-            user_id,
-            status: params.status,
-            limit: limit + 1,
-            before,
-        })
-        .await?;
-    let next_cursor = (rows.len() > limit).then(|| {
-        rows.truncate(limit);
-        let last = &rows[limit - 1];
-        wire::events_cursor(last.occurred_at.as_millisecond(), &last.event_id)
-    });
-    Ok(Json(wire::EventsResponse {
-        events: rows
-            .into_iter()
-            .map(|e| wire::UsageEvent {
-                event_id: e.event_id,
-                occurred_at: wire::format_timestamp(e.occurred_at),
-                user_id: e.user_id,
-                account_id: None,
-                anonymous_id: e.anonymous_id,
-                event: e.event,
-                quantity: e.quantity,
-                metadata: e.metadata.to_map(),
-                cost_micros: e.cost_micros,
-                status: e.status,
-                plan_id: e.plan_id,
-                reservation_id: e.reservation_id,
-                reasons: e.reasons,
-                overage: e.overage,
-                credits_used: e.credits_used,
-            })
-            .collect(),
-        next_cursor,
     }))
 }
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod billers;
 pub mod browser;
 pub mod credits;
+pub mod events;
 pub mod metering;
 pub mod plans;
 pub mod recommend;
@@ -79,7 +80,9 @@ fn routes() -> Router<AppState> {
         .route("/v1/track", post(metering::track))
         .route("/v1/check", post(metering::check))
         .route("/v1/identify", post(metering::identify))
-        .route("/v1/events", get(metering::events))
+        .route("/v1/events", get(events::events))
+        .route("/v1/events/export", get(events::export))
+        .route("/v1/events/{eventId}", get(events::event))
         .route("/v1/users/{userId}/usage", get(metering::usage))
         .route("/v1/credits/grants", post(credits::grant))
         .route("/v1/credits/revoke", post(credits::revoke))

@@ -182,11 +182,9 @@ async fn usage(
         let rows = state
             .store
             .events(EventsQuery {
-                env,
                 user_id: Some(user.clone()),
-                status: None,
-                limit: PAGE,
                 before: before.clone(),
+                ..EventsQuery::all(env, PAGE)
             })
             .await?;
         let last_page = rows.len() < PAGE;

@@ -816,6 +816,9 @@ impl Store for EngineStore {
     async fn events(&self, query: EventsQuery) -> StoreResult<Vec<StoredEvent>> {
         self.caught_up().await?.events(query).await
     }
+    async fn event(&self, env: EnvId, event_id: String) -> StoreResult<Option<StoredEventDetail>> {
+        self.caught_up().await?.event(env, event_id).await
+    }
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
         self.exclusive(|s| async move { s.identify(cmd).await })
             .await

@@ -711,11 +711,8 @@ async fn all_events(store: &Arc<dyn Store>, env: EnvId) -> StoreResult<Vec<Store
     for _ in 0..PAGES_MAX {
         let page = store
             .events(EventsQuery {
-                env,
-                user_id: None,
-                status: None,
-                limit: PAGE_ROWS,
                 before: before.clone(),
+                ..EventsQuery::all(env, PAGE_ROWS)
             })
             .await?;
         let last = page.len() < PAGE_ROWS;
