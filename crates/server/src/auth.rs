@@ -215,12 +215,7 @@ impl FromRequestParts<AppState> for UserToken {
         };
         let secret = state
             .token_secrets
-            .get(
-                state.store.as_ref(),
-                caller.auth.env,
-                caller.auth.mode,
-                caller.now,
-            )
+            .of(state.store.as_ref(), &caller)
             .await?;
         let user_id = user_token::verify(
             token,

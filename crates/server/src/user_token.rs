@@ -177,6 +177,16 @@ pub struct TokenSecrets {
 }
 
 impl TokenSecrets {
+    /// The secret of the caller's environment, made (and stored) on first use.
+    pub async fn of(
+        &self,
+        store: &dyn Store,
+        caller: &crate::auth::Caller,
+    ) -> Result<Arc<str>, ApiError> {
+        let auth = &caller.auth;
+        self.get(store, auth.env, auth.mode, caller.now).await
+    }
+
     /// The environment's secret, made (and stored) on first use.
     pub async fn get(
         &self,

@@ -181,34 +181,8 @@ impl Client {
         body: Value,
         headers: &[(&str, &str)],
     ) -> Resp {
-        let what = format!("POST {path}");
-        let mut req = self
-            .http
-            .post(format!("{}{}", self.base, path))
-            .header("Content-Type", "application/json")
-            .body(serde_json::to_vec(&body).expect("json"));
-        if let Some(key) = &self.key {
-            req = req.header("Authorization", format!("Bearer {key}"));
-        }
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let res = req
-            .send()
+        self.request_with_headers(Method::POST, path, headers, Some(body))
             .await
-            .unwrap_or_else(|e| panic!("{what}: transport error: {e}"));
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let bytes = res.bytes().await.expect("body");
-        let text = String::from_utf8_lossy(&bytes).to_string();
-        assert!(status < 500, "{what} answered {status}: {text}");
-        Resp {
-            what,
-            status,
-            headers,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            text,
-        }
     }
 
     pub async fn send(

@@ -795,15 +795,7 @@ async fn settings_response(
     caller: &Caller,
     settings: Settings,
 ) -> Result<Json<wire::SettingsResponse>, ApiError> {
-    let token_secret = state
-        .token_secrets
-        .get(
-            state.store.as_ref(),
-            caller.auth.env,
-            caller.auth.mode,
-            caller.now,
-        )
-        .await?;
+    let token_secret = state.token_secrets.of(state.store.as_ref(), caller).await?;
     Ok(Json(wire::SettingsResponse {
         past_due: settings.past_due,
         cors_origins: settings.cors_origins,

@@ -44,12 +44,7 @@ pub async fn create_user_token(
     }
     let secret = state
         .token_secrets
-        .get(
-            state.store.as_ref(),
-            caller.auth.env,
-            caller.auth.mode,
-            caller.now,
-        )
+        .of(state.store.as_ref(), &caller)
         .await?;
     // Real time, as the check reads it: the test clock moves metering, not credentials.
     let expires = Timestamp::now()
