@@ -138,10 +138,9 @@ fn mode(field: &str, s: &str) -> Result<Mode, ApiError> {
 async fn both(
     state: &AppState,
     caller: &Caller,
-    from: &str,
-    to: &str,
+    from: Mode,
+    to: Mode,
 ) -> Result<((EnvId, Arc<CachedPlans>), (EnvId, Arc<CachedPlans>)), ApiError> {
-    let (from, to) = (mode("from", from)?, mode("to", to)?);
     let mut envs = Vec::with_capacity(2);
     for m in [from, to] {
         let env = state
@@ -189,11 +188,12 @@ pub async fn diff_plans(
     SecretKey(caller): SecretKey,
     ApiQuery(params): ApiQuery<DiffParams>,
 ) -> Result<Json<wire::PlanDiff>, ApiError> {
-    let ((_, from), (_, to)) = both(&state, &caller, &params.from, &params.to).await?;
+    let (from_mode, to_mode) = (mode("from", &params.from)?, mode("to", &params.to)?);
+    let ((_, from), (_, to)) = both(&state, &caller, from_mode, to_mode).await?;
     let (_, changes) = promotion(&from, &to);
     Ok(Json(wire::PlanDiff {
-        from: at(mode("from", &params.from)?, &from),
-        to: at(mode("to", &params.to)?, &to),
+        from: at(from_mode, &from),
+        to: at(to_mode, &to),
         changes,
     }))
 }
@@ -216,9 +216,12 @@ pub async fn promote_plans(
     SecretKey(caller): SecretKey,
     ApiJson(request): ApiJson<wire::PromoteRequest>,
 ) -> Result<Json<wire::PromoteResponse>, ApiError> {
-    let (from_name, to_name) = (request.from.as_str(), request.to.as_str());
-    let ((_, from), (to_env, to)) = both(&state, &caller, from_name, to_name).await?;
-    let (from_mode, to_mode) = (mode("from", from_name)?, mode("to", to_name)?);
+    let mode_of = |name: wire::EnvironmentName| match name {
+        wire::EnvironmentName::Test => Mode::Test,
+        wire::EnvironmentName::Live => Mode::Live,
+    };
+    let (from_mode, to_mode) = (mode_of(request.from), mode_of(request.to));
+    let ((_, from), (to_env, to)) = both(&state, &caller, from_mode, to_mode).await?;
     if from.version == 0 {
         return Err(ApiError::not_found(format!(
             "the {} environment has no plan document to promote",
