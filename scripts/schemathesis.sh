@@ -103,12 +103,17 @@ JSON
 #   one is kept and any other string becomes UTC;
 # - a subscription's `customLimits` must name limits of its plan; the keys become
 #   `images_daily`, the one limit of the plans applied below;
-# - an identify's `userId` must differ from its `anonymousId`; equal ones are told apart.
+# - an identify's `userId` must differ from its `anonymousId`; equal ones are told apart;
+# - an analytics range must have `to` after `from` (it becomes the last day); a grouping holds
+#   one time unit at most, and names a dimension, a unit or `metadata.KEY`; a status filter
+#   names a status; a funnel step is an event name; a capture names a user or an anonymous id,
+#   not both.
 mkdir -p "$work/hooks"
 cat >"$work/hooks/tollgate_schemathesis_hooks.py" <<'PY'
 import datetime
 import json
 import os
+import re
 import urllib.request
 import zoneinfo
 
@@ -161,13 +166,74 @@ def _zones(value):
     return value
 
 
+EVENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+UNITS = {"hour", "day", "week", "month"}
+DIMENSIONS = {"userId", "accountId", "event", "planId", "status"}
+METRICS = {"events", "quantity", "costMicros", "users"}
+RANGED = {"POST /v1/analytics/usage", "POST /v1/analytics/funnel",
+          "GET /v1/analytics/top-users", "GET /v1/analytics/margin"}
+
+
+def _grouping(names):
+    kept, unit = [], False
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        if name in UNITS:
+            if unit:
+                continue
+            unit = True
+        elif name not in DIMENSIONS:
+            name = "metadata.model"
+        kept.append(name)
+    return kept
+
+
+def _analytics(route, body):
+    now = _now()
+    if "from" in body and "to" in body:
+        body["from"] = _stamp(now - datetime.timedelta(days=1))
+        body["to"] = _stamp(now)
+    if route == "POST /v1/analytics/usage":
+        if isinstance(body.get("groupBy"), list):
+            body["groupBy"] = _grouping(body["groupBy"])
+        if isinstance(body.get("metrics"), list):
+            body["metrics"] = [m for m in body["metrics"] if isinstance(m, str) and m in METRICS]
+        filters = body.get("filters")
+        if isinstance(filters, dict):
+            if "status" in filters:
+                filters["status"] = "committed"
+            if filters.get("metadata"):
+                filters["metadata"] = {"model": "flux-pro"}
+    if route == "POST /v1/analytics/funnel" and isinstance(body.get("steps"), list):
+        body["steps"] = [s if isinstance(s, str) and EVENT.match(s) else "signed_up"
+                         for s in body["steps"]]
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    route = f"{case.method.upper()} {case.path}"
+    if route in RANGED and isinstance(case.query, dict):
+        now = _now()
+        if "from" in case.query or "to" in case.query:
+            case.query["from"] = _stamp(now - datetime.timedelta(days=1))
+            case.query["to"] = _stamp(now)
     body = case.body
     if not isinstance(body, (dict, list)):
         return
     body = _zones(_whole(body))
-    route = f"{case.method.upper()} {case.path}"
+    if isinstance(body, dict) and route in RANGED:
+        _analytics(route, body)
+    if isinstance(body, dict) and route == "POST /v1/capture":
+        if body.get("userId") is not None:
+            body.pop("anonymousId", None)
+        elif body.get("anonymousId") is not None:
+            body.pop("userId", None)
+        else:
+            body["userId"] = "u1"
+            body.pop("anonymousId", None)
+        if _is_timestamp(body.get("occurredAt")):
+            body["occurredAt"] = _stamp(_now())
     if isinstance(body, dict):
         if route == "POST /v1/track" and _is_timestamp(body.get("occurredAt")):
             body["occurredAt"] = _stamp(_now())

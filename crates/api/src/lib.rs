@@ -8,6 +8,7 @@
 //! offending field. This crate knows JSON, not HTTP: status codes belong to the server.
 
 pub mod admin;
+pub mod analytics;
 pub mod billers;
 pub mod browser;
 mod convert;
@@ -22,6 +23,7 @@ pub mod subscriptions;
 pub mod time;
 
 pub use admin::*;
+pub use analytics::*;
 pub use billers::*;
 pub use browser::*;
 pub use credits::*;

@@ -504,7 +504,7 @@ impl TrackRequest {
     }
 }
 
-fn occurred_at(at: Timestamp, now: Timestamp) -> Result<Timestamp, FieldError> {
+pub(crate) fn occurred_at(at: Timestamp, now: Timestamp) -> Result<Timestamp, FieldError> {
     // A bound past the representable range is no bound at all.
     let oldest = now
         .checked_sub(SignedDuration::from_secs(OCCURRED_AT_PAST_SECONDS_MAX))

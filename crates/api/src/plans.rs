@@ -529,6 +529,7 @@ fn normalize(doc: &mut PlanDocument, judge: Judge) -> Result<core::PlanDocument,
     .map_err(plan_error)?;
     core_doc.credit_packs = credit_packs;
     core_doc.biller_ids = biller_targets(doc, judge)?;
+    core_doc.costs = cost_rules(&doc.costs, judge)?;
     Ok(core_doc)
 }
 
@@ -570,6 +571,23 @@ fn biller_targets(
                 into.push((id.clone(), target.clone()));
             }
         }
+    }
+    Ok(out)
+}
+
+/// The cost table as usage events are costed from it (its input rules were checked with the
+/// document's).
+fn cost_rules(costs: &[Cost], judge: Judge) -> Result<Vec<core::CostRule>, FieldError> {
+    let mut out = Vec::with_capacity(costs.len());
+    for (k, cost) in costs.iter().enumerate() {
+        let rule = match judge {
+            Judge::Input => match_rule(&field_path(&index_path("costs", k), "match"), &cost.rule)?,
+            Judge::Stored => stored_match_rule(&cost.rule),
+        };
+        out.push(core::CostRule {
+            rule,
+            micros_per_unit: cost.micros_per_unit,
+        });
     }
     Ok(out)
 }

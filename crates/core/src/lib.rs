@@ -24,6 +24,7 @@ macro_rules! named_enum {
     };
 }
 
+pub mod analytics;
 pub mod biller;
 pub mod credits;
 pub mod decision;

@@ -128,7 +128,12 @@ pub struct MatchRule {
 
 impl MatchRule {
     pub fn matches(&self, event: &EventName, metadata: &Metadata) -> bool {
-        self.event.matches(event.as_str())
+        self.matches_name(event.as_str(), metadata)
+    }
+
+    /// [`Self::matches`] for an event name as stored.
+    pub fn matches_name(&self, event: &str, metadata: &Metadata) -> bool {
+        self.event.matches(event)
             && self.metadata.iter().all(|(key, values)| {
                 metadata
                     .get(key)
@@ -203,7 +208,20 @@ pub struct PlanDocument {
     pub credit_packs: Vec<CreditPack>,
     /// Which plan or pack each Stripe price and Polar product sells; set with the packs.
     pub biller_ids: crate::biller::BillerIds,
+    /// What a unit of usage costs where the call gives no cost; set with the packs.
+    pub costs: Vec<CostRule>,
 }
+
+/// A line of the document's cost table: what one unit of the events it matches costs.
+#[derive(Debug, Clone)]
+pub struct CostRule {
+    pub rule: MatchRule,
+    pub micros_per_unit: u64,
+}
+
+/// The largest cost one usage event records, in micros: a computed cost past it is held there
+/// (2^53 - 1 micros is about 9 billion in money units, far past any real call).
+pub const COST_MICROS_MAX: u64 = (1 << 53) - 1;
 
 /// A credit pack: what one purchase (or promotion, or refund) of it grants.
 #[derive(Debug, Clone)]
@@ -341,6 +359,7 @@ impl PlanDocument {
             plans,
             credit_packs: Vec::new(),
             biller_ids: Default::default(),
+            costs: Vec::new(),
         })
     }
 
@@ -353,11 +372,26 @@ impl PlanDocument {
             plans: Vec::new(),
             credit_packs: Vec::new(),
             biller_ids: Default::default(),
+            costs: Vec::new(),
         }
     }
 
     pub fn plan(&self, id: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.id == id)
+    }
+
+    /// The cost of `quantity` units of an event by the first cost rule that matches it, or
+    /// `None` when none does. Held at [`COST_MICROS_MAX`].
+    pub fn cost_of(&self, event: &str, metadata: &Metadata, quantity: u64) -> Option<u64> {
+        let rule = self
+            .costs
+            .iter()
+            .find(|c| c.rule.matches_name(event, metadata))?;
+        Some(
+            quantity
+                .checked_mul(rule.micros_per_unit)
+                .map_or(COST_MICROS_MAX, |c| c.min(COST_MICROS_MAX)),
+        )
     }
 
     pub fn credit_pack(&self, id: &str) -> Option<&CreditPack> {

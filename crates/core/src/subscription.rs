@@ -577,6 +577,7 @@ mod tests {
             plans: vec![plan("free", Some(1)), plan("team", Some(2))],
             credit_packs: Vec::new(),
             biller_ids: Default::default(),
+            costs: Vec::new(),
         };
         let now = ts("2026-01-10T00:00:00Z");
         let cap = |sub: &Subscription| resolve(&doc, Some(sub), "", now).unwrap().seats();
@@ -618,6 +619,7 @@ mod tests {
             }],
             credit_packs: Vec::new(),
             biller_ids: Default::default(),
+            costs: Vec::new(),
         };
         let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
         let at = ts("2026-01-10T16:00:00Z");

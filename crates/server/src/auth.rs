@@ -126,6 +126,12 @@ pub struct UserToken {
     pub user_id: UserId,
 }
 
+/// A secret key, or a publishable key with a valid user token (`POST /v1/capture`).
+pub enum SecretOrUserToken {
+    Secret(Caller),
+    User(UserToken),
+}
+
 /// The install's admin token.
 pub struct Admin;
 
@@ -225,6 +231,20 @@ impl FromRequestParts<AppState> for UserToken {
             Timestamp::now(),
         )?;
         Ok(UserToken { caller, user_id })
+    }
+}
+
+impl FromRequestParts<AppState> for SecretOrUserToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AnyKey(caller) = AnyKey::from_request_parts(parts, state).await?;
+        if caller.auth.kind == KeyKind::Secret {
+            return Ok(SecretOrUserToken::Secret(caller));
+        }
+        UserToken::from_request_parts(parts, state)
+            .await
+            .map(SecretOrUserToken::User)
     }
 }
 

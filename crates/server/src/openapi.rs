@@ -2,8 +2,8 @@
 //! and the wire types' schemas, served at `/openapi.json`.
 
 use crate::routes::{
-    accounts, admin, billers, browser, credits, events, metering, plans, recommend, subscriptions,
-    system,
+    accounts, admin, analytics, billers, browser, credits, events, metering, plans, recommend,
+    subscriptions, system,
 };
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -231,6 +231,11 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         events::events,
         events::event,
         events::export,
+        analytics::usage,
+        analytics::top_users,
+        analytics::margin,
+        analytics::funnel,
+        analytics::capture,
         metering::usage,
         credits::grant,
         credits::revoke,

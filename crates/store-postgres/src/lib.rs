@@ -5,6 +5,7 @@
 //! procedure takes advisory locks on the subjects it touches, in one global order, inside its
 //! transaction. Each node runs a fixed pool of connections on worker threads (`pool`).
 
+mod analytics;
 mod pool;
 mod schema;
 mod sql;
@@ -398,6 +399,30 @@ impl Store for PgStore {
     async fn event(&self, env: EnvId, event_id: String) -> StoreResult<Option<StoredEventDetail>> {
         self.pool
             .run(move |tx| sql::get_event(tx, env, &event_id))
+            .await
+    }
+
+    async fn analytics(&self, query: AnalyticsQuery) -> StoreResult<Vec<AnalyticsRow>> {
+        self.pool
+            .run(move |tx| crate::analytics::analytics(tx, &query))
+            .await
+    }
+
+    async fn capture(&self, cmd: CaptureCommand) -> StoreResult<()> {
+        self.pool
+            .run(move |tx| crate::analytics::insert_capture(tx, &cmd))
+            .await
+    }
+
+    async fn revenue_sources(&self, env: EnvId, limit: usize) -> StoreResult<Vec<RevenueSource>> {
+        self.pool
+            .run(move |tx| crate::analytics::revenue_sources(tx, env, limit))
+            .await
+    }
+
+    async fn funnel_occurrences(&self, query: FunnelQuery) -> StoreResult<Vec<Occurrence>> {
+        self.pool
+            .run(move |tx| crate::analytics::funnel_occurrences(tx, &query))
             .await
     }
 

@@ -411,6 +411,21 @@ CREATE TABLE environment_secrets (
     created_at_ms BIGINT NOT NULL
 );
 "#,
+    r#"
+-- 11: product events (POST /v1/capture, API.md §9): never metered, read by funnels beside
+-- the usage events. `subject` is the user id, or an anonymous id an identify may map later.
+CREATE TABLE captures (
+    env_id BIGINT NOT NULL,
+    capture_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    event TEXT NOT NULL,
+    properties JSONB NOT NULL,
+    occurred_at_ms BIGINT NOT NULL,
+    received_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (env_id, capture_id)
+);
+CREATE INDEX captures_event_time ON captures (env_id, event, occurred_at_ms);
+"#,
 ];
 
 /// Brings the database to the newest schema version. Safe to run from every node at once.

@@ -122,6 +122,16 @@ impl<'c, 's> PgTx<'c, 's> {
         self.tx.query(&st, params).map_err(|e| self.record(e))
     }
 
+    /// A read assembled at run time (analytics): prepared each time, never cached, since
+    /// its shape depends on the request. Its text comes from fixed fragments only.
+    pub(crate) fn query_assembled(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> StoreResult<Vec<Row>> {
+        self.tx.query(sql, params).map_err(|e| self.record(e))
+    }
+
     pub(crate) fn query_opt(
         &mut self,
         sql: &'static str,
@@ -1836,7 +1846,7 @@ pub(crate) fn list_events(tx: &mut PgTx<'_, '_>, q: &EventsQuery) -> StoreResult
 }
 
 /// A glob of event names (`*` any run of characters) as a `LIKE` pattern escaped with `\`.
-fn like_pattern(glob: &str) -> String {
+pub(crate) fn like_pattern(glob: &str) -> String {
     let mut out = String::with_capacity(glob.len() + 4);
     for c in glob.chars() {
         match c {

@@ -481,6 +481,30 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn analytics(&self, query: AnalyticsQuery) -> StoreResult<Vec<AnalyticsRow>> {
+        self.readers
+            .read(move |c| crate::analytics::analytics(c, &query))
+            .await
+    }
+
+    async fn capture(&self, cmd: CaptureCommand) -> StoreResult<()> {
+        self.writer
+            .execute(move |c| crate::analytics::insert_capture(c, &cmd))
+            .await
+    }
+
+    async fn revenue_sources(&self, env: EnvId, limit: usize) -> StoreResult<Vec<RevenueSource>> {
+        self.readers
+            .read(move |c| crate::analytics::revenue_sources(c, env, limit))
+            .await
+    }
+
+    async fn funnel_occurrences(&self, query: FunnelQuery) -> StoreResult<Vec<Occurrence>> {
+        self.readers
+            .read(move |c| crate::analytics::funnel_occurrences(c, &query))
+            .await
+    }
+
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
         self.writer
             .execute(move |c| procedure::identify(&mut SqliteTx(c), &cmd))

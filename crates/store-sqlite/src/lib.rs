@@ -11,6 +11,7 @@
 //! filled behind by the writer ([`engine`]).
 
 mod admin;
+mod analytics;
 mod checkpointer;
 mod engine;
 mod priority;

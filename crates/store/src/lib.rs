@@ -6,6 +6,11 @@
 //! plus the environment's test-clock offset) and every id, and passes them in; the store never
 //! reads the clock for a decision.
 
+pub use analytics::{
+    AnalyticsQuery, AnalyticsRow, CaptureCommand, Dimension, FunnelQuery, Metric, Occurrence,
+    RevenueSource, ANALYTICS_BUCKETS_MAX, ANALYTICS_ROWS_MAX, FUNNEL_OCCURRENCES_MAX,
+    REVENUE_SUBSCRIPTIONS_MAX,
+};
 use async_trait::async_trait;
 use jiff::Timestamp;
 use std::sync::Arc;
@@ -1162,6 +1167,14 @@ pub trait Store: Send + Sync + 'static {
     async fn events(&self, query: EventsQuery) -> StoreResult<Vec<StoredEvent>>;
     /// One usage event, with its logged prompt and response.
     async fn event(&self, env: EnvId, event_id: String) -> StoreResult<Option<StoredEventDetail>>;
+    /// Usage events grouped and summed (see [`AnalyticsQuery`]), at most `limit` rows.
+    async fn analytics(&self, query: AnalyticsQuery) -> StoreResult<Vec<AnalyticsRow>>;
+    /// Records a product event (never metered).
+    async fn capture(&self, cmd: CaptureCommand) -> StoreResult<()>;
+    /// The occurrences of a funnel's step events, by user then time, at most `limit`.
+    async fn funnel_occurrences(&self, query: FunnelQuery) -> StoreResult<Vec<Occurrence>>;
+    /// Every subscription of the environment with its plan history, at most `limit`.
+    async fn revenue_sources(&self, env: EnvId, limit: usize) -> StoreResult<Vec<RevenueSource>>;
     /// Merges an anonymous subject into a user: usage, pending holds and events move to the
     /// user, and the anonymous id stands for the user from then on. Idempotent.
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome>;
@@ -1345,6 +1358,7 @@ pub trait Store: Send + Sync + 'static {
     async fn shutdown(&self);
 }
 
+pub mod analytics;
 pub mod codec;
 #[cfg(feature = "contract")]
 pub mod contract;

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod analytics;
 pub mod billers;
 pub mod browser;
 pub mod credits;
@@ -81,6 +82,11 @@ fn routes() -> Router<AppState> {
         .route("/v1/check", post(metering::check))
         .route("/v1/identify", post(metering::identify))
         .route("/v1/events", get(events::events))
+        .route("/v1/analytics/usage", post(analytics::usage))
+        .route("/v1/analytics/top-users", get(analytics::top_users))
+        .route("/v1/analytics/margin", get(analytics::margin))
+        .route("/v1/analytics/funnel", post(analytics::funnel))
+        .route("/v1/capture", post(analytics::capture))
         .route("/v1/events/export", get(events::export))
         .route("/v1/events/{eventId}", get(events::event))
         .route("/v1/users/{userId}/usage", get(metering::usage))

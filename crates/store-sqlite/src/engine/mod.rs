@@ -819,6 +819,19 @@ impl Store for EngineStore {
     async fn event(&self, env: EnvId, event_id: String) -> StoreResult<Option<StoredEventDetail>> {
         self.caught_up().await?.event(env, event_id).await
     }
+    async fn analytics(&self, query: AnalyticsQuery) -> StoreResult<Vec<AnalyticsRow>> {
+        self.caught_up().await?.analytics(query).await
+    }
+    async fn capture(&self, cmd: CaptureCommand) -> StoreResult<()> {
+        // No metering command reads captures: the tables take them, with the engine running.
+        self.sql.capture(cmd).await
+    }
+    async fn revenue_sources(&self, env: EnvId, limit: usize) -> StoreResult<Vec<RevenueSource>> {
+        self.caught_up().await?.revenue_sources(env, limit).await
+    }
+    async fn funnel_occurrences(&self, query: FunnelQuery) -> StoreResult<Vec<Occurrence>> {
+        self.caught_up().await?.funnel_occurrences(query).await
+    }
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome> {
         self.exclusive(|s| async move { s.identify(cmd).await })
             .await

@@ -436,7 +436,9 @@ pub fn commit(tx: &mut impl MeteringTx, cmd: &CommitCommand) -> StoreResult<Comm
         event_id,
         quantity,
         metadata: &metadata,
-        cost_micros: cmd.cost_micros,
+        cost_micros: cmd
+            .cost_micros
+            .or_else(|| cmd.plans.cost_of(&r.event, &metadata, quantity)),
         overage: settlement.overage,
         credits_used,
         response: cmd.response.as_ref(),

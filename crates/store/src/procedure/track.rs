@@ -72,6 +72,10 @@ fn track_decide(
         let burned = credits::burn_unheld(tx, &ask, &mut posting, quantity - fit, (refs, &why))?;
         (quantity - burned, burned, Vec::new())
     };
+    let cost_micros = cmd.cost_micros.or_else(|| {
+        cmd.plans
+            .cost_of(cmd.event.as_str(), &cmd.metadata, quantity)
+    });
     let row = |status, reasons, overage, credits_used| EventRow {
         event_id: &cmd.event_id,
         occurred_at: at,
@@ -79,7 +83,7 @@ fn track_decide(
         event: cmd.event.as_str(),
         quantity,
         metadata: &cmd.metadata,
-        cost_micros: cmd.cost_micros,
+        cost_micros,
         status,
         plan_id: plan_id.as_deref(),
         reservation_id: None,
