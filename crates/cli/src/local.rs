@@ -4,7 +4,7 @@
 //! `init` (the SQLite store has one writer).
 
 use crate::settings::{Database, FileSettings, Overrides, Settings};
-use crate::{InitArgs, MigrateArgs, ServeArgs, StorageArgs};
+use crate::{InitArgs, MigrateArgs, SeedEventsArgs, ServeArgs, StorageArgs};
 use anyhow::{bail, Context, Result};
 use jiff::Timestamp;
 use std::io::IsTerminal;
@@ -82,6 +82,45 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
             println!("{}: the schema is current", settings.database.describe());
         }
     }
+    Ok(())
+}
+
+/// Most users `seed-events` spreads events over.
+pub const SEED_USERS_MAX: u64 = 10_000_000;
+
+/// `tollgate seed-events`: synthetic usage events appended to the install's test environment.
+pub async fn seed_events(args: SeedEventsArgs) -> Result<()> {
+    let (events, users) = (args.events, args.users);
+    if !(1..=crate::bench::BENCH_SEED_EVENTS_MAX).contains(&events) {
+        bail!("--events must be 1 to {}", crate::bench::BENCH_SEED_EVENTS_MAX);
+    }
+    if !(1..=SEED_USERS_MAX).contains(&users) {
+        bail!("--users must be 1 to {SEED_USERS_MAX}");
+    }
+    let settings = settings(&args.storage, Overrides::default())?;
+    let database = settings.database.describe();
+    let started = std::time::Instant::now();
+    let progress = move |n: u64| eprint!("\rseeding events: {n} of {events}");
+    match settings.database {
+        Database::Postgres { url } => {
+            tokio::task::spawn_blocking(move || {
+                tollgate_store_postgres::migrate(&url)?;
+                tollgate_store_postgres::seed_events(&url, events, users, progress)
+            })
+            .await?
+        }
+        Database::Sqlite { data_dir } => {
+            tokio::task::spawn_blocking(move || {
+                tollgate_store_sqlite::seed_events(&data_dir, events, users, progress)
+            })
+            .await?
+        }
+    }
+    .with_context(|| format!("cannot seed {database}"))?;
+    eprintln!(
+        "\n{events} events over {users} users loaded into {database} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -57,6 +57,21 @@ enum Command {
     Webhooks(billing::WebhooksCommand),
     /// Load a server (or one started on a temp dir) and check that quotas stayed exact.
     Bench(bench::BenchArgs),
+    /// Load synthetic usage events into an install's test environment, for benchmarks
+    /// (docs/analytics.md, BENCHMARKS.md); the server must not run on a SQLite data dir.
+    SeedEvents(SeedEventsArgs),
+}
+
+#[derive(Debug, Args)]
+struct SeedEventsArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Events to append (1 to 1,000,000,000)
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Users they spread over (`seed_u0` … ; 1 to 10,000,000)
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
 }
 
 /// Where the data lives; `init` and `serve` take the same options.
@@ -272,6 +287,7 @@ async fn main() -> ExitCode {
         Command::Integrations(command) => billing::integrations(command).await,
         Command::Webhooks(command) => billing::webhooks(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::SeedEvents(args) => local::seed_events(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,10 +36,83 @@ fn sum(text: Option<String>) -> StoreResult<u64> {
         })
 }
 
+/// [`analytics`] through the daily rollup: whole days `[lo, hi)` from `usage_daily`, the
+/// partial days at either end from the events ([`AnalyticsQuery::rollup_days`]).
+fn rolled(
+    tx: &mut PgTx<'_, '_>,
+    q: &AnalyticsQuery,
+    (lo, hi): (i64, i64),
+) -> StoreResult<Vec<AnalyticsRow>> {
+    let columns: Vec<&str> = (q.group_by.iter())
+        .map(|d| match d {
+            Dimension::PlanId => "NULLIF(plan_id, '')",
+            _ => "user_id",
+        })
+        .collect();
+    let groups = columns.len();
+    let select = columns
+        .iter()
+        .copied()
+        .chain(["SUM(n)::bigint, SUM(q)::text, SUM(c)::text, 0::bigint"])
+        .collect::<Vec<_>>()
+        .join(", ");
+    let group_by = if groups == 0 {
+        String::new()
+    } else {
+        let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
+        format!("GROUP BY {}", positions.join(", "))
+    };
+    let order = match q.order_by {
+        None => String::new(),
+        Some(m) => {
+            let metric = match m {
+                Metric::Events => "SUM(n)",
+                Metric::Quantity => "SUM(q)",
+                Metric::CostMicros | Metric::Users => "SUM(c)",
+            };
+            let ties: String = (columns.iter())
+                .map(|c| format!(", {c} COLLATE \"C\""))
+                .collect();
+            format!("ORDER BY {metric} DESC{ties}")
+        }
+    };
+    let edge = "SELECT user_id, COALESCE(plan_id, '') AS plan_id, 1::bigint AS n, quantity AS q,
+                       COALESCE(cost_micros, 0) AS c
+                  FROM events
+                 WHERE env_id = $1 AND status IN ('committed', 'tracked')";
+    let sql = format!(
+        "SELECT {select} FROM (
+            SELECT user_id, plan_id, events AS n, quantity AS q, cost_micros AS c
+              FROM usage_daily WHERE env_id = $1 AND day_ms >= $4 AND day_ms < $5
+            UNION ALL {edge} AND occurred_at_ms >= $2 AND occurred_at_ms < $4
+            UNION ALL {edge} AND occurred_at_ms >= $5 AND occurred_at_ms < $3
+         ) AS parts {group_by} {order} LIMIT $6"
+    );
+    let rows = tx.query_assembled(
+        &sql,
+        &[&q.env.0, &ms(q.from), &ms(q.to), &lo, &hi, &(q.limit as i64)],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(AnalyticsRow {
+            keys: (0..groups).map(|i| r.get::<_, Option<String>>(i)).collect(),
+            bucket: None,
+            events: r.get::<_, i64>(groups) as u64,
+            quantity: sum(r.get(groups + 1))?,
+            cost_micros: sum(r.get(groups + 2))?,
+            users: 0,
+        });
+    }
+    Ok(out)
+}
+
 pub(crate) fn analytics(
     tx: &mut PgTx<'_, '_>,
     q: &AnalyticsQuery,
 ) -> StoreResult<Vec<AnalyticsRow>> {
+    if let Some(days) = q.rollup_days() {
+        return rolled(tx, q, days);
+    }
     let mut values: Vec<Box<dyn ToSql + Sync>> = vec![
         Box::new(q.env.0),
         Box::new(ms(q.from)),

@@ -8,6 +8,7 @@
 mod analytics;
 mod pool;
 mod schema;
+mod seed;
 mod sql;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use tollgate_core::subscription::{
 use tollgate_store::procedure::{self, MeteringTx};
 use tollgate_store::*;
 
+pub use seed::seed_events;
 pub use pool::{RECONNECT_BACKOFF_MS, STATEMENT_TIMEOUT_MS, TRANSACTION_RETRIES_MAX};
 /// The sweep's statement, for the test of its plan (`tests/contract.rs`).
 #[doc(hidden)]

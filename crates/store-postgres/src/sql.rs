@@ -59,6 +59,29 @@ fn lock_key(env: EnvId, subject: &str) -> i64 {
     h as i64
 }
 
+/// Adds one usage event to the daily rollup. Sums stop at 2^63 - 1 rather than fail the call
+/// that records the usage.
+const ROLLUP_ADD: &str = "INSERT INTO usage_daily AS d (env_id, day_ms, user_id, plan_id, events,
+        quantity, cost_micros)
+    VALUES ($1, $2, $3, $4, 1, $5, $6)
+    ON CONFLICT (env_id, day_ms, user_id, plan_id) DO UPDATE SET
+        events = d.events + 1,
+        quantity = CASE WHEN d.quantity > 9223372036854775807 - EXCLUDED.quantity
+            THEN 9223372036854775807 ELSE d.quantity + EXCLUDED.quantity END,
+        cost_micros = CASE WHEN d.cost_micros > 9223372036854775807 - EXCLUDED.cost_micros
+            THEN 9223372036854775807 ELSE d.cost_micros + EXCLUDED.cost_micros END";
+/// Moves an anonymous id's rollup rows onto its user (identify), merging days both have.
+const ROLLUP_MOVE: &str = "INSERT INTO usage_daily AS d (env_id, day_ms, user_id, plan_id, events,
+        quantity, cost_micros)
+    SELECT env_id, day_ms, $3, plan_id, events, quantity, cost_micros FROM usage_daily
+     WHERE env_id = $1 AND user_id = $2
+    ON CONFLICT (env_id, day_ms, user_id, plan_id) DO UPDATE SET
+        events = d.events + EXCLUDED.events,
+        quantity = CASE WHEN d.quantity > 9223372036854775807 - EXCLUDED.quantity
+            THEN 9223372036854775807 ELSE d.quantity + EXCLUDED.quantity END,
+        cost_micros = CASE WHEN d.cost_micros > 9223372036854775807 - EXCLUDED.cost_micros
+            THEN 9223372036854775807 ELSE d.cost_micros + EXCLUDED.cost_micros END";
+
 pub struct PgTx<'c, 's> {
     tx: Transaction<'c>,
     statements: &'s mut HashMap<&'static str, Statement>,
@@ -769,6 +792,19 @@ impl MeteringTx for PgTx<'_, '_> {
         );
         let truncated =
             e.prompt.is_some_and(|p| p.truncated) || e.response.is_some_and(|p| p.truncated);
+        if tollgate_store::analytics::counted(e.status) {
+            self.execute(
+                ROLLUP_ADD,
+                &[
+                    &env.0,
+                    &tollgate_store::analytics::day_of(ms(e.occurred_at)),
+                    &e.user_id,
+                    &e.plan_id.unwrap_or(""),
+                    &(e.quantity as i64),
+                    &(e.cost_micros.unwrap_or(0) as i64),
+                ],
+            )?;
+        }
         self.execute(
             "INSERT INTO events (env_id, event_id, occurred_at_ms, user_id, event, quantity,
                  metadata, cost_micros, status, plan_id, reservation_id, reasons, overage,
@@ -976,6 +1012,11 @@ impl MeteringTx for PgTx<'_, '_> {
     }
 
     fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64> {
+        self.execute(ROLLUP_MOVE, &[&env.0, &from, &to])?;
+        self.execute(
+            "DELETE FROM usage_daily WHERE env_id = $1 AND user_id = $2",
+            &[&env.0, &from],
+        )?;
         let moved = self.execute(
             "UPDATE events SET user_id = $3, anonymous_id = $2
              WHERE env_id = $1 AND user_id = $2",

@@ -44,7 +44,90 @@ fn sum_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// `ORDER BY` for a query sorted by a metric (largest first, ties by the group columns), or
+/// nothing: `groups` columns come first in the select list, then the four metrics.
+fn order_clause(q: &AnalyticsQuery, groups: usize) -> String {
+    let Some(m) = q.order_by else {
+        return String::new();
+    };
+    let position = groups
+        + match m {
+            Metric::Events => 1,
+            Metric::Quantity => 2,
+            Metric::CostMicros => 3,
+            Metric::Users => 4,
+        };
+    let ties: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
+    let ties = if ties.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", ties.join(", "))
+    };
+    format!("ORDER BY {position} DESC{ties}")
+}
+
+/// [`analytics`] through the daily rollup: whole days `[lo, hi)` from `usage_daily`, the
+/// partial days at either end from the events ([`AnalyticsQuery::rollup_days`]).
+fn rolled(conn: &Connection, q: &AnalyticsQuery, (lo, hi): (i64, i64)) -> StoreResult<Vec<AnalyticsRow>> {
+    let columns: Vec<&str> = (q.group_by.iter())
+        .map(|d| match d {
+            Dimension::PlanId => "NULLIF(plan_id, '')",
+            _ => "user_id",
+        })
+        .collect();
+    let groups = columns.len();
+    let select = columns
+        .iter()
+        .copied()
+        .chain(["SUM(n), SUM(q), SUM(c), 0"])
+        .collect::<Vec<_>>()
+        .join(", ");
+    let group_by = if groups == 0 {
+        String::new()
+    } else {
+        let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
+        format!("GROUP BY {}", positions.join(", "))
+    };
+    let edge = "SELECT user_id, COALESCE(plan_id, '') AS plan_id, 1 AS n, quantity AS q,
+                       COALESCE(cost_micros, 0) AS c
+                  FROM events
+                 WHERE env_id = ?1 AND status IN ('committed', 'tracked')";
+    let sql = format!(
+        "SELECT {select} FROM (
+            SELECT user_id, plan_id, events AS n, quantity AS q, cost_micros AS c
+              FROM usage_daily WHERE env_id = ?1 AND day_ms >= ?4 AND day_ms < ?5
+            UNION ALL {edge} AND occurred_at_ms >= ?2 AND occurred_at_ms < ?4
+            UNION ALL {edge} AND occurred_at_ms >= ?5 AND occurred_at_ms < ?3
+         ) {group_by} {order} LIMIT ?6",
+        order = order_clause(q, groups)
+    );
+    let mut st = conn.prepare_cached(&sql).map_err(internal)?;
+    let rows = st
+        .query_map(
+            params![q.env.0, ms(q.from), ms(q.to), lo, hi, q.limit as i64],
+            |r| {
+                let mut keys = Vec::with_capacity(groups);
+                for i in 0..groups {
+                    keys.push(r.get::<_, Option<String>>(i)?);
+                }
+                Ok(AnalyticsRow {
+                    keys,
+                    bucket: None,
+                    events: r.get::<_, i64>(groups)? as u64,
+                    quantity: r.get::<_, Option<i64>>(groups + 1)?.unwrap_or(0) as u64,
+                    cost_micros: r.get::<_, Option<i64>>(groups + 2)?.unwrap_or(0) as u64,
+                    users: 0,
+                })
+            },
+        )
+        .map_err(sum_error)?;
+    rows.collect::<Result<_, _>>().map_err(sum_error)
+}
+
 pub(crate) fn analytics(conn: &Connection, q: &AnalyticsQuery) -> StoreResult<Vec<AnalyticsRow>> {
+    if let Some(days) = q.rollup_days() {
+        return rolled(conn, q, days);
+    }
     let mut values: Vec<Value> = vec![
         Value::Integer(q.env.0),
         Value::Integer(ms(q.from)),
@@ -125,20 +208,7 @@ pub(crate) fn analytics(conn: &Connection, q: &AnalyticsQuery) -> StoreResult<Ve
         let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
         format!("GROUP BY {}", positions.join(", "))
     };
-    let order = match q.order_by {
-        None => String::new(),
-        Some(m) => {
-            let position = groups
-                + match m {
-                    Metric::Events => 1,
-                    Metric::Quantity => 2,
-                    Metric::CostMicros => 3,
-                    Metric::Users => 4,
-                };
-            let ties: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
-            format!("ORDER BY {position} DESC, {}", ties.join(", "))
-        }
-    };
+    let order = order_clause(q, groups);
     let limit = bind(Value::Integer(q.limit as i64));
     let sql = format!(
         "SELECT {select} FROM {from} WHERE {} {group_by} {order} LIMIT ?{limit}",

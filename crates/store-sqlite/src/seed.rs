@@ -2,24 +2,25 @@
 //! (`tollgate bench --seed-events`): how the hot path's cost grows with the events already
 //! stored can only be measured on a database that holds many.
 //!
-//! The rows go straight into the `events` table of the install's test environment, in large
-//! transactions with `synchronous=OFF` (a crash mid-load loses only bench data). They are
-//! committed usage of past days; counters are not touched, so no quota is used up.
+//! The rows ([`tollgate_store::seed`]) go straight into the `events` table of the install's
+//! test environment, in large transactions with `synchronous=OFF` (a crash mid-load loses only
+//! bench data). They are usage of past days; counters are not touched, so no quota is used up.
 
 use crate::{internal, open_writer, DATABASE_FILE};
 use rusqlite::{params, OptionalExtension};
 use std::path::Path;
+use std::collections::HashMap;
+use tollgate_store::analytics::{counted, day_of};
+use tollgate_store::seed::seed_event;
 use tollgate_store::{StoreError, StoreResult};
 
 /// Rows per transaction.
 const SEED_BATCH_ROWS: u64 = 200_000;
-/// The seeded events spread over this many days before now.
-const SEED_DAYS: i64 = 30;
 /// Page cache of the loading connection, in KiB: the user-time index stays in memory.
 const SEED_CACHE_KIB: i64 = 1024 * 1024;
 
-/// Appends `events` committed events spread over `users` users (`seed_u<n>`) and the last
-/// [`SEED_DAYS`] days, calling `progress` with the rows written so far after each transaction.
+/// Appends `events` synthetic events spread over `users` users (`seed_u<n>`) and the last
+/// [`tollgate_store::seed::SEED_DAYS`] days, calling `progress` with the rows written so far after each transaction.
 /// The data dir must hold an install (`tollgate init`) and no running server.
 pub fn seed_events(
     data_dir: &Path,
@@ -52,17 +53,7 @@ pub fn seed_events(
         ));
     };
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    let span_ms = SEED_DAYS * 86_400_000;
     let mut written = 0;
-    // A cheap deterministic spread of users (SplitMix64), so two loads are alike.
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
     while written < events {
         let rows = SEED_BATCH_ROWS.min(events - written);
         let tx = conn.unchecked_transaction().map_err(internal)?;
@@ -70,21 +61,44 @@ pub fn seed_events(
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO events (env_id, event_id, occurred_at_ms, user_id, event,
-                         quantity, metadata, status, plan_id, reasons)
-                     VALUES (?1, ?2, ?3, ?4, 'seed.op', 1, '{}', 'committed', 'bench', '[]')",
+                         quantity, metadata, cost_micros, status, plan_id, reasons)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(internal)?;
+            // The batch's daily rollup, added once per (day, user, plan) after its rows.
+            let mut days: HashMap<(i64, String, &str), (i64, i64, i64)> = HashMap::new();
             for i in written..written + rows {
-                // Times rise with the row number, as a real log's do.
-                let at = now_ms - span_ms + (i as i64).saturating_mul(span_ms) / events as i64;
-                let user = next() % users;
+                let e = seed_event(i, events, users, now_ms);
+                if counted(e.status) {
+                    let day = days
+                        .entry((day_of(e.at_ms), e.user_id.clone(), e.plan_id))
+                        .or_default();
+                    *day = (day.0 + 1, day.1 + e.quantity, day.2 + e.cost_micros.unwrap_or(0));
+                }
+                let reasons = if e.status == "denied" {
+                    r#"["limit_reached"]"#
+                } else {
+                    "[]"
+                };
                 insert
                     .execute(params![
                         env,
-                        format!("evt_seed{i:016}"),
-                        at,
-                        format!("seed_u{user}")
+                        e.event_id,
+                        e.at_ms,
+                        e.user_id,
+                        e.event,
+                        e.quantity,
+                        e.metadata,
+                        e.cost_micros,
+                        e.status,
+                        e.plan_id,
+                        reasons,
                     ])
+                    .map_err(internal)?;
+            }
+            let mut add = tx.prepare_cached(crate::sql::ROLLUP_ADD).map_err(internal)?;
+            for ((day, user, plan), (n, q, c)) in days {
+                add.execute(params![env, day, user, plan, n, q, c])
                     .map_err(internal)?;
             }
         }

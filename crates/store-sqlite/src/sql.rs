@@ -22,6 +22,30 @@ use tollgate_store::{
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
 
+/// Adds one usage event (or a user's day, when identify moves it) to the daily rollup. Sums
+/// stop at 2^63 - 1 rather than fail the call that records the usage.
+pub(crate) const ROLLUP_ADD: &str = "INSERT INTO usage_daily (env_id, day_ms, user_id, plan_id, events,
+        quantity, cost_micros)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    ON CONFLICT (env_id, day_ms, user_id, plan_id) DO UPDATE SET
+        events = events + excluded.events,
+        quantity = CASE WHEN quantity > 9223372036854775807 - excluded.quantity
+            THEN 9223372036854775807 ELSE quantity + excluded.quantity END,
+        cost_micros = CASE WHEN cost_micros > 9223372036854775807 - excluded.cost_micros
+            THEN 9223372036854775807 ELSE cost_micros + excluded.cost_micros END";
+/// Moves an anonymous id's rollup rows onto its user (identify), merging days both have.
+const ROLLUP_MOVE: &str = "INSERT INTO usage_daily (env_id, day_ms, user_id, plan_id, events,
+        quantity, cost_micros)
+    SELECT env_id, day_ms, ?3, plan_id, events, quantity, cost_micros FROM usage_daily
+     WHERE env_id = ?1 AND user_id = ?2
+    ON CONFLICT (env_id, day_ms, user_id, plan_id) DO UPDATE SET
+        events = events + excluded.events,
+        quantity = CASE WHEN quantity > 9223372036854775807 - excluded.quantity
+            THEN 9223372036854775807 ELSE quantity + excluded.quantity END,
+        cost_micros = CASE WHEN cost_micros > 9223372036854775807 - excluded.cost_micros
+            THEN 9223372036854775807 ELSE cost_micros + excluded.cost_micros END";
+
+
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
@@ -646,6 +670,22 @@ impl MeteringTx for SqliteTx<'_> {
     }
 
     fn insert_event(&mut self, env: EnvId, e: &EventRow<'_>) -> StoreResult<()> {
+        if tollgate_store::analytics::counted(e.status) {
+            self.0
+                .prepare_cached(ROLLUP_ADD)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        env.0,
+                        tollgate_store::analytics::day_of(ms(e.occurred_at)),
+                        e.user_id,
+                        e.plan_id.unwrap_or(""),
+                        1,
+                        e.quantity as i64,
+                        e.cost_micros.unwrap_or(0) as i64,
+                    ])
+                })
+                .map_err(internal)?;
+        }
         let reasons: Vec<&str> = e.reasons.iter().map(|r| r.as_str()).collect();
         let truncated =
             e.prompt.is_some_and(|p| p.truncated) || e.response.is_some_and(|p| p.truncated);
@@ -889,6 +929,16 @@ impl MeteringTx for SqliteTx<'_> {
     }
 
     fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64> {
+        self.0
+            .prepare_cached(ROLLUP_MOVE)
+            .and_then(|mut s| s.execute(params![env.0, from, to]))
+            .and_then(|_| {
+                let mut drop = self
+                    .0
+                    .prepare_cached("DELETE FROM usage_daily WHERE env_id = ?1 AND user_id = ?2")?;
+                drop.execute(params![env.0, from])
+            })
+            .map_err(internal)?;
         let moved = self
             .0
             .prepare_cached(

@@ -127,3 +127,42 @@ pub struct RevenueSource {
     /// (kind, when, the plan it moved to).
     pub history: Vec<(String, Timestamp, Option<String>)>,
 }
+
+/// One UTC day in ms, the key of the daily usage rollup.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Whether a usage event of this status counts as usage in analytics by default, and in the
+/// daily rollup (`usage_daily`): what happened, not what was held, given back or refused.
+pub fn counted(status: &str) -> bool {
+    matches!(status, "committed" | "tracked")
+}
+
+/// The start of the UTC day holding `ms`.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+impl AnalyticsQuery {
+    /// Where the daily rollup can answer: the whole UTC days `[lo, hi)` inside the range, when
+    /// the query reads only what the rollup keeps (counted usage, no filter but the range,
+    /// grouped by nothing, user or plan, no buckets, no distinct users) and the range holds at
+    /// least one whole day. The rest of the range is read from the events.
+    pub fn rollup_days(&self) -> Option<(i64, i64)> {
+        let from = self.from.as_millisecond();
+        let to = self.to.as_millisecond();
+        let lo = day_of(from.saturating_add(DAY_MS - 1));
+        let hi = day_of(to);
+        let mut statuses: Vec<&str> = self.statuses.iter().map(String::as_str).collect();
+        statuses.sort_unstable();
+        let plain = self.user_id.is_none()
+            && self.account_id.is_none()
+            && self.event.is_none()
+            && self.metadata.is_empty()
+            && self.buckets.is_none()
+            && !self.count_users
+            && self.order_by != Some(Metric::Users)
+            && statuses == ["committed", "tracked"]
+            && (self.group_by.iter()).all(|d| matches!(d, Dimension::UserId | Dimension::PlanId));
+        (plain && lo < hi).then_some((lo, hi))
+    }
+}

@@ -8,7 +8,7 @@
 
 pub use analytics::{
     AnalyticsQuery, AnalyticsRow, CaptureCommand, Dimension, FunnelQuery, Metric, Occurrence,
-    RevenueSource, ANALYTICS_BUCKETS_MAX, ANALYTICS_ROWS_MAX, FUNNEL_OCCURRENCES_MAX,
+    RevenueSource, ANALYTICS_BUCKETS_MAX, DAY_MS, ANALYTICS_ROWS_MAX, FUNNEL_OCCURRENCES_MAX,
     REVENUE_SUBSCRIPTIONS_MAX,
 };
 use async_trait::async_trait;
@@ -1363,3 +1363,4 @@ pub mod codec;
 #[cfg(feature = "contract")]
 pub mod contract;
 pub mod procedure;
+pub mod seed;
