@@ -13,6 +13,7 @@
 mod admin;
 mod checkpointer;
 mod engine;
+mod persons;
 mod priority;
 mod schema;
 mod seed;
