@@ -282,3 +282,36 @@ async fn denials_are_recorded_unless_record_denials_is_off() {
     assert_eq!(c.reserve(over).await.ok()["allowed"], false);
     assert_eq!(denied_events(&c).await, 2);
 }
+
+/// Erasing runs in steps of `LOGGED_TEXT_BATCH_MAX` (1,000) rows: a user with one more
+/// logged event than a step takes is erased whole, in one call, and counted exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasing_more_than_a_step_erases_everything_in_one_call() {
+    const STEP: usize = 1000;
+    let (_s, c) = TestServer::with_plans(plans(1_000_000)).await;
+    settings(&c, json!({"promptLogging": true})).await.ok();
+    let tasks: Vec<_> = (0..8)
+        .map(|worker| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in (worker..=STEP).step_by(8) {
+                    let prompt = format!("prompt {i}");
+                    track(&c, "heavy", &prompt, "r").await;
+                }
+            })
+        })
+        .collect();
+    for t in futures::future::join_all(tasks).await {
+        t.expect("a tracking task");
+    }
+    let erased = c.delete("/v1/users/heavy").await.ok();
+    assert_eq!(
+        erased,
+        json!({"erased": {"prompts": STEP + 1, "responses": STEP + 1, "traits": 0}})
+    );
+    assert_eq!(
+        limit(&c.usage("heavy").await.ok(), "images")["used"],
+        2 * (STEP + 1),
+        "usage unchanged"
+    );
+}

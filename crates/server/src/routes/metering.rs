@@ -45,8 +45,8 @@ impl Logging {
         })
     }
 
-    /// The settings of a call that only needs them for `text`: a commit or release without a
-    /// response reads nothing.
+    /// `text` as a commit or release logs it: the settings are read only when there is text
+    /// (a commit or release without a response reads nothing).
     async fn of_text(
         state: &AppState,
         caller: &Caller,
