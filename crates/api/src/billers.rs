@@ -457,14 +457,53 @@ pub const CORS_ORIGINS_MAX: usize = 50;
 /// Longest origin of `corsOrigins`, in bytes.
 pub const CORS_ORIGIN_BYTES_MAX: usize = 256;
 
-/// An environment's settings as stored: what `PATCH /v1/settings` changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Fewest days a logged prompt or response is kept (`promptRetentionDays`).
+pub const PROMPT_RETENTION_DAYS_MIN: u32 = 1;
+/// Most days a logged prompt or response is kept (ten years).
+pub const PROMPT_RETENTION_DAYS_MAX: u32 = 3650;
+/// Days a logged prompt or response is kept unless the settings say otherwise.
+pub const PROMPT_RETENTION_DAYS_DEFAULT: u32 = 30;
+
+/// An environment's settings as stored: what `PATCH /v1/settings` changes. Every field has a
+/// serde default, so a document stored before a field existed still loads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
     #[serde(default)]
     pub past_due: PastDue,
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Whether prompts and responses sent with metering calls are stored with their usage
+    /// events (off: they are checked for size and dropped).
+    #[serde(default)]
+    pub prompt_logging: bool,
+    /// Days a logged prompt or response is kept, on the environment's clock; then it is
+    /// cleared and its event stays.
+    #[serde(default = "prompt_retention_days_default")]
+    pub prompt_retention_days: u32,
+    /// Whether a denied reserve or enforced track is recorded as a `denied` usage event.
+    #[serde(default = "record_denials_default")]
+    pub record_denials: bool,
+}
+
+fn prompt_retention_days_default() -> u32 {
+    PROMPT_RETENTION_DAYS_DEFAULT
+}
+
+fn record_denials_default() -> bool {
+    true
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            past_due: PastDue::default(),
+            cors_origins: Vec::new(),
+            prompt_logging: false,
+            prompt_retention_days: PROMPT_RETENTION_DAYS_DEFAULT,
+            record_denials: true,
+        }
+    }
 }
 
 /// `GET /v1/settings`: the settings, and what an SDK needs to mint user tokens offline.
@@ -475,6 +514,13 @@ pub struct SettingsResponse {
     /// Origins a browser may call the publishable-key routes from (`*`: any).
     #[schema(example = json!(["https://app.example.com"]))]
     pub cors_origins: Vec<String>,
+    /// Whether prompts and responses are stored with usage events (`GET /v1/events/{id}`).
+    pub prompt_logging: bool,
+    /// Days a logged prompt or response is kept before it is cleared (its event stays).
+    #[schema(minimum = 1, maximum = 3650, example = 30)]
+    pub prompt_retention_days: u32,
+    /// Whether denied reserves and enforced tracks are recorded as `denied` usage events.
+    pub record_denials: bool,
     /// Signs user tokens (read-only): keep it on the server, like a secret key.
     #[schema(example = "tg_ts_test_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG")]
     pub token_secret: String,
@@ -495,6 +541,16 @@ pub struct SettingsPatch {
     #[serde(default)]
     #[schema(max_items = 50)]
     pub cors_origins: Option<Vec<String>>,
+    /// Store prompts and responses with usage events (default off).
+    #[serde(default)]
+    pub prompt_logging: Option<bool>,
+    /// Days a logged prompt or response is kept, 1–3650 (default 30).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub prompt_retention_days: Option<i64>,
+    /// Record denied reserves and enforced tracks as `denied` usage events (default on).
+    #[serde(default)]
+    pub record_denials: Option<bool>,
 }
 
 /// An origin of `corsOrigins`, as browsers send it in `Origin`: `*`, or `http[s]://host[:port]`
@@ -577,11 +633,37 @@ impl Settings {
                 Some(parsed)
             }
         };
+        let retention = match patch.prompt_retention_days {
+            None => None,
+            Some(days) => Some(
+                u32::try_from(days)
+                    .ok()
+                    .filter(|d| (PROMPT_RETENTION_DAYS_MIN..=PROMPT_RETENTION_DAYS_MAX).contains(d))
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "promptRetentionDays",
+                            format!(
+                                "from {PROMPT_RETENTION_DAYS_MIN} to \
+                                 {PROMPT_RETENTION_DAYS_MAX} days, got {days}"
+                            ),
+                        )
+                    })?,
+            ),
+        };
         if let Some(p) = patch.past_due {
             self.past_due = p;
         }
         if let Some(o) = origins {
             self.cors_origins = o;
+        }
+        if let Some(on) = patch.prompt_logging {
+            self.prompt_logging = on;
+        }
+        if let Some(days) = retention {
+            self.prompt_retention_days = days;
+        }
+        if let Some(on) = patch.record_denials {
+            self.record_denials = on;
         }
         Ok(())
     }
@@ -649,6 +731,56 @@ mod tests {
         let too_many = format!(r#"{{"corsOrigins": [{}]}}"#, vec![r#""*""#; 51].join(","));
         let patch: SettingsPatch = serde_json::from_str(&too_many).unwrap();
         assert_eq!(s.apply(patch).unwrap_err().field, "corsOrigins");
+    }
+
+    #[test]
+    fn documents_stored_before_the_prompt_fields_load_with_their_defaults() {
+        let s = Settings::from_stored(r#"{"pastDue":"end","corsOrigins":[]}"#).unwrap();
+        assert_eq!(s.past_due, PastDue::End);
+        assert!(!s.prompt_logging);
+        assert_eq!(s.prompt_retention_days, PROMPT_RETENTION_DAYS_DEFAULT);
+        assert!(s.record_denials);
+        assert_eq!(Settings::from_stored("{}").unwrap(), Settings::default());
+        let round = Settings {
+            prompt_logging: true,
+            prompt_retention_days: 7,
+            record_denials: false,
+            ..Settings::default()
+        };
+        assert_eq!(Settings::from_stored(&round.to_stored()).unwrap(), round);
+    }
+
+    #[test]
+    fn prompt_retention_days_is_bounded_and_a_patch_changes_only_what_it_names() {
+        let patch = |json: &str| serde_json::from_str::<SettingsPatch>(json).unwrap();
+        let mut s = Settings::default();
+        s.apply(patch(r#"{"promptLogging": true}"#)).unwrap();
+        assert!(s.prompt_logging);
+        assert_eq!(s.prompt_retention_days, PROMPT_RETENTION_DAYS_DEFAULT);
+        assert!(s.record_denials);
+        for inside in [PROMPT_RETENTION_DAYS_MIN, PROMPT_RETENTION_DAYS_MAX] {
+            s.apply(patch(&format!(r#"{{"promptRetentionDays": {inside}}}"#)))
+                .unwrap();
+            assert_eq!(s.prompt_retention_days, inside);
+        }
+        let before = s.clone();
+        for outside in [
+            i64::from(PROMPT_RETENTION_DAYS_MIN) - 1,
+            i64::from(PROMPT_RETENTION_DAYS_MAX) + 1,
+            -1,
+            i64::MAX,
+        ] {
+            let refused = s
+                .apply(patch(&format!(
+                    r#"{{"recordDenials": false, "promptRetentionDays": {outside}}}"#
+                )))
+                .unwrap_err();
+            assert_eq!(refused.field, "promptRetentionDays");
+            assert_eq!(s, before, "a refused patch changes nothing");
+        }
+        s.apply(patch(r#"{"recordDenials": false}"#)).unwrap();
+        assert!(!s.record_denials);
+        assert!(s.prompt_logging);
     }
 
     fn request(json: &str) -> IntegrationRequest {

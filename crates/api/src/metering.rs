@@ -782,8 +782,9 @@ pub struct IdentifyRequest {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
     )]
     pub user_id: String,
-    /// Refused in this build: person traits are stored with persons (`capture`), which come
-    /// later. Send none.
+    /// Merged into the user's stored traits (a key given again takes its new value): a JSON
+    /// object of at most 64 keys and 16 KiB, also once merged. `DELETE /v1/users/{userId}`
+    /// deletes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub traits: Option<serde_json::Value>,
@@ -793,16 +794,17 @@ pub struct IdentifyRequest {
 pub struct IdentifyInput {
     pub anonymous_id: UserId,
     pub user_id: UserId,
+    /// A JSON object (the store checks its limits, alone and once merged).
+    pub traits: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl IdentifyRequest {
     pub fn parse(self) -> Result<IdentifyInput, FieldError> {
-        if self.traits.is_some() {
-            return Err(FieldError::new(
-                "traits",
-                "traits are not stored yet (persons come with `capture`); send none",
-            ));
-        }
+        let traits = match self.traits {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Object(map)) => Some(map),
+            Some(_) => return Err(FieldError::new("traits", "must be a JSON object")),
+        };
         let anonymous_id = convert::user_id("anonymousId", self.anonymous_id)?;
         let user_id = convert::user_id("userId", self.user_id)?;
         if anonymous_id == user_id {
@@ -811,8 +813,28 @@ impl IdentifyRequest {
         Ok(IdentifyInput {
             anonymous_id,
             user_id,
+            traits,
         })
     }
+}
+
+/// `DELETE /v1/users/{userId}`: what was erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EraseResponse {
+    pub erased: ErasedCounts,
+}
+
+/// How many of each were erased (all 0 for a user with nothing stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasedCounts {
+    /// Logged prompts cleared (their usage events stay, with their counts).
+    pub prompts: u64,
+    /// Logged responses cleared.
+    pub responses: u64,
+    /// Keys of the user's traits deleted.
+    pub traits: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

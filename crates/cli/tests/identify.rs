@@ -155,7 +155,7 @@ async fn identify_refuses_what_it_cannot_do() {
         .invalid("userId");
     c.post(
         "/v1/identify",
-        json!({"anonymousId": "anon_8", "userId": "u8", "traits": {"plan": "pro"}}),
+        json!({"anonymousId": "anon_8", "userId": "u8", "traits": ["plan", "pro"]}),
     )
     .await
     .invalid("traits");

@@ -14,65 +14,25 @@
 //! from an unreachable server. Secret keys never get CORS headers: a browser cannot read their answers, which is right,
 //! since a secret key in a page is a leak. Requests without `Origin` (servers, SDKs, curl)
 //! pass untouched.
+//!
+//! The origins come from the environment's settings through the node's
+//! [`SettingsCache`](crate::settings_cache::SettingsCache).
 
 use crate::auth::bearer_of;
 use crate::error::ApiError;
-use crate::routes::billers::settings_of;
 use crate::AppState;
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
-use tollgate_api::Settings;
-use tollgate_store::{EnvId, KeyKind};
+use tollgate_store::KeyKind;
 
-/// How long an environment's origins are used before the store is asked again, in ms.
-pub const ORIGINS_CACHE_MS: u64 = 1_000;
 /// How long a browser may keep a preflight's answer, in seconds.
 pub const PREFLIGHT_MAX_AGE_SECONDS: u32 = 600;
 /// The headers a browser may send on a cross-origin call.
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-tollgate-user-token, idempotency-key";
 const ALLOWED_METHODS: &str = "GET, POST, OPTIONS";
-
-/// Each environment's settings as last read, for the origin check.
-#[derive(Debug, Default)]
-pub struct Origins {
-    entries: RwLock<HashMap<EnvId, (Arc<Settings>, Instant)>>,
-}
-
-impl Origins {
-    async fn settings(&self, state: &AppState, env: EnvId) -> Result<Arc<Settings>, ApiError> {
-        if let Some((s, read)) = self
-            .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&env)
-        {
-            if read.elapsed() < Duration::from_millis(ORIGINS_CACHE_MS) {
-                return Ok(s.clone());
-            }
-        }
-        let read = Instant::now();
-        let settings = Arc::new(settings_of(state, env).await?);
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(env, (settings.clone(), read));
-        Ok(settings)
-    }
-
-    /// Drops an environment's cached origins (after `PATCH /v1/settings` on this node).
-    pub fn forget(&self, env: EnvId) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&env);
-    }
-}
 
 fn allow(response: &mut Response, origin: &HeaderValue) {
     let headers = response.headers_mut();
@@ -125,7 +85,7 @@ pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -
         }
         Err(e) => return e.into_response(),
     };
-    let settings = match state.origins.settings(&state, env).await {
+    let settings = match state.settings.get(state.store.as_ref(), env).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };

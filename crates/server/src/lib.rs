@@ -1,5 +1,6 @@
 //! The HTTP server of Tollgate: axum routes for the API of `API.md`, key authentication, the
-//! plan cache, metrics, the reservation sweeper and the OpenAPI document.
+//! plan cache, the settings cache, metrics, the reservation sweeper (and the retention purge of
+//! logged prompts it runs) and the OpenAPI document.
 //!
 //! A request goes: observe (request id, span, metrics, timeout) → authenticate the key → parse
 //! the body into core newtypes (`tollgate-api`) → one [`Store`] command with `now` and fresh ids
@@ -21,7 +22,9 @@ mod observe;
 pub mod openapi;
 pub mod plan_cache;
 mod render;
+pub mod retention;
 mod routes;
+pub mod settings_cache;
 pub mod sweeper;
 pub mod user_token;
 
@@ -45,7 +48,7 @@ pub struct AppState {
     pub plans: Arc<PlanCache>,
     pub keys: Arc<auth::AuthCache>,
     pub token_secrets: Arc<user_token::TokenSecrets>,
-    pub origins: Arc<cors::Origins>,
+    pub settings: Arc<settings_cache::SettingsCache>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
 }
@@ -59,7 +62,7 @@ impl AppState {
             plans: Arc::new(PlanCache::new(metrics.clone())),
             keys: Arc::new(auth::AuthCache::default()),
             token_secrets: Arc::new(user_token::TokenSecrets::default()),
-            origins: Arc::new(cors::Origins::default()),
+            settings: Arc::new(settings_cache::SettingsCache::default()),
             metrics,
             config: Arc::new(config),
         }
@@ -76,6 +79,7 @@ pub async fn run(
     let (stop_sweeper, stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweeper::run(
         state.store.clone(),
+        state.settings.clone(),
         state.config.sweep_interval,
         stopped,
     ));

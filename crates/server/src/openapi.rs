@@ -2,7 +2,8 @@
 //! and the wire types' schemas, served at `/openapi.json`.
 
 use crate::routes::{
-    accounts, admin, analytics, billers, browser, credits, events, metering, plans, recommend,
+    accounts, admin, analytics, billers, browser, credits, events, metering, persons, plans,
+    recommend,
     subscriptions, system,
 };
 use serde_json::{json, Value};
@@ -237,6 +238,7 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         analytics::funnel,
         analytics::capture,
         metering::usage,
+        persons::erase_user,
         credits::grant,
         credits::revoke,
         credits::user_credits,
@@ -425,8 +427,11 @@ fn property_overrides() -> [(&'static str, &'static str, Value); 5] {
             "IdentifyRequest",
             "traits",
             json!({
-                "description": "Refused in this build (persons come with `capture`): absent or null",
-                "type": "null",
+                "description": "Merged into the user's stored traits (a key given again takes \
+                                its new value); at most 64 keys and 16 KiB as JSON, also once \
+                                merged",
+                "type": ["object", "null"],
+                "maxProperties": tollgate_store::TRAITS_KEYS_MAX,
             }),
         ),
     ]

@@ -6,6 +6,7 @@
 //! transaction. Each node runs a fixed pool of connections on worker threads (`pool`).
 
 mod analytics;
+mod persons;
 mod pool;
 mod schema;
 mod seed;
@@ -434,6 +435,28 @@ impl Store for PgStore {
 
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
         self.pool.run(move |tx| procedure::usage(tx, &query)).await
+    }
+
+    async fn erase_user(&self, cmd: EraseCommand) -> StoreResult<Erased> {
+        self.pool
+            .run(move |tx| procedure::erase_user(tx, &cmd))
+            .await
+    }
+
+    async fn purge_logged_text(
+        &self,
+        env: EnvId,
+        retention: jiff::SignedDuration,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        self.pool
+            .run(move |tx| persons::purge_logged_text(tx, env, retention, real_now, limit))
+            .await
+    }
+
+    async fn environments(&self) -> StoreResult<Vec<EnvId>> {
+        self.pool.run(persons::environments).await
     }
 
     async fn expire_due(&self, real_now: Timestamp, ids: IdSeed) -> StoreResult<usize> {

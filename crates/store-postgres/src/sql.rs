@@ -18,9 +18,9 @@ use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus
 use tollgate_store::procedure::*;
 use tollgate_store::{
     codec, Balance, BillerEventStatus, BillerEventsQuery, EndpointTarget, EnvId, EventsQuery,
-    Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, Member, MeterAttempt,
-    MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError, StoreResult,
-    StoredBillerEvent, StoredEvent, StoredEventDetail, StoredSettings,
+    Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, LoggedTextCleared, Member,
+    MeterAttempt, MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError,
+    StoreResult, StoredBillerEvent, StoredEvent, StoredEventDetail, StoredSettings,
 };
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
@@ -1780,6 +1780,33 @@ impl MeteringTx for PgTx<'_, '_> {
             &[&env.0, &event_id, &ms(now)],
         )
         .map(|n| n > 0)
+    }
+
+    fn traits(&mut self, env: EnvId, user_id: &str) -> StoreResult<Option<String>> {
+        crate::persons::traits(self, env, user_id)
+    }
+
+    fn put_traits(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        traits: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        crate::persons::put_traits(self, env, user_id, traits, now)
+    }
+
+    fn delete_traits(&mut self, env: EnvId, user_id: &str) -> StoreResult<Option<String>> {
+        crate::persons::delete_traits(self, env, user_id)
+    }
+
+    fn erase_logged_text(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        limit: usize,
+    ) -> StoreResult<LoggedTextCleared> {
+        crate::persons::erase_logged_text(self, env, user_id, limit)
     }
 
     fn settings(&mut self, env: EnvId) -> StoreResult<Option<StoredSettings>> {

@@ -523,6 +523,28 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn erase_user(&self, cmd: EraseCommand) -> StoreResult<Erased> {
+        self.writer
+            .execute(move |c| procedure::erase_user(&mut SqliteTx(c), &cmd))
+            .await
+    }
+
+    async fn purge_logged_text(
+        &self,
+        env: EnvId,
+        retention: jiff::SignedDuration,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        self.writer
+            .execute(move |c| crate::persons::purge_logged_text(c, env, retention, real_now, limit))
+            .await
+    }
+
+    async fn environments(&self) -> StoreResult<Vec<EnvId>> {
+        self.readers.read(crate::persons::environments).await
+    }
+
     async fn expire_due(&self, real_now: Timestamp, ids: IdSeed) -> StoreResult<usize> {
         self.writer
             .execute(move |c| procedure::expire_due(&mut SqliteTx(c), real_now, &ids))

@@ -14,6 +14,7 @@ mod admin;
 mod analytics;
 mod checkpointer;
 mod engine;
+mod persons;
 mod priority;
 mod schema;
 mod seed;

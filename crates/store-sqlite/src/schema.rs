@@ -483,6 +483,27 @@ SELECT env_id, occurred_at_ms - (occurred_at_ms % 86400000), user_id, COALESCE(p
        COUNT(*), SUM(quantity), SUM(COALESCE(cost_micros, 0))
   FROM events WHERE status IN ('committed', 'tracked')
  GROUP BY env_id, occurred_at_ms - (occurred_at_ms % 86400000), user_id, COALESCE(plan_id, '');
+    // 15: persons (API.md §9): each user's traits as `POST /v1/identify` merged them (a JSON
+    // object), deleted with the user by `DELETE /v1/users/{userId}`. And the rows that still
+    // hold a logged prompt or response, by environment and time (the retention purge) and by
+    // user (erasure): partial indexes, so they hold only the rows with text and cost nothing
+    // while prompt logging is off.
+    r#"
+CREATE TABLE persons (
+    env_id INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    traits TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env_id, user_id)
+);
+CREATE INDEX events_logged ON events (env_id, occurred_at_ms)
+    WHERE prompt IS NOT NULL OR response IS NOT NULL;
+CREATE INDEX events_logged_user ON events (env_id, user_id)
+    WHERE prompt IS NOT NULL OR response IS NOT NULL;
+CREATE INDEX reservations_logged ON reservations (env_id, created_at_ms)
+    WHERE prompt IS NOT NULL;
+CREATE INDEX reservations_logged_user ON reservations (env_id, user_id)
+    WHERE prompt IS NOT NULL;
 "#,
 ];
 

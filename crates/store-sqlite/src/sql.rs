@@ -15,9 +15,9 @@ use tollgate_core::subscription::{HistoryEntry, Subscription, SubscriptionStatus
 use tollgate_store::procedure::*;
 use tollgate_store::{
     codec, Balance, BillerEventStatus, BillerEventsQuery, EndpointTarget, EnvId, EventsQuery,
-    Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, Member, MeterAttempt,
-    MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError, StoreResult,
-    StoredBillerEvent, StoredEvent, StoredEventDetail, StoredSettings,
+    Grant, GrantRow, GrantSource, Integration, LedgerEntry, LedgerKind, LoggedTextCleared, Member,
+    MeterAttempt, MeterEventRow, MeterEventsQuery, MeterStatus, ReservationStatus, StoreError,
+    StoreResult, StoredBillerEvent, StoredEvent, StoredEventDetail, StoredSettings,
 };
 
 pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
@@ -1841,6 +1841,33 @@ impl MeteringTx for SqliteTx<'_> {
             .and_then(|mut st| st.execute(params![env.0, event_id, ms(now)]))
             .map(|n| n > 0)
             .map_err(internal)
+    }
+
+    fn traits(&mut self, env: EnvId, user_id: &str) -> StoreResult<Option<String>> {
+        crate::persons::traits(self.0, env, user_id)
+    }
+
+    fn put_traits(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        traits: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        crate::persons::put_traits(self.0, env, user_id, traits, now)
+    }
+
+    fn delete_traits(&mut self, env: EnvId, user_id: &str) -> StoreResult<Option<String>> {
+        crate::persons::delete_traits(self.0, env, user_id)
+    }
+
+    fn erase_logged_text(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        limit: usize,
+    ) -> StoreResult<LoggedTextCleared> {
+        crate::persons::erase_logged_text(self.0, env, user_id, limit)
     }
 
     fn settings(&mut self, env: EnvId) -> StoreResult<Option<StoredSettings>> {

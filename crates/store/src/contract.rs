@@ -9,11 +9,13 @@ mod carry;
 mod credits;
 mod credits_property;
 pub mod differential;
+mod persons;
 mod seats;
 pub use billers::*;
 pub use carry::*;
 pub use credits::*;
 pub use credits_property::*;
+pub use persons::*;
 pub use seats::*;
 
 use crate::*;
@@ -63,7 +65,10 @@ macro_rules! store_contract_suite {
             concurrent_snapshots_of_one_subscription_end_on_the_newest,
             concurrent_meter_claims_take_each_row_once,
             subscription_seats_override_the_plans_cap,
-            seats_are_refused_on_a_users_subscription
+            seats_are_refused_on_a_users_subscription,
+            logged_text_is_kept_as_given_and_denials_only_when_asked,
+            logged_text_past_retention_is_purged_by_the_environments_clock,
+            erasing_a_user_clears_their_text_and_traits_and_keeps_their_usage
         );
     };
     (@each $make:path; $($name:ident),*) => {

@@ -544,6 +544,9 @@ pub struct IdentifyCommand {
     pub plans: Arc<PlanDocument>,
     pub anonymous_id: UserId,
     pub user_id: UserId,
+    /// Merged into the traits stored for the user the anonymous id stands for (see
+    /// [`persons`]), whether or not this call merged anything else.
+    pub traits: Option<Traits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1179,6 +1182,24 @@ pub trait Store: Send + Sync + 'static {
     /// user, and the anonymous id stands for the user from then on. Idempotent.
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome>;
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome>;
+
+    // ---- persons (see [`persons`])
+    /// One step of erasing a user (see [`EraseCommand`]): their logged prompts and responses
+    /// cleared, events and reservations kept with every other field; their traits deleted.
+    async fn erase_user(&self, cmd: EraseCommand) -> StoreResult<Erased>;
+    /// The retention purge, one step: clears the prompt and response of at most `limit` usage
+    /// events (and reservations) of `env` that happened more than `retention` before the
+    /// environment's now (`real_now` plus its test-clock offset); returns how many rows changed.
+    /// The caller repeats it until a step changes fewer than `limit`.
+    async fn purge_logged_text(
+        &self,
+        env: EnvId,
+        retention: jiff::SignedDuration,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize>;
+    /// Every environment of the install (the purge walks them).
+    async fn environments(&self) -> StoreResult<Vec<EnvId>>;
     /// Expires pending reservations past their expiry and credit grants past theirs, in every
     /// environment (each by its own clock: `real_now` plus its offset), at most
     /// [`SWEEP_BATCH_MAX`] of each; returns how many.
@@ -1362,5 +1383,11 @@ pub mod analytics;
 pub mod codec;
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod persons;
 pub mod procedure;
 pub mod seed;
+
+pub use persons::{
+    EraseCommand, Erased, LoggedTextCleared, Traits, TraitsError, LOGGED_TEXT_BATCH_MAX,
+    TRAITS_BYTES_MAX, TRAITS_KEYS_MAX,
+};

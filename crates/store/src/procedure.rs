@@ -3,7 +3,8 @@
 //! Each capability has its own submodule, and every procedure is re-exported here: the
 //! reservation lifecycle (reserve, commit, release, extend, expire) in `reservations`; track,
 //! check and usage in `track`; subscription and account writes in `subscriptions`; identify in
-//! `identify`; grants, the ledger and the draws on them in [`credits`]. [`MeteringTx`] and the
+//! `identify`; a user's traits and their erasure in `persons`; grants, the ledger and the
+//! draws on them in [`credits`]. [`MeteringTx`] and the
 //! rows it reads and writes are in `tx`. This module holds what the procedures share: a
 //! user's subjects and standing, counters (loading, rendering, deciding, charging),
 //! idempotent replay, and locking a write's subjects.
@@ -22,12 +23,14 @@
 pub mod billers;
 pub mod credits;
 mod identify;
+mod persons;
 mod reservations;
 mod subscriptions;
 mod track;
 mod tx;
 
 pub use identify::identify;
+pub use persons::erase_user;
 pub use reservations::{commit, expire_due, extend, get_reservation, release, reserve};
 pub use subscriptions::{
     account_view, add_member, cancel_subscription, remove_member, upsert_subscription,

@@ -187,7 +187,8 @@ pub async fn get_clock(TestSecretKey(caller): TestSecretKey) -> Json<wire::Clock
     })
 }
 
-/// Moves the test environment's clock forward.
+/// Moves the test environment's clock forward, then clears the logged prompts and responses
+/// the move took past the environment's `promptRetentionDays`.
 #[utoipa::path(
     post, path = "/v1/test/clock/advance", tag = "test clock",
     request_body = wire::AdvanceClockRequest,
@@ -206,6 +207,19 @@ pub async fn advance_clock(
     let offset = state.store.advance_clock(caller.auth.env, seconds).await?;
     state.keys.clear();
     tracing::info!(seconds, offset, "test clock advanced");
+    // Logged text the move took past its retention goes now, not at the next purge run, so
+    // a test sees the purge as soon as its clock passes the retention. The advance stands
+    // whatever becomes of the purge (the sweeper's next run tries again).
+    let purged = crate::retention::purge_environment(
+        state.store.as_ref(),
+        &state.settings,
+        caller.auth.env,
+        jiff::Timestamp::now(),
+    )
+    .await;
+    if let Err(e) = purged {
+        tracing::warn!(error = %e, "prompt purge after the clock advance failed");
+    }
     Ok(Json(wire::ClockResponse {
         now: format_timestamp(environment_now(offset)),
         offset_seconds: offset,

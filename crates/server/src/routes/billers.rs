@@ -76,13 +76,9 @@ fn sources(config: &IntegrationConfig) -> Sources {
     }
 }
 
-/// The environment's settings (defaults until one is stored).
+/// The environment's settings as stored (defaults until one is stored), never cached.
 pub async fn settings_of(state: &AppState, env: EnvId) -> Result<Settings, ApiError> {
-    match state.store.settings(env).await? {
-        None => Ok(Settings::default()),
-        Some(stored) => Settings::from_stored(&stored.document)
-            .map_err(|e| ApiError::Internal(format!("stored settings do not load: {e}"))),
-    }
+    crate::settings_cache::load(state.store.as_ref(), env).await
 }
 
 /// Sets an environment's integration with Stripe or Polar; see API.md §10.
@@ -786,7 +782,7 @@ pub async fn patch_settings(
         .store
         .put_settings(caller.auth.env, settings.to_stored(), caller.now)
         .await?;
-    state.origins.forget(caller.auth.env);
+    state.settings.forget(caller.auth.env);
     settings_response(&state, &caller, settings).await
 }
 
@@ -799,6 +795,9 @@ async fn settings_response(
     Ok(Json(wire::SettingsResponse {
         past_due: settings.past_due,
         cors_origins: settings.cors_origins,
+        prompt_logging: settings.prompt_logging,
+        prompt_retention_days: settings.prompt_retention_days,
+        record_denials: settings.record_denials,
         token_secret: token_secret.to_string(),
         project_id: caller.auth.project_id.clone(),
         environment: caller.auth.mode.as_str().to_string(),

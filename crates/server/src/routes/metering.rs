@@ -20,22 +20,48 @@ use tollgate_api::Subject;
 use tollgate_core::input::{StoredText, UserId};
 use tollgate_store::{
     CheckCommand, CommitCommand, ExtendCommand, Idempotency, Idempotent, IdentifyCommand,
-    IfExpired, ReleaseCommand, ReserveCommand, TrackCommand, UsageQuery,
+    IfExpired, ReleaseCommand, ReserveCommand, TrackCommand, Traits, UsageQuery,
 };
 use utoipa::IntoParams;
 
-/// Whether denied reserves and tracks are recorded as `denied` usage events. Settings routes
-/// (API.md §12) will make this per environment.
-const RECORD_DENIALS: bool = true;
+/// What the environment's settings (API.md §12) say about one metering call: whether its
+/// prompt and response are logged, and whether a denial is recorded. Read through the node's
+/// settings cache (`settings_cache`), so a call costs no store read of its own; the answer
+/// travels in the store command, and the procedures decide with it.
+struct Logging {
+    prompts: bool,
+    record_denials: bool,
+}
 
-/// Whether prompts and responses are stored with usage events. API.md §12 makes this a
-/// per-environment setting that defaults to off; until the settings routes exist, prompts and
-/// responses are checked for size and then dropped, never written.
-const PROMPT_LOGGING: bool = false;
+impl Logging {
+    async fn of(state: &AppState, caller: &Caller) -> Result<Self, ApiError> {
+        let settings = state
+            .settings
+            .get(state.store.as_ref(), caller.auth.env)
+            .await?;
+        Ok(Self {
+            prompts: settings.prompt_logging,
+            record_denials: settings.record_denials,
+        })
+    }
 
-/// `text` if prompt logging is on, else nothing.
-fn logged(text: Option<StoredText>) -> Option<StoredText> {
-    text.filter(|_| PROMPT_LOGGING)
+    /// `text` as a commit or release logs it: the settings are read only when there is text
+    /// (a commit or release without a response reads nothing).
+    async fn of_text(
+        state: &AppState,
+        caller: &Caller,
+        text: Option<StoredText>,
+    ) -> Result<Option<StoredText>, ApiError> {
+        match text {
+            None => Ok(None),
+            Some(text) => Ok(Self::of(state, caller).await?.logged(Some(text))),
+        }
+    }
+
+    /// `text` if prompt logging is on, else nothing (it was checked for size and is dropped).
+    fn logged(&self, text: Option<StoredText>) -> Option<StoredText> {
+        text.filter(|_| self.prompts)
+    }
 }
 
 const RESERVATION: &str = "reservation";
@@ -70,6 +96,7 @@ pub async fn reserve(
 ) -> Result<Response, ApiError> {
     let input = request.body.parse()?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
+    let logging = Logging::of(&state, &caller).await?;
     let idempotency = input.idempotency_key.map(|key| Idempotency {
         key,
         fingerprint: request.fingerprint.hex(),
@@ -88,8 +115,8 @@ pub async fn reserve(
             quantity: input.quantity,
             metadata: input.metadata,
             ttl: input.ttl,
-            prompt: logged(input.prompt),
-            record_denials: RECORD_DENIALS,
+            prompt: logging.logged(input.prompt),
+            record_denials: logging.record_denials,
             ids: crate::ids::new_seed(),
             idempotency,
         })
@@ -126,6 +153,7 @@ pub async fn commit(
     let id = reservation_id(id)?;
     let input = body.parse()?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
+    let response = Logging::of_text(&state, &caller, input.response).await?;
     let outcome = state
         .store
         .commit(CommitCommand {
@@ -136,7 +164,7 @@ pub async fn commit(
             quantity: input.quantity,
             metadata: input.metadata,
             cost_micros: input.cost_micros,
-            response: logged(input.response),
+            response,
             if_expired: match input.if_expired {
                 wire::IfExpired::Reject => IfExpired::Reject,
                 wire::IfExpired::Record => IfExpired::Record,
@@ -170,6 +198,7 @@ pub async fn release(
     let id = reservation_id(id)?;
     let input = body.parse()?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
+    let response = Logging::of_text(&state, &caller, input.response).await?;
     let outcome = state
         .store
         .release(ReleaseCommand {
@@ -180,7 +209,7 @@ pub async fn release(
             reason: input.reason,
             error_code: input.error_code,
             ids: crate::ids::new_seed(),
-            response: logged(input.response),
+            response,
         })
         .await
         .map_err(store_error(RESERVATION))?;
@@ -262,6 +291,7 @@ pub async fn track(
 ) -> Result<Response, ApiError> {
     let input = request.body.parse(caller.now)?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
+    let logging = Logging::of(&state, &caller).await?;
     let idempotency = input.idempotency_key.map(|key| Idempotency {
         key,
         fingerprint: request.fingerprint.hex(),
@@ -280,10 +310,10 @@ pub async fn track(
             metadata: input.metadata,
             occurred_at: input.occurred_at,
             cost_micros: input.cost_micros,
-            prompt: logged(input.prompt),
-            response: logged(input.response),
+            prompt: logging.logged(input.prompt),
+            response: logging.logged(input.response),
             enforce: input.enforce,
-            record_denials: RECORD_DENIALS,
+            record_denials: logging.record_denials,
             ids: crate::ids::new_seed(),
             idempotency,
         })
@@ -336,7 +366,7 @@ pub async fn check(
 
 /// An anonymous visitor became a user: their usage in the current windows counts for the
 /// user from now on, their events move to the user, and later calls with the anonymous id
-/// are the user's. Idempotent.
+/// are the user's. Idempotent. `traits` are merged into the user's stored traits.
 #[utoipa::path(
     post, path = "/v1/identify", tag = "metering",
     request_body = wire::IdentifyRequest,
@@ -353,6 +383,11 @@ pub async fn identify(
     ApiJson(body): ApiJson<wire::IdentifyRequest>,
 ) -> Result<Json<wire::IdentifyResponse>, ApiError> {
     let input = body.parse()?;
+    let traits = input
+        .traits
+        .map(Traits::new)
+        .transpose()
+        .map_err(|e| ApiError::invalid("traits", e.to_string()))?;
     let plans = state.plans.get(&*state.store, caller.auth.env).await?;
     let outcome = state
         .store
@@ -362,6 +397,7 @@ pub async fn identify(
             plans: plans.document.clone(),
             anonymous_id: input.anonymous_id,
             user_id: input.user_id,
+            traits,
         })
         .await?;
     Ok(Json(wire::IdentifyResponse {

@@ -8,6 +8,7 @@ pub mod browser;
 pub mod credits;
 pub mod events;
 pub mod metering;
+pub mod persons;
 pub mod plans;
 pub mod recommend;
 pub mod subscriptions;
@@ -89,6 +90,7 @@ fn routes() -> Router<AppState> {
         .route("/v1/capture", post(analytics::capture))
         .route("/v1/events/export", get(events::export))
         .route("/v1/events/{eventId}", get(events::event))
+        .route("/v1/users/{userId}", delete(persons::erase_user))
         .route("/v1/users/{userId}/usage", get(metering::usage))
         .route("/v1/credits/grants", post(credits::grant))
         .route("/v1/credits/revoke", post(credits::revoke))

@@ -846,6 +846,34 @@ impl Store for EngineStore {
         )
         .await
     }
+    async fn erase_user(&self, cmd: EraseCommand) -> StoreResult<Erased> {
+        // Memory holds pending reservations with their prompts, which a commit would copy
+        // onto its event: erasing runs on the tables with the engine paused, and the engine
+        // starts again with its state emptied, reloading those reservations without them.
+        self.exclusive(|s| async move { s.erase_user(cmd).await })
+            .await
+    }
+    async fn purge_logged_text(
+        &self,
+        env: EnvId,
+        retention: jiff::SignedDuration,
+        real_now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        // On the tables once they hold every write answered before (events live only
+        // there), without pausing the engine, which would empty its state once a minute.
+        // Memory may still hold a reservation's copy
+        // of a purged prompt (a reservation is due only once expired: a TTL is at most an
+        // hour, a retention at least a day); only a late commit reads it, onto an event dated
+        // at the reservation and so due at once, which the next purge clears.
+        self.caught_up()
+            .await?
+            .purge_logged_text(env, retention, real_now, limit)
+            .await
+    }
+    async fn environments(&self) -> StoreResult<Vec<EnvId>> {
+        self.sql.environments().await
+    }
     async fn expire_due(&self, real_now: Timestamp, ids: IdSeed) -> StoreResult<usize> {
         let i = ids.clone();
         self.engine(

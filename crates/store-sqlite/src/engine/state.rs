@@ -12,7 +12,7 @@
 //!
 //! **What the engine does not carry yet** (the method sets [`MemTx::unsupported`] and the
 //! engine runs the command on SQLite instead, see `engine`): writes to credits,
-//! subscriptions, accounts, aliases and billers, and the reads that join reservations with
+//! subscriptions, accounts, aliases, persons and billers, and the reads that join reservations with
 //! credit holds. Credit reads go to SQLite directly: in this version every credit write runs
 //! there, so SQLite holds every grant and ledger entry.
 
@@ -949,6 +949,22 @@ impl MeteringTx for MemTx<'_> {
 
     fn insert_alias(&mut self, _: EnvId, _: &str, _: &str, _: Timestamp) -> StoreResult<()> {
         self.unsupported("aliases")
+    }
+
+    fn traits(&mut self, _: EnvId, _: &str) -> StoreResult<Option<String>> {
+        self.unsupported("persons")
+    }
+
+    fn put_traits(&mut self, _: EnvId, _: &str, _: &str, _: Timestamp) -> StoreResult<()> {
+        self.unsupported("persons")
+    }
+
+    fn delete_traits(&mut self, _: EnvId, _: &str) -> StoreResult<Option<String>> {
+        self.unsupported("persons")
+    }
+
+    fn erase_logged_text(&mut self, _: EnvId, _: &str, _: usize) -> StoreResult<LoggedTextCleared> {
+        self.unsupported("erasing logged text")
     }
 
     fn merge_limit(&mut self, _: EnvId, _: &str, _: &str, _: &str) -> StoreResult<()> {

@@ -1086,6 +1086,7 @@ impl Book {
                 plans: s.plans.clone(),
                 anonymous_id: self.who(self.ids.len() - 1),
                 user_id: self.member(user),
+                traits: None,
             }),
             Step::Subscribe {
                 owner,

@@ -32,13 +32,21 @@ pub fn identify(tx: &mut impl MeteringTx, cmd: &IdentifyCommand) -> StoreResult<
             message: "names the anonymous id itself (or a user merged into it)".into(),
         });
     }
+    // Judged before anything is written, written last: a refusal changes nothing.
+    let traits = match &cmd.traits {
+        Some(given) => Some(persons::merged_traits(tx, env, &target, given)?),
+        None => None,
+    };
     match tx.alias(env, anon)? {
         Some(user) if user == target => {
+            if let Some(t) = &traits {
+                tx.put_traits(env, &target, &t.to_json(), cmd.now)?;
+            }
             return Ok(IdentifyOutcome {
                 user_id: target,
                 merged: false,
                 events_merged: 0,
-            })
+            });
         }
         Some(user_id) => return Err(StoreError::AlreadyIdentified { user_id }),
         None => {}
@@ -61,6 +69,9 @@ pub fn identify(tx: &mut impl MeteringTx, cmd: &IdentifyCommand) -> StoreResult<
     }
     let events_merged = tx.reattribute(env, anon, &target)?;
     tx.insert_alias(env, anon, &target, cmd.now)?;
+    if let Some(t) = &traits {
+        tx.put_traits(env, &target, &t.to_json(), cmd.now)?;
+    }
     Ok(IdentifyOutcome {
         user_id: target,
         merged: true,

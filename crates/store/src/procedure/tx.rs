@@ -294,6 +294,28 @@ pub trait MeteringTx {
     /// Moves the usage events and pending reservations of user `from` to user `to`; each moved
     /// event keeps `from` as its anonymous id. Returns how many events moved.
     fn reattribute(&mut self, env: EnvId, from: &str, to: &str) -> StoreResult<u64>;
+    // ---- persons (see `persons`)
+    /// The user's stored traits (a JSON object), if any.
+    fn traits(&mut self, env: EnvId, user_id: &str) -> StoreResult<Option<String>>;
+    /// Stores the user's traits (a JSON object), replacing what was stored.
+    fn put_traits(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        traits: &str,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    /// Deletes the user's traits; returns what was stored.
+    fn delete_traits(&mut self, env: EnvId, user_id: &str) -> StoreResult<Option<String>>;
+    /// Clears prompt and response (and `truncated`) of at most `limit` of the user's usage
+    /// events and reservations that still hold one, events first.
+    fn erase_logged_text(
+        &mut self,
+        env: EnvId,
+        user_id: &str,
+        limit: usize,
+    ) -> StoreResult<crate::LoggedTextCleared>;
+
     /// Forgets idempotency records created before `before`.
     fn purge_idempotency(&mut self, before: Timestamp) -> StoreResult<()>;
     /// Pending reservations due at `real_now` (each environment by its own clock), at most
