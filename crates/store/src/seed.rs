@@ -59,7 +59,7 @@ pub fn seed_event(i: u64, events: u64, users: u64, now_ms: i64) -> SeedEvent {
     let users = users.max(1);
     let heavy = (users / 100).max(1);
     let r = mix(i, 1);
-    let user = if r % 5 == 0 {
+    let user = if r.is_multiple_of(5) {
         mix(i, 2) % heavy
     } else {
         mix(i, 2) % users
