@@ -579,6 +579,28 @@ pub struct Seats {
     pub max: Option<u32>,
 }
 
+/// `GET /v1/accounts/{accountId}/usage`: the whole account in one answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountUsageResponse {
+    pub account_id: String,
+    /// The plan in force for the account: its active subscription's, else the default plan.
+    pub plan_id: Option<String>,
+    pub subscription: Option<SubscriptionResponse>,
+    /// The plan's pooled (`scope: account`) limits, counted for the whole account.
+    pub limits: Vec<crate::LimitState>,
+    /// Each member, sorted by user id, with their own (`scope: user`) limits as their usage
+    /// answer shows them.
+    pub members: Vec<AccountMemberUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountMemberUsage {
+    pub user_id: String,
+    pub limits: Vec<crate::LimitState>,
+}
+
 /// `GET /v1/accounts/{accountId}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

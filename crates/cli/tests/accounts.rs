@@ -941,3 +941,57 @@ async fn account_and_member_ids_are_validated_and_unknown_accounts_are_404() {
         .await
         .err(403, "requires_secret_key");
 }
+
+/// `GET /v1/accounts/{accountId}/usage`: the pool and each member's seat in one answer, the
+/// same figures each member's own usage answer shows; a pending reservation shows as reserved.
+#[tokio::test(flavor = "multi_thread")]
+async fn account_usage_shows_the_pool_and_every_seat_in_one_answer() {
+    let (_s, c) = accounts_server().await;
+    team_account(&c, "acme", &["bob", "alice"]).await;
+    take(&c, "alice", 30, "team").await;
+    take(&c, "bob", 20, "team").await;
+    let pending = gen(&c, "bob", 5).await;
+    assert_allowed(&pending, "team");
+    let u = c.get("/v1/accounts/acme/usage").await.ok();
+    assert_eq!(u["accountId"], "acme");
+    assert_eq!(u["planId"], "team");
+    assert_eq!(u["subscription"]["planId"], "team");
+    let pool = &u["limits"];
+    assert_eq!(pool.as_array().unwrap().len(), 1, "{u}");
+    assert_eq!(pool[0]["limitId"], "gen_pool");
+    assert_eq!(pool[0]["scope"], "account");
+    assert_eq!(
+        (int(&pool[0], "used"), int(&pool[0], "reserved"), int(&pool[0], "remaining")),
+        (50, 5, 65)
+    );
+    let members = u["members"].as_array().unwrap();
+    let names: Vec<&str> = members.iter().map(|m| m["userId"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice", "bob"], "sorted by user id");
+    for (m, (used, reserved)) in members.iter().zip([(30, 0), (20, 5)]) {
+        let seat = &m["limits"];
+        assert_eq!(seat.as_array().unwrap().len(), 1, "{m}");
+        assert_eq!(seat[0]["limitId"], "gen_seat");
+        assert_eq!(seat[0]["scope"], "user");
+        assert_eq!((int(&seat[0], "used"), int(&seat[0], "reserved")), (used, reserved));
+        // The same as the member's own answer.
+        let own = c.usage(m["userId"].as_str().unwrap()).await.ok();
+        let own_seat = own["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["limitId"] == "gen_seat")
+            .unwrap()
+            .clone();
+        assert_eq!(seat[0], own_seat);
+    }
+    // An account with no members and no subscription is unknown.
+    c.get("/v1/accounts/nobody/usage")
+        .await
+        .err(404, "not_found");
+    // Members without an account subscription: the default plan has no pooled limit.
+    add_member(&c, "loose", "carol").await;
+    let u = c.get("/v1/accounts/loose/usage").await.ok();
+    assert_eq!(u["planId"], "free");
+    assert_eq!(u["limits"], json!([]));
+    assert_eq!(u["members"][0]["limits"][0]["limitId"], "gen_free");
+}

@@ -255,6 +255,7 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         accounts::add_member,
         accounts::remove_member,
         accounts::get_account,
+        accounts::account_usage,
         accounts::get_subscription,
         billers::put_integration,
         billers::get_integration,

@@ -433,6 +433,12 @@ impl Store for PgStore {
         self.pool.run(move |tx| procedure::check(tx, &cmd)).await
     }
 
+    async fn account_usage(&self, query: AccountUsageQuery) -> StoreResult<AccountUsageOutcome> {
+        self.pool
+            .run(move |tx| procedure::account_usage(tx, &query))
+            .await
+    }
+
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
         self.pool.run(move |tx| procedure::usage(tx, &query)).await
     }

@@ -446,6 +446,8 @@ SELECT env_id, occurred_at_ms - (occurred_at_ms % 86400000), user_id, COALESCE(p
        COUNT(*), SUM(quantity), SUM(COALESCE(cost_micros, 0))
   FROM events WHERE status IN ('committed', 'tracked')
  GROUP BY env_id, occurred_at_ms - (occurred_at_ms % 86400000), user_id, COALESCE(plan_id, '');
+"#,
+    r#"
 -- 13: persons (API.md §9): each user's traits as POST /v1/identify merged them (a JSON
 -- object), deleted with the user by DELETE /v1/users/{userId}. And the rows that still hold a
 -- logged prompt or response, by environment and time (the retention purge) and by user

@@ -517,6 +517,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn account_usage(&self, query: AccountUsageQuery) -> StoreResult<AccountUsageOutcome> {
+        self.readers
+            .read(move |c| procedure::account_usage(&mut SqliteTx(c), &query))
+            .await
+    }
+
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
         self.readers
             .read(move |c| procedure::usage(&mut SqliteTx(c), &query))

@@ -408,6 +408,29 @@ pub struct UsageOutcome {
     pub credits: Vec<PackBalance>,
 }
 
+/// `GET /v1/accounts/{accountId}/usage`: an account's pooled limits and each member's own.
+#[derive(Debug, Clone)]
+pub struct AccountUsageQuery {
+    pub env: EnvId,
+    pub now: Timestamp,
+    pub plans: Arc<PlanDocument>,
+    pub account_id: AccountId,
+}
+
+/// Most members `GET /v1/accounts/{accountId}/usage` shows; past it the answer is refused.
+pub const ACCOUNT_USAGE_MEMBERS_MAX: usize = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountUsageOutcome {
+    /// The plan in force for the account (its active subscription's, else the default).
+    pub plan_id: Option<String>,
+    pub subscription: Option<Subscription>,
+    /// The plan's `scope: account` limits, counted for the whole account.
+    pub pooled: Vec<LimitState>,
+    /// Each member (sorted by user id) with their `scope: user` limits.
+    pub members: Vec<(String, Vec<LimitState>)>,
+}
+
 /// `GET /v1/events`: usage events newest first, strictly before a cursor, filtered by every
 /// field given (all must hold).
 #[derive(Debug, Clone)]
@@ -1182,6 +1205,9 @@ pub trait Store: Send + Sync + 'static {
     /// user, and the anonymous id stands for the user from then on. Idempotent.
     async fn identify(&self, cmd: IdentifyCommand) -> StoreResult<IdentifyOutcome>;
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome>;
+    /// An account's pooled limits and each member's (`NotFound`: no members, no subscription;
+    /// `Invalid`: more than [`ACCOUNT_USAGE_MEMBERS_MAX`] members).
+    async fn account_usage(&self, query: AccountUsageQuery) -> StoreResult<AccountUsageOutcome>;
 
     // ---- persons (see [`persons`])
     /// One step of erasing a user (see [`EraseCommand`]): their logged prompts and responses

@@ -35,7 +35,7 @@ pub use reservations::{commit, expire_due, extend, get_reservation, release, res
 pub use subscriptions::{
     account_view, add_member, cancel_subscription, remove_member, upsert_subscription,
 };
-pub use track::{check, track, usage};
+pub use track::{account_usage, check, track, usage};
 pub use tx::{
     BillerSnapshotRow, CounterKey, CreditHold, EventRow, HoldRow, IdempotencyRow, MeteringTx,
     ReservationRow, WindowKind,

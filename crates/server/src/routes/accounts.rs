@@ -4,6 +4,7 @@
 use crate::auth::SecretKey;
 use crate::error::{store_error, ApiError};
 use crate::extract::ApiPath;
+use crate::render;
 use crate::routes::subscriptions::{current_period, read};
 use crate::AppState;
 use axum::extract::State;
@@ -145,4 +146,53 @@ pub async fn get_subscription(
 ) -> Result<Json<wire::SubscriptionResponse>, ApiError> {
     let account = wire::parse_path_account_id(account)?;
     read(&state, &caller, Subject::Account(account)).await
+}
+
+/// An account's usage: its pooled limits and each member's own, in one answer.
+#[utoipa::path(
+    get, path = "/v1/accounts/{accountId}/usage", tag = "accounts",
+    params(("accountId" = String, Path)),
+    responses(
+        (status = 200, body = wire::AccountUsageResponse),
+        (status = 400, description = "more than 1,000 members", body = wire::ErrorBody),
+        (status = 404, description = "no members and no subscription", body = wire::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn account_usage(
+    State(state): State<AppState>,
+    SecretKey(caller): SecretKey,
+    ApiPath(account): ApiPath<String>,
+) -> Result<Json<wire::AccountUsageResponse>, ApiError> {
+    let account = wire::parse_path_account_id(account)?;
+    let plans = state.plans.get(&*state.store, caller.auth.env).await?;
+    let outcome = state
+        .store
+        .account_usage(tollgate_store::AccountUsageQuery {
+            env: caller.auth.env,
+            now: caller.now,
+            plans: plans.document.clone(),
+            account_id: account.clone(),
+        })
+        .await
+        .map_err(store_error("account"))?;
+    let subject = Subject::Account(account.clone());
+    let subscription = outcome.subscription.as_ref().map(|sub| {
+        let period = current_period(&plans.document, sub, caller.now);
+        wire::SubscriptionResponse::new(&subject, sub, period, None)
+    });
+    Ok(Json(wire::AccountUsageResponse {
+        account_id: account.into_string(),
+        plan_id: outcome.plan_id,
+        subscription,
+        limits: render::limit_states(&outcome.pooled),
+        members: outcome
+            .members
+            .into_iter()
+            .map(|(user_id, limits)| wire::AccountMemberUsage {
+                user_id,
+                limits: render::limit_states(&limits),
+            })
+            .collect(),
+    }))
 }

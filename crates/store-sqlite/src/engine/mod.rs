@@ -836,6 +836,16 @@ impl Store for EngineStore {
         self.exclusive(|s| async move { s.identify(cmd).await })
             .await
     }
+    async fn account_usage(&self, query: AccountUsageQuery) -> StoreResult<AccountUsageOutcome> {
+        let query = Arc::new(query);
+        let q = query.clone();
+        self.engine(
+            false,
+            move |tx| procedure::account_usage(tx, &q),
+            |s| async move { s.account_usage(Arc::unwrap_or_clone(query)).await },
+        )
+        .await
+    }
     async fn usage(&self, query: UsageQuery) -> StoreResult<UsageOutcome> {
         let query = Arc::new(query);
         let q = query.clone();

@@ -261,3 +261,64 @@ pub fn usage(tx: &mut impl MeteringTx, q: &UsageQuery) -> StoreResult<UsageOutco
         credits,
     })
 }
+
+/// `GET /v1/accounts/{accountId}/usage`: the account's pooled limits, counted on the account,
+/// and each member's own limits, as their usage answer shows them.
+pub fn account_usage(
+    tx: &mut impl MeteringTx,
+    q: &AccountUsageQuery,
+) -> StoreResult<AccountUsageOutcome> {
+    let (env, now) = (q.env, q.now);
+    let view = subscriptions::account_view(tx, env, &q.account_id, &q.plans, now)?;
+    if view.members.len() > ACCOUNT_USAGE_MEMBERS_MAX {
+        return Err(StoreError::Invalid {
+            field: "accountId".into(),
+            message: format!(
+                "the account has {} members; this answer shows at most {ACCOUNT_USAGE_MEMBERS_MAX} \
+                 (read members' usage one by one)",
+                view.members.len()
+            ),
+        });
+    }
+    let account = account_subject(q.account_id.as_str());
+    let subjects = Subjects {
+        user: account.clone(),
+        account: Some(account),
+    };
+    let mut pooled = Vec::new();
+    let resolved = subscription::resolve(&q.plans, view.subscription.as_ref(), "", now);
+    if let Some(resolved) = resolved {
+        for limit in resolved.plan.limits.iter().filter(|l| l.scope == Scope::Account) {
+            let c = counter_for(tx, env, limit, resolved, &subjects, now)?;
+            let l = load(tx, env, &c, now, now)?;
+            pooled.push(render(&c, l, now));
+        }
+    }
+    let mut members = Vec::with_capacity(view.members.len());
+    for m in &view.members {
+        let user_id = UserId::parse(m.user_id.clone())
+            .map_err(|_| StoreError::Internal(format!("stored member id {:?}", m.user_id)))?;
+        let usage = usage(
+            tx,
+            &UsageQuery {
+                env,
+                now,
+                plans: q.plans.clone(),
+                user_id,
+                event: None,
+            },
+        )?;
+        let own = usage
+            .limits
+            .into_iter()
+            .filter(|l| l.scope == Scope::User)
+            .collect();
+        members.push((m.user_id.clone(), own));
+    }
+    Ok(AccountUsageOutcome {
+        plan_id: view.plan_id,
+        subscription: view.subscription,
+        pooled,
+        members,
+    })
+}
