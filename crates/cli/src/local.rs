@@ -92,7 +92,10 @@ pub const SEED_USERS_MAX: u64 = 10_000_000;
 pub async fn seed_events(args: SeedEventsArgs) -> Result<()> {
     let (events, users) = (args.events, args.users);
     if !(1..=crate::bench::BENCH_SEED_EVENTS_MAX).contains(&events) {
-        bail!("--events must be 1 to {}", crate::bench::BENCH_SEED_EVENTS_MAX);
+        bail!(
+            "--events must be 1 to {}",
+            crate::bench::BENCH_SEED_EVENTS_MAX
+        );
     }
     if !(1..=SEED_USERS_MAX).contains(&users) {
         bail!("--users must be 1 to {SEED_USERS_MAX}");

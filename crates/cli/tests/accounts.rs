@@ -961,18 +961,28 @@ async fn account_usage_shows_the_pool_and_every_seat_in_one_answer() {
     assert_eq!(pool[0]["limitId"], "gen_pool");
     assert_eq!(pool[0]["scope"], "account");
     assert_eq!(
-        (int(&pool[0], "used"), int(&pool[0], "reserved"), int(&pool[0], "remaining")),
+        (
+            int(&pool[0], "used"),
+            int(&pool[0], "reserved"),
+            int(&pool[0], "remaining")
+        ),
         (50, 5, 65)
     );
     let members = u["members"].as_array().unwrap();
-    let names: Vec<&str> = members.iter().map(|m| m["userId"].as_str().unwrap()).collect();
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m["userId"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["alice", "bob"], "sorted by user id");
     for (m, (used, reserved)) in members.iter().zip([(30, 0), (20, 5)]) {
         let seat = &m["limits"];
         assert_eq!(seat.as_array().unwrap().len(), 1, "{m}");
         assert_eq!(seat[0]["limitId"], "gen_seat");
         assert_eq!(seat[0]["scope"], "user");
-        assert_eq!((int(&seat[0], "used"), int(&seat[0], "reserved")), (used, reserved));
+        assert_eq!(
+            (int(&seat[0], "used"), int(&seat[0], "reserved")),
+            (used, reserved)
+        );
         // The same as the member's own answer.
         let own = c.usage(m["userId"].as_str().unwrap()).await.ok();
         let own_seat = own["limits"]

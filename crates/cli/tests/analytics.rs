@@ -573,6 +573,7 @@ async fn whole_days_from_the_rollup_agree_with_every_event() {
         ("a", 12, 1, 100),
         ("a", 36, 2, 200),
         ("a", 240, 4, 400),
+        ("a", 250, 1000, 0),
         ("b", 12 + 24 * 3, 8, 5000),
         ("b", 1, 16, 10),
         ("anon_c", 50, 32, 700),
@@ -591,9 +592,12 @@ async fn whole_days_from_the_rollup_agree_with_every_event() {
     c.release(r["reservationId"].as_str().unwrap(), json!({}))
         .await
         .ok();
-    c.post("/v1/identify", json!({"anonymousId": "anon_c", "userId": "c"}))
-        .await
-        .ok();
+    c.post(
+        "/v1/identify",
+        json!({"anonymousId": "anon_c", "userId": "c"}),
+    )
+    .await
+    .ok();
     let from = noon - h(24 * 11 + 5);
     let to = noon + h(1);
     let top = c
@@ -616,10 +620,8 @@ async fn whole_days_from_the_rollup_agree_with_every_event() {
             )
         })
         .collect();
-    let mut want: Vec<(String, (u64, u64, u64))> = expected
-        .iter()
-        .map(|(u, v)| (u.to_string(), *v))
-        .collect();
+    let mut want: Vec<(String, (u64, u64, u64))> =
+        expected.iter().map(|(u, v)| (u.to_string(), *v)).collect();
     want.sort_by(|x, y| y.1 .0.cmp(&x.1 .0).then(x.0.cmp(&y.0)));
     assert_eq!(got, want);
     // The same sums from every event (an event glob keeps the query off the rollup).
@@ -642,21 +644,37 @@ async fn whole_days_from_the_rollup_agree_with_every_event() {
     let mut by_user = want.clone();
     by_user.sort();
     assert_eq!(raw, by_user);
-    // A range starting inside a day counts only that day's later events.
-    let late = c
+    // A range starting inside a day counts only that day's later events: from 13:00 the day's
+    // rest is read from the events; from 03:00 the day is taken whole and its events before
+    // 03:00 taken out.
+    let late = top_user(&c, (noon - h(240) + h(1), to), "a").await;
+    assert_eq!(
+        late["events"], 2,
+        "the event 240 hours back is before 13:00"
+    );
+    let early = top_user(&c, (noon - h(249), to), "a").await;
+    assert_eq!(
+        (early["events"].as_u64(), early["quantity"].as_u64()),
+        (Some(3), Some(1 + 2 + 4)),
+        "the event at 02:00 is before 03:00"
+    );
+}
+
+/// One user's row of the top users by events over `[from, to)`.
+async fn top_user(c: &Client, (from, to): (Timestamp, Timestamp), user: &str) -> Value {
+    let top = c
         .get(&format!(
             "/v1/analytics/top-users?from={}&to={}&by=events",
-            at(noon - h(240) + h(1)),
+            at(from),
             at(to)
         ))
         .await
         .ok();
-    let a = late["users"]
+    top["users"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|u| u["userId"] == "a")
+        .find(|u| u["userId"] == user)
         .unwrap()
-        .clone();
-    assert_eq!(a["events"], 2, "the event 240 hours back is before the range");
+        .clone()
 }

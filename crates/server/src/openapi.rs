@@ -3,8 +3,7 @@
 
 use crate::routes::{
     accounts, admin, analytics, billers, browser, credits, events, metering, persons, plans,
-    recommend,
-    subscriptions, system,
+    recommend, subscriptions, system,
 };
 use serde_json::{json, Value};
 use std::sync::OnceLock;

@@ -26,8 +26,8 @@ use tollgate_core::subscription::{
 use tollgate_store::procedure::{self, MeteringTx};
 use tollgate_store::*;
 
-pub use seed::seed_events;
 pub use pool::{RECONNECT_BACKOFF_MS, STATEMENT_TIMEOUT_MS, TRANSACTION_RETRIES_MAX};
+pub use seed::seed_events;
 /// The sweep's statement, for the test of its plan (`tests/contract.rs`).
 #[doc(hidden)]
 pub use sql::DUE_RESERVATIONS;

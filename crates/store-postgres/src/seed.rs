@@ -48,17 +48,19 @@ pub fn seed_events(
         for i in written..written + rows {
             let e = seed_event(i, events, users, now_ms);
             let cost = e.cost_micros.map_or("\\N".to_string(), |c| c.to_string());
-            let reasons = if e.status == "denied" {
-                r#"["limit_reached"]"#
-            } else {
-                "[]"
-            };
             // Text format: tab-separated; no seeded value holds a tab, newline or backslash.
             line.clear();
             line.push_str(&format!(
-                "{env}\t{}\t{}\t{}\t{}\t{}\t{}\t{cost}\t{}\t{}\t{reasons}\n",
-                e.event_id, e.at_ms, e.user_id, e.event, e.quantity, e.metadata, e.status,
-                e.plan_id
+                "{env}\t{}\t{}\t{}\t{}\t{}\t{}\t{cost}\t{}\t{}\t{}\n",
+                e.event_id,
+                e.at_ms,
+                e.user_id,
+                e.event,
+                e.quantity,
+                e.metadata,
+                e.status,
+                e.plan_id,
+                e.reasons
             ));
             sink.write_all(line.as_bytes())
                 .map_err(|e| StoreError::Internal(format!("writing to COPY: {e}")))?;

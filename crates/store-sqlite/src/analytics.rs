@@ -12,7 +12,7 @@ use rusqlite::{params, params_from_iter, Connection};
 use std::collections::HashMap;
 use tollgate_store::{
     AnalyticsQuery, AnalyticsRow, CaptureCommand, Dimension, EnvId, FunnelQuery, Metric,
-    Occurrence, RevenueSource, StoreError, StoreResult,
+    Occurrence, RevenueSource, RollupPlan, StoreError, StoreResult,
 };
 
 /// The column a dimension reads; a metadata key is the bound parameter `?{n}`.
@@ -66,9 +66,14 @@ fn order_clause(q: &AnalyticsQuery, groups: usize) -> String {
     format!("ORDER BY {position} DESC{ties}")
 }
 
-/// [`analytics`] through the daily rollup: whole days `[lo, hi)` from `usage_daily`, the
-/// partial days at either end from the events ([`AnalyticsQuery::rollup_days`]).
-fn rolled(conn: &Connection, q: &AnalyticsQuery, (lo, hi): (i64, i64)) -> StoreResult<Vec<AnalyticsRow>> {
+/// [`analytics`] through the daily rollup ([`RollupPlan`]): its whole days, plus the events of
+/// the plan's `add` ranges, minus those of its `subtract` ranges. A group whose events all
+/// cancel out had none in the range and is left out.
+fn rolled(
+    conn: &Connection,
+    q: &AnalyticsQuery,
+    plan: RollupPlan,
+) -> StoreResult<Vec<AnalyticsRow>> {
     let columns: Vec<&str> = (q.group_by.iter())
         .map(|d| match d {
             Dimension::PlanId => "NULLIF(plan_id, '')",
@@ -86,25 +91,49 @@ fn rolled(conn: &Connection, q: &AnalyticsQuery, (lo, hi): (i64, i64)) -> StoreR
         String::new()
     } else {
         let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
-        format!("GROUP BY {}", positions.join(", "))
+        format!("GROUP BY {} HAVING SUM(n) > 0", positions.join(", "))
     };
-    let edge = "SELECT user_id, COALESCE(plan_id, '') AS plan_id, 1 AS n, quantity AS q,
-                       COALESCE(cost_micros, 0) AS c
-                  FROM events
-                 WHERE env_id = ?1 AND status IN ('committed', 'tracked')";
+    let edge = |sign: &str, start: usize| {
+        format!(
+            "SELECT user_id, COALESCE(plan_id, '') AS plan_id, {sign}1 AS n,
+                    {sign}quantity AS q, {sign}COALESCE(cost_micros, 0) AS c
+               FROM events
+              WHERE env_id = ?1 AND status IN ('committed', 'tracked')
+                AND occurred_at_ms >= ?{start} AND occurred_at_ms < ?{}",
+            start + 1
+        )
+    };
     let sql = format!(
         "SELECT {select} FROM (
             SELECT user_id, plan_id, events AS n, quantity AS q, cost_micros AS c
-              FROM usage_daily WHERE env_id = ?1 AND day_ms >= ?4 AND day_ms < ?5
-            UNION ALL {edge} AND occurred_at_ms >= ?2 AND occurred_at_ms < ?4
-            UNION ALL {edge} AND occurred_at_ms >= ?5 AND occurred_at_ms < ?3
-         ) {group_by} {order} LIMIT ?6",
+              FROM usage_daily WHERE env_id = ?1 AND day_ms >= ?2 AND day_ms < ?3
+            UNION ALL {} UNION ALL {} UNION ALL {} UNION ALL {}
+         ) {group_by} {order} LIMIT ?12",
+        edge("", 4),
+        edge("", 6),
+        edge("-", 8),
+        edge("-", 10),
         order = order_clause(q, groups)
     );
     let mut st = conn.prepare_cached(&sql).map_err(internal)?;
+    let [a0, a1] = plan.add;
+    let [s0, s1] = plan.subtract;
     let rows = st
         .query_map(
-            params![q.env.0, ms(q.from), ms(q.to), lo, hi, q.limit as i64],
+            params![
+                q.env.0,
+                plan.days.0,
+                plan.days.1,
+                a0.0,
+                a0.1,
+                a1.0,
+                a1.1,
+                s0.0,
+                s0.1,
+                s1.0,
+                s1.1,
+                q.limit as i64
+            ],
             |r| {
                 let mut keys = Vec::with_capacity(groups);
                 for i in 0..groups {
@@ -113,7 +142,7 @@ fn rolled(conn: &Connection, q: &AnalyticsQuery, (lo, hi): (i64, i64)) -> StoreR
                 Ok(AnalyticsRow {
                     keys,
                     bucket: None,
-                    events: r.get::<_, i64>(groups)? as u64,
+                    events: r.get::<_, Option<i64>>(groups)?.unwrap_or(0) as u64,
                     quantity: r.get::<_, Option<i64>>(groups + 1)?.unwrap_or(0) as u64,
                     cost_micros: r.get::<_, Option<i64>>(groups + 2)?.unwrap_or(0) as u64,
                     users: 0,
@@ -125,8 +154,8 @@ fn rolled(conn: &Connection, q: &AnalyticsQuery, (lo, hi): (i64, i64)) -> StoreR
 }
 
 pub(crate) fn analytics(conn: &Connection, q: &AnalyticsQuery) -> StoreResult<Vec<AnalyticsRow>> {
-    if let Some(days) = q.rollup_days() {
-        return rolled(conn, q, days);
+    if let Some(plan) = q.rollup_plan(q.now) {
+        return rolled(conn, q, plan);
     }
     let mut values: Vec<Value> = vec![
         Value::Integer(q.env.0),

@@ -8,8 +8,8 @@
 
 use crate::{internal, open_writer, DATABASE_FILE};
 use rusqlite::{params, OptionalExtension};
-use std::path::Path;
 use std::collections::HashMap;
+use std::path::Path;
 use tollgate_store::analytics::{counted, day_of};
 use tollgate_store::seed::seed_event;
 use tollgate_store::{StoreError, StoreResult};
@@ -73,13 +73,12 @@ pub fn seed_events(
                     let day = days
                         .entry((day_of(e.at_ms), e.user_id.clone(), e.plan_id))
                         .or_default();
-                    *day = (day.0 + 1, day.1 + e.quantity, day.2 + e.cost_micros.unwrap_or(0));
+                    *day = (
+                        day.0 + 1,
+                        day.1 + e.quantity,
+                        day.2 + e.cost_micros.unwrap_or(0),
+                    );
                 }
-                let reasons = if e.status == "denied" {
-                    r#"["limit_reached"]"#
-                } else {
-                    "[]"
-                };
                 insert
                     .execute(params![
                         env,
@@ -92,11 +91,13 @@ pub fn seed_events(
                         e.cost_micros,
                         e.status,
                         e.plan_id,
-                        reasons,
+                        e.reasons,
                     ])
                     .map_err(internal)?;
             }
-            let mut add = tx.prepare_cached(crate::sql::ROLLUP_ADD).map_err(internal)?;
+            let mut add = tx
+                .prepare_cached(crate::sql::ROLLUP_ADD)
+                .map_err(internal)?;
             for ((day, user, plan), (n, q, c)) in days {
                 add.execute(params![env, day, user, plan, n, q, c])
                     .map_err(internal)?;

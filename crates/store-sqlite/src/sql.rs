@@ -24,7 +24,8 @@ pub(crate) struct SqliteTx<'c>(pub(crate) &'c Connection);
 
 /// Adds one usage event (or a user's day, when identify moves it) to the daily rollup. Sums
 /// stop at 2^63 - 1 rather than fail the call that records the usage.
-pub(crate) const ROLLUP_ADD: &str = "INSERT INTO usage_daily (env_id, day_ms, user_id, plan_id, events,
+pub(crate) const ROLLUP_ADD: &str =
+    "INSERT INTO usage_daily (env_id, day_ms, user_id, plan_id, events,
         quantity, cost_micros)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
     ON CONFLICT (env_id, day_ms, user_id, plan_id) DO UPDATE SET
@@ -44,7 +45,6 @@ const ROLLUP_MOVE: &str = "INSERT INTO usage_daily (env_id, day_ms, user_id, pla
             THEN 9223372036854775807 ELSE quantity + excluded.quantity END,
         cost_micros = CASE WHEN cost_micros > 9223372036854775807 - excluded.cost_micros
             THEN 9223372036854775807 ELSE cost_micros + excluded.cost_micros END";
-
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))

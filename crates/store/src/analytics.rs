@@ -44,6 +44,8 @@ pub struct AnalyticsQuery {
     pub from: Timestamp,
     /// Events before this instant.
     pub to: Timestamp,
+    /// The environment's clock: no event is later (see [`AnalyticsQuery::rollup_plan`]).
+    pub now: Timestamp,
     pub user_id: Option<String>,
     pub account_id: Option<String>,
     pub event: Option<EventPattern>,
@@ -142,16 +144,24 @@ pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(DAY_MS) * DAY_MS
 }
 
+/// How the daily rollup answers a query: its whole days `[days.0, days.1)`, plus the events of
+/// the `add` ranges, minus the events of the `subtract` ranges (each `[start, end)` in ms, an
+/// empty one `(0, 0)`). An edge of the range inside a day is read whichever way reads fewer
+/// events: the events from the edge to the day's end are added, or the day is taken whole from
+/// the rollup and the events from its start to the edge subtracted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupPlan {
+    pub days: (i64, i64),
+    pub add: [(i64, i64); 2],
+    pub subtract: [(i64, i64); 2],
+}
+
 impl AnalyticsQuery {
-    /// Where the daily rollup can answer: the whole UTC days `[lo, hi)` inside the range, when
-    /// the query reads only what the rollup keeps (counted usage, no filter but the range,
-    /// grouped by nothing, user or plan, no buckets, no distinct users) and the range holds at
-    /// least one whole day. The rest of the range is read from the events.
-    pub fn rollup_days(&self) -> Option<(i64, i64)> {
-        let from = self.from.as_millisecond();
-        let to = self.to.as_millisecond();
-        let lo = day_of(from.saturating_add(DAY_MS - 1));
-        let hi = day_of(to);
+    /// The rollup's plan for this query, when the rollup can answer it: counted usage only, no
+    /// filter but the range, grouped by nothing, user or plan, no buckets, no distinct users.
+    /// `now` tells which events cannot exist yet: a range that ends now subtracts the rest of
+    /// today, which holds none.
+    pub fn rollup_plan(&self, now: Timestamp) -> Option<RollupPlan> {
         let mut statuses: Vec<&str> = self.statuses.iter().map(String::as_str).collect();
         statuses.sort_unstable();
         let plain = self.user_id.is_none()
@@ -163,6 +173,108 @@ impl AnalyticsQuery {
             && self.order_by != Some(Metric::Users)
             && statuses == ["committed", "tracked"]
             && (self.group_by.iter()).all(|d| matches!(d, Dimension::UserId | Dimension::PlanId));
-        (plain && lo < hi).then_some((lo, hi))
+        if !plain {
+            return None;
+        }
+        let (from, to) = (self.from.as_millisecond(), self.to.as_millisecond());
+        let none = (0, 0);
+        let mut plan = RollupPlan {
+            days: (0, 0),
+            add: [none; 2],
+            subtract: [none; 2],
+        };
+        let d0 = day_of(from);
+        plan.days.0 = if from == d0 {
+            d0
+        } else if from - d0 < d0 + DAY_MS - from {
+            plan.subtract[0] = (d0, from);
+            d0
+        } else {
+            plan.add[0] = (from, d0 + DAY_MS);
+            d0 + DAY_MS
+        };
+        let d1 = day_of(to);
+        plan.days.1 = if to == d1 {
+            d1
+        } else if to >= now.as_millisecond() || d1 + DAY_MS - to < to - d1 {
+            plan.subtract[1] = (to, d1 + DAY_MS);
+            d1 + DAY_MS
+        } else {
+            plan.add[1] = (d1, to);
+            d1
+        };
+        // A range inside one day read from its edges (`days` empty or reversed): the events
+        // alone answer.
+        (plan.days.0 < plan.days.1).then_some(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(from: &str, to: &str) -> AnalyticsQuery {
+        AnalyticsQuery {
+            env: EnvId(1),
+            from: from.parse().unwrap(),
+            to: to.parse().unwrap(),
+            now: "2027-01-01T00:00:00Z".parse().unwrap(),
+            user_id: None,
+            account_id: None,
+            event: None,
+            statuses: vec!["tracked".into(), "committed".into()],
+            metadata: Vec::new(),
+            group_by: vec![Dimension::UserId],
+            count_users: false,
+            buckets: None,
+            order_by: Some(Metric::CostMicros),
+            limit: 10,
+        }
+    }
+
+    fn ms(t: &str) -> i64 {
+        t.parse::<Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn each_edge_reads_the_smaller_part_of_its_day() {
+        let later: Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+        let q = query("2026-11-01T20:00:00Z", "2026-11-30T02:00:00Z");
+        assert_eq!(
+            q.rollup_plan(later),
+            Some(RollupPlan {
+                days: (ms("2026-11-02T00:00:00Z"), ms("2026-11-30T00:00:00Z")),
+                add: [
+                    (ms("2026-11-01T20:00:00Z"), ms("2026-11-02T00:00:00Z")),
+                    (ms("2026-11-30T00:00:00Z"), ms("2026-11-30T02:00:00Z")),
+                ],
+                subtract: [(0, 0), (0, 0)],
+            })
+        );
+        let q = query("2026-11-01T02:00:00Z", "2026-11-30T20:00:00Z");
+        assert_eq!(
+            q.rollup_plan(later),
+            Some(RollupPlan {
+                days: (ms("2026-11-01T00:00:00Z"), ms("2026-12-01T00:00:00Z")),
+                add: [(0, 0), (0, 0)],
+                subtract: [
+                    (ms("2026-11-01T00:00:00Z"), ms("2026-11-01T02:00:00Z")),
+                    (ms("2026-11-30T20:00:00Z"), ms("2026-12-01T00:00:00Z")),
+                ],
+            })
+        );
+        // Ending now: the rest of today holds no event yet, so today comes from the rollup.
+        let q = query("2026-11-01T00:00:00Z", "2026-11-30T02:00:00Z");
+        let now: Timestamp = "2026-11-30T02:00:00Z".parse().unwrap();
+        let plan = q.rollup_plan(now).unwrap();
+        assert_eq!(plan.days.1, ms("2026-12-01T00:00:00Z"));
+        assert_eq!(plan.add, [(0, 0), (0, 0)]);
+        // Within one day, read from both edges: the events answer.
+        let q = query("2026-11-01T02:00:00Z", "2026-11-01T05:00:00Z");
+        assert_eq!(q.rollup_plan(later), None);
+        // Any filter keeps the query on the events.
+        let mut q = query("2026-11-01T00:00:00Z", "2026-11-30T00:00:00Z");
+        q.event = Some(EventPattern::parse("image.*").unwrap());
+        assert_eq!(q.rollup_plan(later), None);
     }
 }

@@ -8,8 +8,8 @@
 
 pub use analytics::{
     AnalyticsQuery, AnalyticsRow, CaptureCommand, Dimension, FunnelQuery, Metric, Occurrence,
-    RevenueSource, ANALYTICS_BUCKETS_MAX, DAY_MS, ANALYTICS_ROWS_MAX, FUNNEL_OCCURRENCES_MAX,
-    REVENUE_SUBSCRIPTIONS_MAX,
+    RevenueSource, RollupPlan, ANALYTICS_BUCKETS_MAX, ANALYTICS_ROWS_MAX, DAY_MS,
+    FUNNEL_OCCURRENCES_MAX, REVENUE_SUBSCRIPTIONS_MAX,
 };
 use async_trait::async_trait;
 use jiff::Timestamp;

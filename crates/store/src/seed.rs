@@ -26,6 +26,8 @@ pub struct SeedEvent {
     pub cost_micros: Option<i64>,
     pub status: &'static str,
     pub plan_id: &'static str,
+    /// The deny reasons, a JSON array (`limit_reached` for a denial).
+    pub reasons: &'static str,
 }
 
 /// SplitMix64: a cheap, good spread, the same on every machine.
@@ -95,6 +97,11 @@ pub fn seed_event(i: u64, events: u64, users: u64, now_ms: i64) -> SeedEvent {
         cost_micros: cost.filter(|_| counted),
         status,
         plan_id: if user % 10 == 0 { "pro" } else { "free" },
+        reasons: if status == "denied" {
+            r#"["limit_reached"]"#
+        } else {
+            "[]"
+        },
     }
 }
 
@@ -111,9 +118,8 @@ mod tests {
         assert!(rows.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
         assert!(rows[0].at_ms >= now - SEED_DAYS * 86_400_000);
         assert!(rows[n as usize - 1].at_ms <= now);
-        let share = |f: &dyn Fn(&SeedEvent) -> bool| {
-            rows.iter().filter(|r| f(r)).count() as f64 / n as f64
-        };
+        let share =
+            |f: &dyn Fn(&SeedEvent) -> bool| rows.iter().filter(|r| f(r)).count() as f64 / n as f64;
         assert!((share(&|r| r.event == "image.render") - 0.5).abs() < 0.01);
         assert!((share(&|r| r.status == "committed") - 0.9).abs() < 0.01);
         // seed_u0 is heavy: about 0.2 % of rows, 0.01 % uniform plus 20 % over 100 heavy users.

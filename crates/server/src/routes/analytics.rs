@@ -258,6 +258,7 @@ fn query(caller: &Caller, (from, to): (Timestamp, Timestamp)) -> AnalyticsQuery 
         env: caller.auth.env,
         from,
         to,
+        now: caller.now,
         user_id: None,
         account_id: None,
         event: None,

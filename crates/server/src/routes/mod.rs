@@ -118,7 +118,10 @@ fn routes() -> Router<AppState> {
             put(accounts::add_member).delete(accounts::remove_member),
         )
         .route("/v1/accounts/{accountId}", get(accounts::get_account))
-        .route("/v1/accounts/{accountId}/usage", get(accounts::account_usage))
+        .route(
+            "/v1/accounts/{accountId}/usage",
+            get(accounts::account_usage),
+        )
         .route(
             "/v1/accounts/{accountId}/subscription",
             get(accounts::get_subscription),

@@ -288,7 +288,12 @@ pub fn account_usage(
     let mut pooled = Vec::new();
     let resolved = subscription::resolve(&q.plans, view.subscription.as_ref(), "", now);
     if let Some(resolved) = resolved {
-        for limit in resolved.plan.limits.iter().filter(|l| l.scope == Scope::Account) {
+        for limit in resolved
+            .plan
+            .limits
+            .iter()
+            .filter(|l| l.scope == Scope::Account)
+        {
             let c = counter_for(tx, env, limit, resolved, &subjects, now)?;
             let l = load(tx, env, &c, now, now)?;
             pooled.push(render(&c, l, now));
