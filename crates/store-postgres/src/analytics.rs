@@ -36,6 +36,21 @@ fn sum(text: Option<String>) -> StoreResult<u64> {
         })
 }
 
+/// `GROUP BY` the first `groups` select columns (nothing without groups); `having_events`
+/// leaves out groups with no event (the rollup's sums, where events may cancel out).
+fn group_by_clause(groups: usize, having_events: bool) -> String {
+    if groups == 0 {
+        return String::new();
+    }
+    let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
+    let having = if having_events {
+        " HAVING SUM(n) > 0"
+    } else {
+        ""
+    };
+    format!("GROUP BY {}{having}", positions.join(", "))
+}
+
 /// [`analytics`] through the daily rollup ([`RollupPlan`]): its whole days, plus the events of
 /// the plan's `add` ranges, minus those of its `subtract` ranges. A group whose events all
 /// cancel out had none in the range and is left out. JIT is off for it: compiling the plan
@@ -58,12 +73,7 @@ fn rolled(
         .chain(["SUM(n)::bigint, SUM(q)::text, SUM(c)::text, 0::bigint"])
         .collect::<Vec<_>>()
         .join(", ");
-    let group_by = if groups == 0 {
-        String::new()
-    } else {
-        let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
-        format!("GROUP BY {} HAVING SUM(n) > 0", positions.join(", "))
-    };
+    let group_by = group_by_clause(groups, true);
     let order = match q.order_by {
         None => String::new(),
         Some(m) => {
@@ -202,12 +212,7 @@ pub(crate) fn analytics(
         .chain([metrics])
         .collect::<Vec<_>>()
         .join(", ");
-    let positions = || (1..=groups).map(|i| i.to_string()).collect::<Vec<_>>();
-    let group_by = if groups == 0 {
-        String::new()
-    } else {
-        format!("GROUP BY {}", positions().join(", "))
-    };
+    let group_by = group_by_clause(groups, false);
     let order = match q.order_by {
         None => String::new(),
         Some(m) => {

@@ -66,6 +66,21 @@ fn order_clause(q: &AnalyticsQuery, groups: usize) -> String {
     format!("ORDER BY {position} DESC{ties}")
 }
 
+/// `GROUP BY` the first `groups` select columns (nothing without groups); `having_events`
+/// leaves out groups with no event (the rollup's sums, where events may cancel out).
+fn group_by_clause(groups: usize, having_events: bool) -> String {
+    if groups == 0 {
+        return String::new();
+    }
+    let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
+    let having = if having_events {
+        " HAVING SUM(n) > 0"
+    } else {
+        ""
+    };
+    format!("GROUP BY {}{having}", positions.join(", "))
+}
+
 /// [`analytics`] through the daily rollup ([`RollupPlan`]): its whole days, plus the events of
 /// the plan's `add` ranges, minus those of its `subtract` ranges. A group whose events all
 /// cancel out had none in the range and is left out.
@@ -87,12 +102,7 @@ fn rolled(
         .chain(["SUM(n), SUM(q), SUM(c), 0"])
         .collect::<Vec<_>>()
         .join(", ");
-    let group_by = if groups == 0 {
-        String::new()
-    } else {
-        let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
-        format!("GROUP BY {} HAVING SUM(n) > 0", positions.join(", "))
-    };
+    let group_by = group_by_clause(groups, true);
     let edge = |sign: &str, start: usize| {
         format!(
             "SELECT user_id, COALESCE(plan_id, '') AS plan_id, {sign}1 AS n,
@@ -231,12 +241,7 @@ pub(crate) fn analytics(conn: &Connection, q: &AnalyticsQuery) -> StoreResult<Ve
         .chain([metrics])
         .collect::<Vec<_>>()
         .join(", ");
-    let group_by = if groups == 0 {
-        String::new()
-    } else {
-        let positions: Vec<String> = (1..=groups).map(|i| i.to_string()).collect();
-        format!("GROUP BY {}", positions.join(", "))
-    };
+    let group_by = group_by_clause(groups, false);
     let order = order_clause(q, groups);
     let limit = bind(Value::Integer(q.limit as i64));
     let sql = format!(
