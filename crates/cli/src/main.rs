@@ -7,7 +7,9 @@
 mod bench;
 mod billing;
 mod credits;
+mod health;
 mod local;
+mod ops;
 mod plans;
 mod redis_ref;
 mod remote;
@@ -38,6 +40,15 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the database schema migrations (`serve` also applies them when it starts).
     Migrate(MigrateArgs),
+    /// Copy an embedded (SQLite) install into one backup file, consistently, while it runs.
+    Backup(BackupArgs),
+    /// Make a new data dir from a backup file.
+    Restore(RestoreArgs),
+    /// Install-wide chores: rotate the admin token.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Exit 0 when a server's `/readyz` answers 200 (the container image's HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
     /// Apply or export the plan document of a key's environment.
     #[command(subcommand)]
     Plans(PlansCommand),
@@ -118,6 +129,69 @@ struct InitArgs {
 struct MigrateArgs {
     #[command(flatten)]
     storage: StorageArgs,
+    /// Print the migrations that would run, and run none
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// The data dir of the install (a server may be running on it)
+    #[arg(long, env = "TOLLGATE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The backup file to write; it must not exist
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// A file written by `tollgate backup`
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// The data dir to create; it must not exist or be empty
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Replace the admin token: the old one stops working at once, the new one is printed
+    /// once. With the admin token it asks a running server; without, on `--data-dir` or
+    /// `--database-url`, it writes the store directly (for a lost token).
+    RotateToken(RotateTokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct RotateTokenArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Write the new token into the install's store instead of asking a server (when the
+    /// old token is lost); the keys file in the data dir is updated too
+    #[arg(long)]
+    local: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Print exactly `{"adminToken": "…"}` on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct HealthcheckArgs {
+    /// Base URL of the Tollgate server
+    #[arg(long, env = "TOLLGATE_HEALTHCHECK_URL", default_value = remote::URL_DEFAULT)]
+    url: String,
+}
+
+/// How `serve` writes its log lines.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+enum LogFormat {
+    /// One line of text per event, for a terminal
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +207,9 @@ struct ServeArgs {
     /// Longest a request may run before it answers 503, in milliseconds [default: 30000]
     #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT_MS", value_name = "MS")]
     request_timeout_ms: Option<u64>,
+    /// Log lines as text or as one JSON object each
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// A running server and a project key.
@@ -280,6 +357,10 @@ async fn main() -> ExitCode {
         Command::Init(args) => local::init(args).await,
         Command::Serve(args) => local::serve(args).await,
         Command::Migrate(args) => local::migrate(args).await,
+        Command::Backup(args) => ops::backup(args).await,
+        Command::Restore(args) => ops::restore(args).await,
+        Command::Admin(AdminCommand::RotateToken(args)) => ops::rotate_token(args).await,
+        Command::Healthcheck(args) => health::run(args).await,
         Command::Plans(command) => plans::run(command).await,
         Command::Keys(command) => remote::keys(command).await,
         Command::Usage(args) => remote::usage(args).await,
