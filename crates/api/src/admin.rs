@@ -123,6 +123,14 @@ pub struct CreatedKey {
     pub prefix: String,
 }
 
+/// The install's new admin token, shown this once; the old one no longer works.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedAdminToken {
+    #[schema(example = "tg_admin_8fJ2kq0Zc1mN4pR7sT9vW3xY5aB6dE8g")]
+    pub admin_token: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyResponse {

@@ -279,3 +279,14 @@ fn limits_table(limits: Vec<tollgate_api::LimitState>) -> Table {
     }
     table
 }
+
+/// `POST /admin/v1/token/rotate`: the new admin token.
+pub async fn rotate_admin_token(admin: &AdminArgs) -> Result<String> {
+    let answer = Remote::with_admin(admin)?
+        .call(Method::POST, &["admin", "v1", "token", "rotate"], &[], None)
+        .await?;
+    answer["adminToken"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the answer holds no adminToken: {answer}"))
+}

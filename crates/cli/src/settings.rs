@@ -144,6 +144,9 @@ pub struct Overrides {
 pub struct Settings {
     pub listen: String,
     pub database: Database,
+    /// The data dir: the SQLite store's home, and on PostgreSQL too where the keys file of a
+    /// new install is written.
+    pub data_dir: PathBuf,
     /// The hot-path engine in front of the embedded store.
     pub engine: bool,
     pub sweep_interval: Duration,
@@ -173,7 +176,11 @@ impl Settings {
             .or(file.request_timeout_ms)
             .unwrap_or(tollgate_server::config::REQUEST_TIMEOUT_MS_DEFAULT);
         let engine = over.engine.or(file.engine).unwrap_or(false);
-        let database = Database::resolve(database_url.as_deref(), data_dir)?;
+        let database = Database::resolve(database_url.as_deref(), data_dir.clone())?;
+        let data_dir = match &database {
+            Database::Sqlite { data_dir } => data_dir.clone(),
+            Database::Postgres { .. } => data_dir,
+        };
         if engine && matches!(database, Database::Postgres { .. }) {
             bail!(
                 "engine is for the embedded SQLite store; PostgreSQL keeps state in the database"
@@ -181,6 +188,7 @@ impl Settings {
         }
         Ok(Self {
             engine,
+            data_dir,
             listen: over
                 .listen
                 .or(file.listen)

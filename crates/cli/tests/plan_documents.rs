@@ -100,7 +100,7 @@ async fn readyz_once_degraded(s: &TestServer) -> Value {
 }
 
 fn not_loaded_logs(s: &TestServer) -> usize {
-    s.log_tail(400)
+    s.log_all()
         .lines()
         .filter(|l| l.contains(NOT_LOADED_LOG))
         .count()

@@ -15,6 +15,8 @@ use tracing::Instrument;
 
 /// The response header that carries the request id, for support requests and log searches.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The log target of the access lines, to filter them (`RUST_LOG=info,tollgate::access=off`).
+pub const ACCESS_LOG_TARGET: &str = "tollgate::access";
 /// The route label of a request that matched no route.
 const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -54,8 +56,10 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     state
         .metrics
         .observe_request(method.as_str(), route, status, elapsed);
+    // The access line: one per request, never a key, a token or a body (docs/operations.md).
     span.in_scope(|| {
-        tracing::debug!(
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
             status,
             elapsed_ms = elapsed.as_secs_f64() * 1000.0,
             "request answered"

@@ -279,6 +279,7 @@ fn is_one_of(operation: &Operation, names: &[&str]) -> bool {
         admin::create_key,
         admin::list_keys,
         admin::revoke_key,
+        admin::rotate_admin_token,
         admin::get_clock,
         admin::advance_clock,
         system::healthz,

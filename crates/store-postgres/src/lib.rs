@@ -40,7 +40,14 @@ pub const POOL_SIZE_DEFAULT: usize = 8;
 pub fn migrate(url: &str) -> StoreResult<usize> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to the database: {e}")))?;
-    schema::migrate(&mut client).map_err(|e| pool::pg_error(&e))
+    schema::migrate(&mut client)
+}
+
+/// What [`migrate`] would apply to the database at `url` (`tollgate migrate --dry-run`).
+pub fn schema_status(url: &str) -> StoreResult<tollgate_store::schema::SchemaStatus> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to the database: {e}")))?;
+    schema::status(&mut client)
 }
 
 /// The PostgreSQL store of one node. Cheap to clone.
@@ -144,6 +151,21 @@ impl Store for PgStore {
             .await?;
         // Both sides are hashes of secrets, so a plain comparison leaks nothing useful.
         Ok(stored.as_deref() == Some(&token_hash[..]))
+    }
+
+    async fn rotate_admin_token(&self, token_hash: [u8; 32]) -> StoreResult<()> {
+        self.pool
+            .run(move |tx| {
+                let changed = tx.execute(
+                    "UPDATE meta SET value = $1 WHERE key = 'admin_token'",
+                    &[&&token_hash[..]],
+                )?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn create_project(&self, project: Project) -> StoreResult<()> {

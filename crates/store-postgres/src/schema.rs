@@ -5,7 +5,10 @@
 //! both adapters convert times the same way. Every metered table leads with `env_id`; for a
 //! sharded PostgreSQL the distribution key is (`env_id`, `subject`) — see docs/scaling.md.
 
+use crate::pool::pg_error;
 use postgres::Client;
+use tollgate_store::schema::{refuse_newer, SchemaStatus};
+use tollgate_store::{StoreError, StoreResult};
 
 /// An arbitrary constant naming the migration lock.
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
@@ -471,8 +474,43 @@ CREATE INDEX reservations_logged_user ON reservations (env_id, user_id)
 "#,
 ];
 
+/// What [`migrate`] would do to this database, read without writing.
+pub fn status(client: &mut Client) -> StoreResult<SchemaStatus> {
+    let table: Option<String> = client
+        .query_one("SELECT to_regclass('tollgate_schema_version')::text", &[])
+        .map_err(|e| pg_error(&e))?
+        .get(0);
+    let current = match table {
+        None => 0,
+        Some(_) => client
+            .query_opt("SELECT version FROM tollgate_schema_version", &[])
+            .map_err(|e| pg_error(&e))?
+            .map_or(0, |r| r.get::<_, i64>(0).max(0) as usize),
+    };
+    SchemaStatus::of(current, MIGRATIONS)
+}
+
 /// Brings the database to the newest schema version. Safe to run from every node at once.
-pub fn migrate(client: &mut Client) -> Result<usize, postgres::Error> {
+/// A database newer than this binary is refused.
+pub fn migrate(client: &mut Client) -> StoreResult<usize> {
+    migrate_tx(client).map_err(|e| match e {
+        Migrate::Pg(e) => pg_error(&e),
+        Migrate::Store(e) => e,
+    })
+}
+
+enum Migrate {
+    Pg(postgres::Error),
+    Store(StoreError),
+}
+
+impl From<postgres::Error> for Migrate {
+    fn from(e: postgres::Error) -> Self {
+        Migrate::Pg(e)
+    }
+}
+
+fn migrate_tx(client: &mut Client) -> Result<usize, Migrate> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     tx.batch_execute(
@@ -481,7 +519,8 @@ pub fn migrate(client: &mut Client) -> Result<usize, postgres::Error> {
     let current: Option<i64> = tx
         .query_opt("SELECT version FROM tollgate_schema_version", &[])?
         .map(|r| r.get(0));
-    let current = current.unwrap_or(0) as usize;
+    let current = current.unwrap_or(0).max(0) as usize;
+    refuse_newer(current, MIGRATIONS.len()).map_err(Migrate::Store)?;
     if current == 0 {
         tx.execute("INSERT INTO tollgate_schema_version VALUES (0)", &[])?;
     }

@@ -43,7 +43,7 @@ impl SqliteStore {
         })?;
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
-        let conn = open_writer(&path).map_err(internal)?;
+        let conn = open_writer(&path)?;
         let restart = Arc::new(AtomicBool::new(false));
         let fence = Arc::new(Fence::default());
         let wal = data_dir.join(format!("{DATABASE_FILE}-wal"));
@@ -185,6 +185,23 @@ impl Store for SqliteStore {
             .await?;
         // Both sides are hashes of secrets, so a plain comparison leaks nothing useful.
         Ok(stored.as_deref() == Some(&token_hash[..]))
+    }
+
+    async fn rotate_admin_token(&self, token_hash: [u8; 32]) -> StoreResult<()> {
+        self.writer
+            .execute(move |c| {
+                let changed = c
+                    .execute(
+                        "UPDATE meta SET value = ?1 WHERE key = 'admin_token'",
+                        params![&token_hash[..]],
+                    )
+                    .map_err(internal)?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn create_project(&self, project: Project) -> StoreResult<()> {

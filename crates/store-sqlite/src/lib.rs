@@ -12,6 +12,7 @@
 
 mod admin;
 mod analytics;
+mod backup;
 mod checkpointer;
 mod engine;
 mod persons;
@@ -26,9 +27,11 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tollgate_store::StoreError;
+use tollgate_store::schema::SchemaStatus;
+use tollgate_store::{StoreError, StoreResult};
 
 pub use admin::SqliteStore;
+pub use backup::{backup, restore, BackupReport};
 pub use engine::{catch_up_log, EngineStore, LOG_DIR};
 pub use seed::seed_events;
 
@@ -88,8 +91,14 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Opens the writing connection: WAL, fsync on every commit, schema migrated.
-fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
-    let mut conn = Connection::open(path)?;
+fn open_writer(path: &Path) -> StoreResult<Connection> {
+    let mut conn = writer_connection(path).map_err(internal)?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn writer_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
     configure(&conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL: COMMIT appends to the WAL without waiting for the disk; the writer's syncer
@@ -102,8 +111,18 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     // Each command's savepoint keeps its undo pages in memory, not in a temp file.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(128);
-    schema::migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// What `tollgate migrate` would apply to the database in `data_dir` (`--dry-run`), read
+/// without writing; a data dir without a database is at version 0.
+pub fn schema_status(data_dir: &Path) -> StoreResult<SchemaStatus> {
+    let path = data_dir.join(DATABASE_FILE);
+    if !path.exists() {
+        return schema::status_at(0);
+    }
+    let conn = open_reader(&path).map_err(internal)?;
+    schema::status(&conn)
 }
 
 pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {

@@ -3,7 +3,10 @@
 //! Times are integer milliseconds since the Unix epoch (`*_ms`); quantities are integers.
 //! Every metered row carries its `env_id`, and every lookup names it, so environments never mix.
 
+use crate::internal;
 use rusqlite::Connection;
+use tollgate_store::schema::{refuse_newer, SchemaStatus};
+use tollgate_store::StoreResult;
 
 /// Each entry moves the schema one version up; never edit an entry that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -508,14 +511,34 @@ CREATE INDEX reservations_logged_user ON reservations (env_id, user_id)
 "#,
 ];
 
-/// Brings the database to the newest schema version, each step in its own transaction.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+fn version(conn: &Connection) -> StoreResult<usize> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(internal)
+}
+
+/// Brings the database to the newest schema version, each step in its own transaction; a
+/// database newer than this binary is refused.
+pub fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let current = version(conn)?;
+    refuse_newer(current, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
-        tx.commit()?;
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()
+        };
+        run(conn).map_err(internal)?;
     }
     Ok(())
+}
+
+/// What [`migrate`] would do to this database.
+pub fn status(conn: &Connection) -> StoreResult<SchemaStatus> {
+    status_at(version(conn)?)
+}
+
+/// What [`migrate`] would do to a database at `version`.
+pub fn status_at(version: usize) -> StoreResult<SchemaStatus> {
+    SchemaStatus::of(version, MIGRATIONS)
 }

@@ -34,7 +34,7 @@ pub fn seed_events(
         ));
     }
     let _lock = crate::admin::lock_data_dir(data_dir)?;
-    let conn = open_writer(&data_dir.join(DATABASE_FILE)).map_err(internal)?;
+    let conn = open_writer(&data_dir.join(DATABASE_FILE))?;
     conn.pragma_update(None, "synchronous", "OFF")
         .map_err(internal)?;
     conn.pragma_update(None, "cache_size", -SEED_CACHE_KIB)

@@ -33,6 +33,7 @@ pub type Harness = Option<(Arc<dyn Store>, Box<dyn std::any::Any + Send>)>;
 macro_rules! store_contract_suite {
     ($make:path) => {
         $crate::store_contract_suite!(@each $make;
+            the_admin_token_rotates,
             reserve_commit_release_are_exact,
             commit_more_than_reserved_records_overage,
             concurrent_reserves_never_exceed_a_hard_quota,
@@ -176,6 +177,22 @@ async fn setup(store: &Arc<dyn Store>) -> (EnvId, EnvId) {
         }
     };
     (env(1).await, env(2).await)
+}
+
+/// Rotating the admin token: the old hash stops verifying, the new one verifies; before an
+/// install exists there is nothing to rotate.
+pub async fn the_admin_token_rotates(store: Arc<dyn Store>) {
+    assert!(matches!(
+        store.rotate_admin_token([7; 32]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(!store.verify_admin([7; 32]).await.expect("verify"));
+    setup(&store).await;
+    assert!(store.verify_admin([9; 32]).await.expect("verify"));
+    store.rotate_admin_token([7; 32]).await.expect("rotate");
+    assert!(!store.verify_admin([9; 32]).await.expect("verify"));
+    assert!(store.verify_admin([7; 32]).await.expect("verify"));
+    assert!(store.is_initialized().await.expect("initialized"));
 }
 
 fn user(s: &str) -> UserId {

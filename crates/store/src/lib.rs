@@ -1138,6 +1138,9 @@ pub trait Store: Send + Sync + 'static {
         keys: Vec<NewKey>,
     ) -> StoreResult<()>;
     async fn verify_admin(&self, token_hash: [u8; 32]) -> StoreResult<bool>;
+    /// Replaces the admin token's hash: the old token stops working at once, on every node.
+    /// `NotFound` when there is no install yet.
+    async fn rotate_admin_token(&self, token_hash: [u8; 32]) -> StoreResult<()>;
     /// Creates a project and its live and test environments.
     async fn create_project(&self, project: Project) -> StoreResult<()>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;
@@ -1411,6 +1414,7 @@ pub mod codec;
 pub mod contract;
 pub mod persons;
 pub mod procedure;
+pub mod schema;
 pub mod seed;
 
 pub use persons::{

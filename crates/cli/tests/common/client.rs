@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::answers::limit;
 use super::calendar::{ts_secs, DAY, HOUR};
+use super::secrets::Secrets;
 
 /// One answer: status, headers, raw text and the parsed JSON (`Null` if not JSON).
 #[derive(Debug, Clone)]
@@ -108,6 +109,8 @@ pub struct Client {
     pub tolerate_overload: bool,
     /// Outage tests set this: every status is returned, a `500` too, for the test to judge.
     pub any_status: bool,
+    /// What this client sent and got that no server may log ([`Secrets`]).
+    pub(super) secrets: Secrets,
 }
 
 impl Client {
@@ -146,18 +149,21 @@ impl Client {
         let what = format!("{method} {path}");
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(key) = key {
+            self.secrets.note(key);
             req = req.header("Authorization", format!("Bearer {key}"));
         }
         if let Some(ct) = content_type {
             req = req.header("Content-Type", ct);
         }
         if let Some(body) = body {
+            self.secrets.note_body(&body);
             req = req.body(body);
         }
         let res = req.send().await?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let bytes = res.bytes().await?;
+        self.secrets.note_body(&bytes);
         let text = String::from_utf8_lossy(&bytes).to_string();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let overload = matches!(status, 429 | 503);
@@ -228,14 +234,19 @@ impl Client {
         let what = format!("{method} {path}");
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(key) = &self.key {
+            self.secrets.note(key);
             req = req.header("Authorization", format!("Bearer {key}"));
         }
         if let Some(body) = body {
+            self.secrets.note_json(&body);
             req = req
                 .header("Content-Type", "application/json")
                 .body(serde_json::to_vec(&body).expect("json"));
         }
         for (name, value) in headers {
+            if value.starts_with("tg_") {
+                self.secrets.note(value);
+            }
             req = req.header(*name, *value);
         }
         let res = req
@@ -245,6 +256,7 @@ impl Client {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let bytes = res.bytes().await.expect("body");
+        self.secrets.note_body(&bytes);
         let text = String::from_utf8_lossy(&bytes).to_string();
         assert!(status < 500, "{what} answered {status}: {text}");
         Resp {
@@ -265,6 +277,7 @@ impl Client {
         body: Value,
     ) -> Resp {
         let what = format!("{method} {path}");
+        self.secrets.note_json(&body);
         let res = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -282,6 +295,7 @@ impl Client {
             "{what} answered {status}: a 5xx must never appear: {text}"
         );
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        self.secrets.note_json(&body);
         Resp {
             what,
             status,

@@ -21,7 +21,8 @@
 //! - `answers`: reading and asserting answers;
 //! - `calendar`: timestamps and calendar math;
 //! - `fixtures`: plan documents and a deterministic PRNG;
-//! - `credits`: the helpers of the credits tests (named `common::credits::…`).
+//! - `credits`: the helpers of the credits tests (named `common::credits::…`);
+//! - `secrets`: the secrets a test saw, which no server may log.
 //! - `self_tests`: tests of these helpers (`cargo test` runs them in every test binary).
 #![allow(dead_code)]
 
@@ -31,6 +32,7 @@ mod calendar;
 mod client;
 pub mod credits;
 mod fixtures;
+mod secrets;
 #[cfg(test)]
 mod self_tests;
 mod server;

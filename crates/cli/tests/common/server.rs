@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 
 use super::backend::{Backend, PgDatabase};
 use super::client::Client;
+use super::secrets::Secrets;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -24,8 +25,11 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Per-request timeout of the test client.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Lines of server log kept to print when a test fails.
-const LOG_LINES_MAX: usize = 400;
+/// Lines of server log kept, to print when a test fails and to search for secrets when it
+/// ends (one access line per request: a load test writes tens of thousands).
+const LOG_LINES_MAX: usize = 2_000_000;
+/// The file `init` and a first `serve` write the install's secrets to, in the data dir.
+pub const KEYS_FILE: &str = "tollgate-keys.json";
 
 /// What `tollgate init --json` prints.
 #[derive(Clone, Debug)]
@@ -39,7 +43,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    fn from_json(v: &Value) -> Keys {
+    pub fn from_json(v: &Value) -> Keys {
         let s = |p: &str| -> String {
             v.pointer(p)
                 .and_then(Value::as_str)
@@ -75,6 +79,8 @@ pub struct TestServer {
     database_url: Option<String>,
     /// Extra arguments of every `serve` (also after a restart).
     serve_args: Vec<String>,
+    /// The secrets this server's clients saw: none may be in its log.
+    secrets: Secrets,
 }
 
 fn command(args: &[&str]) -> Command {
@@ -246,6 +252,30 @@ impl TestServer {
         self.http = http_client();
     }
 
+    /// Everything the server wrote to stderr (up to [`LOG_LINES_MAX`] lines).
+    pub fn log_all(&self) -> String {
+        self.log_tail(LOG_LINES_MAX)
+    }
+
+    /// The secrets this server's clients saw so far.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Lines of the log that hold a secret: the install's keys, or anything a client of this
+    /// server sent or got that looks like a secret. The first start's line with the test keys
+    /// (which a newcomer needs) may hold those two.
+    pub fn leaked_secrets(&self) -> Vec<String> {
+        let test_keys = [
+            self.keys.test_secret.clone(),
+            self.keys.test_publishable.clone(),
+        ];
+        let log = self.log.lock().unwrap();
+        self.secrets.found_in(log.iter(), |line, secret| {
+            line.contains("test_secret_key") && test_keys.iter().any(|k| k == secret)
+        })
+    }
+
     /// Last lines the server wrote to stderr.
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log.lock().unwrap();
@@ -264,6 +294,7 @@ impl TestServer {
             key: Some(key.to_string()),
             tolerate_overload: false,
             any_status: false,
+            secrets: self.secrets.clone(),
         }
     }
 
@@ -299,6 +330,18 @@ impl Drop for TestServer {
                 "---- tollgate server log (last lines) ----\n{}\n----",
                 self.log_tail(80)
             );
+        } else {
+            let leaked = self.leaked_secrets();
+            if !leaked.is_empty() {
+                if let Some(child) = self.child.as_mut() {
+                    let _ = child.start_kill();
+                }
+                panic!(
+                    "the server logged {} secret(s):\n{}",
+                    leaked.len(),
+                    leaked.join("\n")
+                );
+            }
         }
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
@@ -323,6 +366,7 @@ pub struct ServerBuilder {
     keys: Option<Keys>,
     first_start: bool,
     serve_args: Vec<String>,
+    data_dir: Option<tempfile::TempDir>,
 }
 
 impl ServerBuilder {
@@ -353,6 +397,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve this data dir (a restored backup, a fixture) instead of a fresh one; give its
+    /// keys with [`ServerBuilder::keys`].
+    pub fn data_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
     /// One more argument for `serve`, e.g. `--request-timeout-ms`.
     pub fn serve_arg(mut self, arg: impl Into<String>) -> Self {
         self.serve_args.push(arg.into());
@@ -376,7 +427,10 @@ impl ServerBuilder {
         let database_url = self
             .database_url
             .or_else(|| database.as_ref().map(|db| db.url()));
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = match self.data_dir {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("temp dir"),
+        };
         let keys = match self.keys {
             Some(keys) => Some(keys),
             None if self.first_start => None,
@@ -390,7 +444,17 @@ impl ServerBuilder {
             log.clone(),
         )
         .await;
-        let keys = keys.unwrap_or_else(|| keys_printed_by_serve(&log));
+        let keys = keys.unwrap_or_else(|| keys_printed_by_serve(data_dir.path(), &log));
+        let secrets = Secrets::default();
+        for key in [
+            &keys.admin_token,
+            &keys.test_secret,
+            &keys.test_publishable,
+            &keys.live_secret,
+            &keys.live_publishable,
+        ] {
+            secrets.note(key);
+        }
         TestServer {
             data_dir,
             child: Some(child),
@@ -402,6 +466,7 @@ impl ServerBuilder {
             database,
             database_url,
             serve_args: self.serve_args,
+            secrets,
         }
     }
 }
@@ -434,21 +499,25 @@ async fn run_init(dir: &Path, database_url: Option<&str>) -> Keys {
     Keys::from_json(&doc)
 }
 
-/// The secrets a first `serve` printed on stderr: the JSON object of `init --json`, on its own
-/// line before `listening on`.
-fn keys_printed_by_serve(log: &Log) -> Keys {
+/// The secrets of a first `serve`: the keys file it wrote in the data dir (0600), and the
+/// test secret key it logged for a newcomer, the same.
+fn keys_printed_by_serve(data_dir: &Path, log: &Log) -> Keys {
+    let path = data_dir.join(KEYS_FILE);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the first `tollgate serve` wrote no {}: {e}",
+            path.display()
+        )
+    });
+    let keys = Keys::from_json(&serde_json::from_str(&text).expect("the keys file is JSON"));
     let log = log.lock().unwrap();
-    let printed = log
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|v| v.get("adminToken").is_some());
-    match printed {
-        Some(v) => Keys::from_json(&v),
-        None => panic!(
-            "the first `tollgate serve` printed no secrets on stderr:\n{}",
-            log.iter().cloned().collect::<Vec<_>>().join("\n")
-        ),
-    }
+    assert!(
+        log.iter()
+            .any(|line| line.contains("test_secret_key") && line.contains(&keys.test_secret)),
+        "the first `tollgate serve` logged no test secret key:\n{}",
+        log.iter().cloned().collect::<Vec<_>>().join("\n")
+    );
+    keys
 }
 
 async fn spawn_serve(

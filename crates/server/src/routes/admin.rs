@@ -2,7 +2,7 @@
 //! clock with a test secret key.
 
 use crate::auth::{environment_now, Admin, TestSecretKey};
-use crate::bootstrap::generate_key;
+use crate::bootstrap::{generate_admin_token, generate_key, hash_secret};
 use crate::error::{store_error, ApiError};
 use crate::extract::{ApiJson, ApiPath};
 use crate::ids::{new_id, PROJECT_PREFIX};
@@ -169,6 +169,30 @@ pub async fn revoke_key(
         key_id,
         revoked: true,
     }))
+}
+
+/// Replaces the admin token: the new one is in this answer only, and the one that called
+/// stops working at once, on every node.
+#[utoipa::path(
+    post, path = "/admin/v1/token/rotate", tag = "admin",
+    responses(
+        (status = 200, body = wire::RotatedAdminToken),
+        (status = 401, body = wire::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rotate_admin_token(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<wire::RotatedAdminToken>, ApiError> {
+    let admin_token = generate_admin_token();
+    state
+        .store
+        .rotate_admin_token(hash_secret(&admin_token))
+        .await
+        .map_err(store_error("install"))?;
+    tracing::info!("admin token rotated");
+    Ok(Json(wire::RotatedAdminToken { admin_token }))
 }
 
 /// The test environment's clock.

@@ -176,6 +176,7 @@ fn routes() -> Router<AppState> {
             get(admin::list_keys).post(admin::create_key),
         )
         .route("/admin/v1/keys/{keyId}", delete(admin::revoke_key))
+        .route("/admin/v1/token/rotate", post(admin::rotate_admin_token))
         .route("/v1/user-tokens", post(browser::create_user_token))
         .route("/v1/me/usage", get(browser::me_usage))
         .route("/v1/me/credits", get(browser::me_credits))

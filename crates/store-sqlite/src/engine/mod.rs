@@ -90,6 +90,39 @@ pub async fn catch_up_log(store: &SqliteStore, data_dir: &Path) -> StoreResult<u
     Ok(last)
 }
 
+/// Applies records copied out of a command log (by a backup) to the tables of `conn` after the
+/// position they hold, in one transaction, and sets that position to 0: the tables then hold
+/// every record, and the data dir they go to starts a new log at record 1. Returns how many
+/// records were applied; `Unavailable` if the copy misses records the tables do not hold.
+pub(crate) fn fold_records(
+    conn: &mut Connection,
+    records: Vec<tollgate_log::Record>,
+) -> StoreResult<u64> {
+    let applied = applied_lsn(conn)?;
+    let mut last = applied;
+    let mut ops = Vec::new();
+    for record in records.into_iter().filter(|r| r.lsn > applied) {
+        if record.lsn != last + 1 {
+            return Err(StoreError::Unavailable(format!(
+                "the command log copy jumps from record {last} to {}",
+                record.lsn
+            )));
+        }
+        last = record.lsn;
+        ops.extend(decode(record.version, &record.payload)?);
+    }
+    let tx = conn.transaction().map_err(internal)?;
+    let mut projector = Projector::new(SqliteTx(&tx));
+    for op in &ops {
+        projector.op(op)?;
+    }
+    projector.finish()?;
+    tx.execute("UPDATE engine_log SET applied_lsn = 0 WHERE id = 1", [])
+        .map_err(internal)?;
+    tx.commit().map_err(internal)?;
+    Ok(last - applied)
+}
+
 fn log_error(e: tollgate_log::LogError) -> StoreError {
     StoreError::Unavailable(format!("command log: {e}"))
 }
@@ -695,6 +728,9 @@ impl Store for EngineStore {
     }
     async fn verify_admin(&self, token_hash: [u8; 32]) -> StoreResult<bool> {
         self.sql.verify_admin(token_hash).await
+    }
+    async fn rotate_admin_token(&self, token_hash: [u8; 32]) -> StoreResult<()> {
+        self.sql.rotate_admin_token(token_hash).await
     }
     async fn create_project(&self, project: Project) -> StoreResult<()> {
         self.sql.create_project(project).await
