@@ -2,8 +2,9 @@
 //!
 //! A bug report then says which commit a binary came from, and a container image built from a
 //! tarball (no `.git`) still says when it was built. The commit is `TOLLGATE_COMMIT` when set
-//! (a packager that builds outside the repository), else `git rev-parse --short=12 HEAD`, else
-//! `unknown`. The date is the UTC day of `SOURCE_DATE_EPOCH` when set (reproducible builds,
+//! (a packager that builds outside the repository), else `git rev-parse --short=12 HEAD` of the
+//! repository that tracks this crate, else `unknown`. The date is the UTC day of
+//! `SOURCE_DATE_EPOCH` when set (reproducible builds,
 //! <https://reproducible-builds.org/specs/source-date-epoch/>), else of the moment this script
 //! runs. It runs again when HEAD moves, not when a source file changes, so an edit does not
 //! rebuild the crate for a new date.
@@ -20,29 +21,41 @@ fn main() {
     println!("cargo:rerun-if-env-changed=TOLLGATE_COMMIT");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // Without any rerun-if-changed line Cargo reruns the script on every change in the package;
-    // with only the env lines, a new commit would not rerun it. The git files below are the
-    // ones a commit, a checkout or a reset writes; build.rs is listed for when there is no git.
+    // with only the env lines, a new commit would not rerun it. The git files `commit` adds are
+    // the ones a commit, a checkout or a reset writes; build.rs is listed for when there is no
+    // git.
     println!("cargo:rerun-if-changed=build.rs");
 
     let manifest_dir =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("Cargo sets it"));
-    let commit = match non_empty_env("TOLLGATE_COMMIT") {
-        Some(commit) => commit,
-        None => {
-            for path in git_files_naming_head(&manifest_dir) {
-                println!("cargo:rerun-if-changed={}", path.display());
-            }
-            git(&manifest_dir, &["rev-parse", "--short=12", "HEAD"])
-                .filter(|id| id.len() >= COMMIT_DIGITS && id.chars().all(|c| c.is_ascii_hexdigit()))
-                .unwrap_or_else(|| "unknown".to_owned())
-        }
-    };
+    let commit = commit(&manifest_dir);
     let (year, month, day) = civil_from_days(build_epoch_seconds().div_euclid(86_400));
     let version = std::env::var("CARGO_PKG_VERSION").expect("Cargo sets it");
     println!(
         "cargo:rustc-env=TOLLGATE_VERSION={version} (commit {commit}, built \
          {year:04}-{month:02}-{day:02})"
     );
+}
+
+/// `TOLLGATE_COMMIT`, else the abbreviated id of HEAD (asking Cargo to run this script again
+/// when HEAD moves), else `unknown`.
+fn commit(manifest_dir: &Path) -> String {
+    if let Some(commit) = non_empty_env("TOLLGATE_COMMIT") {
+        return commit;
+    }
+    // Only a repository that tracks this crate names its commit: sources unpacked inside another
+    // one (a vendored copy, a home directory under git) are not from its HEAD.
+    if git(manifest_dir, &["ls-files", "--error-unmatch", "Cargo.toml"]).is_none() {
+        return "unknown".to_owned();
+    }
+    for path in git_files_naming_head(manifest_dir) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let is_commit_id =
+        |id: &String| id.len() >= COMMIT_DIGITS && id.chars().all(|c| c.is_ascii_hexdigit());
+    git(manifest_dir, &["rev-parse", "--short=12", "HEAD"])
+        .filter(is_commit_id)
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The variable's value, trimmed, when it is set to something other than blanks. A value with a
