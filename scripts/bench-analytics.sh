@@ -24,7 +24,7 @@ USERS="${USERS:-10000}"
 RUNS="${RUNS:-20}"
 if [[ -z "${BIN:-}" ]]; then
   cargo build --release --quiet -p tollgate-cli
-  BIN="$PWD/target/release/tollgate"
+  BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/tollgate"
 fi
 work=$(mktemp -d)
 server_pid=""

@@ -17,8 +17,10 @@ ROUNDS="${ROUNDS:-3}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 USERS="${USERS:-10000}"
 
+# The release build users run: the figures are rates and latencies, which debug info would not
+# change (the profiling profile is for callgrind and perf).
 cargo build --release --bin tollgate
-bin=target/release/tollgate
+bin="${CARGO_TARGET_DIR:-target}/release/tollgate"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

@@ -18,6 +18,8 @@
 #   USERS=10000        users the reserves spread over
 #   THREADS=2          wrk threads
 #   BIN=               the tollgate binary; default: `cargo build --release`, then its binary
+#                      (the build users run; the per-thread CPU comes from /proc, not from
+#                      symbols, so the profiling profile is not needed)
 #   THROUGHPUT=1       the interleaved comparison and per-thread CPU (0: skip it and the tail)
 #   TAIL=1             find the connection count giving about half the peak, report its p99
 #   PENDING=100000     pending reservations of one user in the pending-heavy case (0: skip)

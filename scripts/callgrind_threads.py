@@ -1,6 +1,10 @@
 """Per-thread callgrind files (`valgrind --separate-threads=yes`), each named by its thread's
 entry function, and their instruction totals. Shared by scripts/engine-figures.sh and
-scripts/http-callgrind.sh, which give their own roles: (name, entry function pattern)."""
+scripts/http-callgrind.sh, which give their own roles: (name, entry function pattern).
+
+The entry functions are found by name, so the binary measured must keep its symbols and should
+carry debug info: both scripts build `cargo build --profile profiling` (Cargo.toml), the
+release build with `debug = 1`; the release profile itself has no debug info."""
 import re
 import subprocess
 

@@ -32,11 +32,14 @@ OUT=${OUT:-$(mktemp -d /tmp/engine-figures.XXXXXX)}
 mkdir -p "$OUT"
 
 # ENGINE_OPS_BIN: measure that binary (e.g. a copy built at another commit) instead of building.
+# The profiling profile is the release build with debug info, with which callgrind_annotate
+# names each function's source file and annotates its lines (the release profile carries none;
+# the instruction counts are the same). The same binary serves `rss` and `restart`.
 if [ -n "${ENGINE_OPS_BIN:-}" ]; then
   BIN=$ENGINE_OPS_BIN
 else
-  cargo build --release -p tollgate-store-sqlite --example engine_ops >&2
-  BIN=${CARGO_TARGET_DIR:-target}/release/examples/engine_ops
+  cargo build --profile profiling -p tollgate-store-sqlite --example engine_ops >&2
+  BIN=${CARGO_TARGET_DIR:-target}/profiling/examples/engine_ops
 fi
 
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) nproc=$(nproc) cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"

@@ -7,6 +7,8 @@
 #   scripts/engine-lag.sh                    # builds the release binary first
 #   BIN=target/release/tollgate DURATION=30 scripts/engine-lag.sh
 #
+# The release build: the figures are rates and lags, which debug info would not change.
+#
 # Needs wrk and curl (Debian: apt-get install wrk curl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,7 @@ USERS="${USERS:-10000}"
 PORT="${PORT:-7302}"
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin tollgate
-  BIN=target/release/tollgate
+  BIN="${CARGO_TARGET_DIR:-target}/release/tollgate"
 fi
 dir=$(mktemp -d)
 server=""

@@ -3,7 +3,7 @@
 # counted by callgrind: deterministic, so a change to the HTTP layer can be measured on a busy
 # machine where wall-clock benchmarks are noise (Tollgate issue 14, BENCHMARKS.md).
 #
-#   scripts/http-callgrind.sh                          # release build, then N=1000 and 2N
+#   scripts/http-callgrind.sh                          # profiling build, then N=1000 and 2N
 #   BIN=/path/to/tollgate scripts/http-callgrind.sh    # that binary, no build
 #   N=2000 REPS=2 scripts/http-callgrind.sh            # more requests, two runs of each size
 #   ENGINE=0 scripts/http-callgrind.sh                 # the store without the engine
@@ -20,8 +20,11 @@
 # `main` (the thread that runs `block_on`, which accepts connections).
 #
 # Settings (environment): N=1000, REPS=1, WARMUP=200, USERS=1000 (reserves cycle over
-# USERS users), ENGINE=1, BIN (default: `cargo build --release -p tollgate-cli` and its
-# binary), OUT (default: a new temp dir; the callgrind files and logs stay there).
+# USERS users), ENGINE=1, BIN (default: `cargo build --profile profiling -p tollgate-cli` and
+# its binary: the release build with debug info, so that callgrind_annotate names each
+# function's source file and can annotate its lines; the release profile has none; the
+# instruction counts are the same either way), OUT (default: a new temp dir; the callgrind
+# files and logs stay there).
 # Needs valgrind, callgrind_annotate and python3. About 2 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -140,8 +143,8 @@ fi
 
 command -v valgrind >/dev/null || die "valgrind not found (apt-get install valgrind)"
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p tollgate-cli >&2
-  BIN="${CARGO_TARGET_DIR:-target}/release/tollgate"
+  cargo build --profile profiling -p tollgate-cli >&2
+  BIN="${CARGO_TARGET_DIR:-target}/profiling/tollgate"
 fi
 BIN=$(realpath "$BIN")
 echo "# $(date -u +%FT%TZ) $BIN commit $(git rev-parse --short HEAD) ENGINE=$ENGINE N=$N WARMUP=$WARMUP USERS=$USERS"

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(
     name = "tollgate",
-    version,
+    version = env!("TOLLGATE_VERSION"),
     about = "Self-hosted metering and limits for AI apps",
     propagate_version = true
 )]
