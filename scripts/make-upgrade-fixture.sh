@@ -13,7 +13,7 @@
 # Needs curl and python3 (its sqlite3 module).
 set -euo pipefail
 out=${1:?usage: BIN=… scripts/make-upgrade-fixture.sh OUT_DIR}
-bin=${BIN:?BIN names the earlier release's tollgate binary}
+bin=${BIN:?BIN names the tollgate binary of the earlier release}
 work=$(mktemp -d)
 server=
 cleanup() {
@@ -52,12 +52,16 @@ call PUT /v1/plans '{
     { "id": "pack50", "name": "50 images", "expiresAfterDays": 90,
       "items": [ { "id": "imgs", "quantity": 50, "match": [{"event": "image.*"}] } ] } ] }'
 call POST /v1/subscriptions '{"userId": "u_pro", "planId": "pro"}'
+reservation_id() { python3 -c 'import json,sys; print(json.load(sys.stdin)["reservationId"])'; }
+committed=()
 for _ in 1 2 3; do
   rsv=$(call POST /v1/reserve '{"userId": "u_pro", "event": "image.render", "quantity": 2}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["reservationId"])')
+    reservation_id)
   call POST "/v1/reservations/$rsv/commit" '{}'
+  committed+=("\"$rsv\"")
 done
-call POST /v1/reserve '{"userId": "u_pro", "event": "image.render", "ttlSeconds": 86400, "idempotencyKey": "pending-1"}'
+pending=$(call POST /v1/reserve '{"userId": "u_pro", "event": "image.render", "ttlSeconds": 3600}' |
+  reservation_id)
 call POST /v1/track '{"userId": "u_free", "event": "image.render", "quantity": 4}'
 call POST /v1/credits/grants '{"userId": "u_free", "packId": "pack50", "externalRef": "pi_fixture"}'
 kill -TERM "$server"
@@ -77,5 +81,7 @@ EOF
 mkdir -p "$out"
 cp "$work/data/tollgate.db" "$out/tollgate.db"
 cp "$work/keys.json" "$out/keys.json"
+# What the test looks for: the reservations made above.
+(IFS=,; echo "{\"committed\": [${committed[*]}], \"pending\": \"$pending\"}") >"$out/expect.json"
 echo "${RELEASE:-unknown} ($("$bin" --version))" >"$out/RELEASE"
 ls -l "$out"

@@ -197,14 +197,15 @@ stop_server
 # Every file the server wrote belongs to its user: the volume stays usable after a restart.
 foreign=$(find "$root/data" ! -uid 10001 | head -5)
 [[ -z "$foreign" ]] || die "files in /data not owned by 10001: $foreign"
-# The first start is to write the install's secrets to /data/tollgate-keys.json, readable by
-# its user alone. FIXME: tolerated as absent until that change lands; then it must exist.
-if [[ -e "$root/data/tollgate-keys.json" ]]; then
-  expect_stat /data/tollgate-keys.json 10001:10001 600
-  echo "keys file: /data/tollgate-keys.json, 10001:10001, 0600"
-else
-  echo "keys file: none (tolerated until the first start writes /data/tollgate-keys.json)"
-fi
+# `init` wrote every secret to /data/tollgate-keys.json, readable by the image's user alone,
+# the same object it printed; and the server's log holds neither the admin token nor a live key.
+expect_stat /data/tollgate-keys.json 10001:10001 600
+[[ $(jq -cS . "$root/data/tollgate-keys.json") == $(jq -cS . <<<"$init") ]] ||
+  die "the keys file differs from what init --json printed"
+echo "keys file: /data/tollgate-keys.json, 10001:10001, 0600, as printed"
+for secret in "$(jq -r .adminToken <<<"$init")" "$(jq -r .keys.live.secret <<<"$init")"; do
+  if grep -qF "$secret" "$log"; then die "the server logged a secret"; fi
+done
 
 # ------------------------------------------------------------------ second start, same /data
 start_server

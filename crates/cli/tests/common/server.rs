@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::backend::{Backend, PgDatabase};
@@ -540,13 +539,18 @@ async fn spawn_serve(
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = tokio::sync::oneshot::channel::<String>();
     let drain_log = log.clone();
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stderr);
+    // Drained on its own thread, not a task: a test that blocks its runtime (a CLI run with
+    // `std::process::Command`) must not stop the drain, or the server's access lines fill
+    // the pipe and its next log line blocks it.
+    let stderr = std::fs::File::from(stderr.into_owned_fd().expect("stderr's descriptor"));
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(stderr);
         let mut tx = Some(tx);
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
+            match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
