@@ -12,18 +12,9 @@ use common::TestServer;
 use std::process::Command;
 
 fn bench(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("bench")
-        .args(args)
-        .env_remove("TOLLGATE_URL")
-        .env_remove("TOLLGATE_KEY")
-        .output()
-        .expect("run tollgate bench");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    common::run_tollgate(&all)
 }
 
 /// `bench` against `server` with its test secret key.

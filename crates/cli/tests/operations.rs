@@ -20,22 +20,16 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Runs `tollgate ARGS` with no server settings from the environment: (success, stdout, stderr).
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .env_remove("TOLLGATE_DATA_DIR")
-        .env_remove("TOLLGATE_DATABASE_URL")
-        .env_remove("TOLLGATE_URL")
-        .env_remove("TOLLGATE_ADMIN_TOKEN")
-        .env_remove("TOLLGATE_ENGINE")
-        .output()
-        .expect("run tollgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_tollgate(args)
+}
+
+/// The token of `admin rotate-token --json`'s answer.
+fn admin_token_of(out: &str) -> String {
+    serde_json::from_str::<Value>(out.trim()).expect("one JSON object")["adminToken"]
+        .as_str()
+        .expect("adminToken")
+        .to_string()
 }
 
 fn is_sqlite(s: &TestServer) -> bool {
@@ -127,10 +121,7 @@ async fn the_admin_token_rotates_through_the_api_the_cli_and_the_store() {
         "--json",
     ]);
     assert!(ok, "{err}");
-    let cli_token = serde_json::from_str::<Value>(out.trim()).unwrap()["adminToken"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cli_token = admin_token_of(&out);
     s.secrets().note(&cli_token);
     new.get("/admin/v1/projects").await.err(401, "invalid_key");
     s.client_with(&cli_token)
@@ -152,10 +143,7 @@ async fn the_admin_token_rotates_through_the_api_the_cli_and_the_store() {
     }
     let (ok, out, err) = run(&args);
     assert!(ok, "{err}");
-    let local_token = serde_json::from_str::<Value>(out.trim()).unwrap()["adminToken"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let local_token = admin_token_of(&out);
     s.secrets().note(&local_token);
     if url.is_none() {
         s.restart().await;

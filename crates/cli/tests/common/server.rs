@@ -594,11 +594,22 @@ async fn spawn_serve(
 /// Runs `tollgate ARGS --url … --key …` (the test secret key) against `s`: (success, stdout,
 /// stderr).
 pub fn tollgate(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--url", &s.base_url, "--key", &s.keys.test_secret]);
+    run_tollgate(&all)
+}
+
+/// Runs `tollgate ARGS` with none of the caller's `TOLLGATE_*` settings of a server, a key or
+/// a store (`TOLLGATE_ENGINE` stays: the engine pass runs every command on the engine):
+/// (success, stdout, stderr).
+pub fn run_tollgate(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(BIN)
         .args(args)
-        .args(["--url", &s.base_url, "--key", &s.keys.test_secret])
         .env_remove("TOLLGATE_URL")
         .env_remove("TOLLGATE_KEY")
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .env_remove("TOLLGATE_DATA_DIR")
+        .env_remove("TOLLGATE_DATABASE_URL")
         .output()
         .expect("run tollgate");
     (
